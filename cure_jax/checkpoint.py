@@ -1,0 +1,204 @@
+"""Orbax checkpoints of the learner: arrays (params, optimizer state, step, RNG) plus the
+driver's JSON state (data cursor and anything else it needs to continue exactly).
+
+* async saves (arrays are copied to host before `save` returns; writing runs in background),
+* keep-N policy, resume from the latest step in the directory,
+* SIGTERM/SIGINT set a flag the training loop polls; it then saves and exits,
+* a corrupt or incompatible checkpoint raises `CheckpointError` naming the step directory and
+  the first mismatching array, instead of an exception from deep inside Orbax/TensorStore.
+
+Arrays are stored as a nested dict keyed by their pytree path, so any pytree (nnx states,
+optax states, namedtuples) round-trips and mismatches are reported by name.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import signal
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored into the requested state (one-line message)."""
+
+
+# ------------------------------------------------------------------------------ path trees
+def _key_name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _paths_and_leaves(tree: Any) -> tuple[list[tuple[str, ...]], list[Any], Any]:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [tuple(_key_name(k) for k in path) for path, _ in flat]
+    return paths, [leaf for _, leaf in flat], treedef
+
+
+def to_nested(tree: Any) -> dict[str, Any]:
+    """Any pytree -> nested dict {path component: ...: leaf} (what is written to disk)."""
+    paths, leaves, _ = _paths_and_leaves(tree)
+    out: dict[str, Any] = {}
+    for path, leaf in zip(paths, leaves):
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1] if path else "_"] = leaf
+    return out
+
+
+def _lookup(nested: Any, path: tuple[str, ...]) -> Any:
+    node = nested
+    for part in path or ("_",):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError("/".join(path))
+        node = node[part]
+    return node
+
+
+def from_nested(nested: dict[str, Any], like: Any) -> Any:
+    """Inverse of `to_nested`, using `like` for the tree structure."""
+    paths, _, treedef = _paths_and_leaves(like)
+    return jax.tree_util.tree_unflatten(treedef, [_lookup(nested, p) for p in paths])
+
+
+# ------------------------------------------------------------------------------ signals
+class StopSignal:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit cleanly at a step boundary."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopSignal":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self._event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+        self._event.set()
+        log.warning("received signal %d: will checkpoint and stop after this step", signum)
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# ------------------------------------------------------------------------------ manager
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with two items: `state` (arrays) and `driver` (JSON)."""
+
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                            enable_async_checkpointing=async_save)
+        self._mngr = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "driver"))
+
+    # -- queries
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    # -- save
+    def save(self, step: int, state: Any, driver: dict[str, Any] | None = None, *, force: bool = True) -> bool:
+        """Save arrays of `state` and the JSON-able `driver` dict at `step` (async if enabled)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(to_nested(state)),
+                                  driver=ocp.args.JsonSave(dict(driver or {})))
+        return self._mngr.save(step, args=args, force=force)
+
+    def wait(self) -> None:
+        """Block until background writes are finished (call before exiting)."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+    # -- restore
+    def _check_compatible(self, step: int, target_nested: dict[str, Any]) -> None:
+        where = self.step_dir(step)
+        try:
+            meta = self._mngr.item_metadata(step)
+            stored = meta["state"] if meta is not None else None
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged metadata
+            raise CheckpointError(f"checkpoint {where}: unreadable metadata ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if stored is None:
+            raise CheckpointError(f"checkpoint {where}: no 'state' item (incomplete or not a cure-train checkpoint)")
+        want_paths, want_leaves, _ = _paths_and_leaves(target_nested)
+        have_paths, have_leaves, _ = _paths_and_leaves(stored)
+        have = dict(zip(have_paths, have_leaves))
+        for path, leaf in zip(want_paths, want_leaves):
+            name = "/".join(path)
+            if path not in have:
+                raise CheckpointError(f"checkpoint {where}: incompatible, array {name!r} is missing")
+            h = have[path]
+            hs, ws = tuple(getattr(h, "shape", ())), tuple(np.shape(leaf))
+            if hs != ws:
+                raise CheckpointError(f"checkpoint {where}: incompatible, array {name!r} has shape "
+                                      f"{hs}, expected {ws}")
+            hd = getattr(h, "dtype", None)
+            if hd is not None and np.dtype(hd) != np.dtype(leaf.dtype):
+                raise CheckpointError(f"checkpoint {where}: incompatible, array {name!r} has dtype "
+                                      f"{np.dtype(hd)}, expected {np.dtype(leaf.dtype)}")
+        extra = set(have) - set(want_paths)
+        if extra:
+            raise CheckpointError(f"checkpoint {where}: incompatible, unexpected array "
+                                  f"{'/'.join(sorted(extra)[0])!r}")
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore `step` into the structure, shapes, dtypes and shardings of `like`.
+
+        `like` may hold arrays or `jax.ShapeDtypeStruct`s with shardings; arrays land directly
+        on those shardings. Returns (state, driver dict).
+        """
+        if step not in self.all_steps():
+            raise CheckpointError(f"checkpoint {self.step_dir(step)}: no such step "
+                                  f"(available: {self.all_steps()})")
+
+        def abstract(x):
+            sh = getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh)
+        target = to_nested(jax.tree.map(abstract, like))
+        self._check_compatible(step, target)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), driver=ocp.args.JsonRestore())
+        try:
+            out = self._mngr.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 - surface any storage failure as one clear line
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointError(f"checkpoint {self.step_dir(step)}: corrupt or unreadable "
+                                  f"({type(e).__name__}: {msg[:300]})") from None
+        return from_nested(out["state"], like), dict(out["driver"] or {})
+
+    def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, driver) of the newest checkpoint, or None when the directory has none."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        state, driver = self.restore(step, like)
+        return step, state, driver
