@@ -1,0 +1,416 @@
+"""Hugging Face <-> Flax weights: streamed safetensors import onto shardings, export in HF layout.
+
+Import reads each tensor lazily from memory-mapped safetensors (single file or sharded with an
+index json), turns it into Flax layout as a numpy view (cure_jax.models.qwen.params) and builds
+each device's shard with `jax.make_array_from_callback`, so only the bytes of one shard are copied
+at a time and the model is never held twice in host memory.
+
+Export walks the same table the other way and yields HF-named, HF-layout numpy arrays one
+parameter at a time; `save_hf_dir` streams them into size-sharded safetensors plus config and
+tokenizer files, a directory that transformers and vLLM load.
+
+The safetensors format is small enough to read and write directly (8-byte little-endian header
+length, JSON header {name: {dtype, shape, data_offsets}}, raw bytes), which also gives bfloat16
+through ml_dtypes where the numpy backend of the safetensors package has none.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import struct
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from cure_jax import sharding as sharding_lib
+from cure_jax.models.qwen.config import QwenConfig
+from cure_jax.models.qwen.model import Qwen
+from cure_jax.models.qwen.params import (ParamSpec, flax_to_hf, hf_to_flax_view,
+                                         ignorable_hf_tensor, param_table)
+
+# Files copied from a base HF directory next to converted weights.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json",
+                   "chat_template.jinja", "chat_template.json", "qwen.tiktoken")
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------------------------
+_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    dt = np.dtype(dtype)
+    if dt not in _NAMES:
+        raise ValueError(f"dtype {dt} cannot be stored in safetensors")
+    return _NAMES[dt]
+
+
+class SafetensorsFile:
+    """Lazy view of one .safetensors file: `names()`, `shape(name)`, `get(name)` (a memmap view)."""
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path}: file not found") from None
+        except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.path}: not a safetensors file ({e})") from None
+        self.metadata = header.pop("__metadata__", {}) or {}
+        self._header = header
+        self._data_start = 8 + n
+        self._mm = None
+
+    def names(self) -> list[str]:
+        return list(self._header)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._header[name]["shape"])
+
+    def dtype(self, name: str) -> np.dtype:
+        code = self._header[name]["dtype"]
+        if code not in _DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
+        return _DTYPES[code]
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._header:
+            raise KeyError(f"{self.path}: no tensor {name!r}")
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        info = self._header[name]
+        begin, end = info["data_offsets"]
+        dt = self.dtype(name)
+        raw = self._mm[self._data_start + begin:self._data_start + end]
+        return raw.view(dt).reshape(info["shape"])
+
+
+def write_safetensors(path: str | pathlib.Path, specs: Sequence[tuple[str, tuple[int, ...], np.dtype]],
+                      arrays: Iterable[np.ndarray], metadata: Mapping[str, str] | None = None) -> int:
+    """Write tensors whose names/shapes/dtypes are known up front, consuming `arrays` one by one.
+
+    Only one tensor is held at a time. Returns the number of bytes written.
+    """
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for name, shape, dt in specs:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        header[name] = {"dtype": dtype_name(dt), "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    path = pathlib.Path(path)
+    written = 0
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        it = iter(arrays)
+        for name, shape, dt in specs:
+            try:
+                a = next(it)
+            except StopIteration:
+                raise ValueError(f"{path}: ran out of arrays at {name!r}") from None
+            if tuple(a.shape) != tuple(shape) or a.dtype != np.dtype(dt):
+                raise ValueError(f"{path}: tensor {name!r} is {a.dtype}{tuple(a.shape)}, "
+                                 f"header says {np.dtype(dt)}{tuple(shape)}")
+            a = np.ascontiguousarray(a)
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))
+            written += a.nbytes
+    return written
+
+
+class CheckpointReader:
+    """All tensors of a HF directory: model.safetensors, or shards listed in an index json."""
+
+    def __init__(self, hf_dir: str | pathlib.Path):
+        self.hf_dir = pathlib.Path(hf_dir)
+        if not self.hf_dir.is_dir():
+            raise FileNotFoundError(f"{self.hf_dir}: HF directory not found")
+        index = self.hf_dir / "model.safetensors.index.json"
+        single = self.hf_dir / "model.safetensors"
+        self._where: dict[str, str] = {}
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{index}: invalid safetensors index ({e!r})") from None
+            self._where = dict(weight_map)
+        elif single.is_file():
+            self._where = {n: single.name for n in SafetensorsFile(single).names()}
+        else:
+            files = sorted(self.hf_dir.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{self.hf_dir}: no model.safetensors or "
+                                        "model.safetensors.index.json")
+            for p in files:
+                for n in SafetensorsFile(p).names():
+                    self._where[n] = p.name
+        self._files: dict[str, SafetensorsFile] = {}
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def file_of(self, name: str) -> pathlib.Path:
+        return self.hf_dir / self._where[name]
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._where:
+            raise KeyError(f"{self.hf_dir}: missing tensor {name!r}")
+        fname = self._where[name]
+        if fname not in self._files:
+            path = self.hf_dir / fname
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: listed in the index for {name!r} but missing")
+            self._files[fname] = SafetensorsFile(path)
+        return self._files[fname].get(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# import
+# ---------------------------------------------------------------------------------------------
+def _state_of(target: nnx.Module | nnx.State) -> nnx.State:
+    return nnx.state(target) if isinstance(target, nnx.Module) else target
+
+
+def _leaf_value(v: Any) -> Any:
+    return v.get_value() if hasattr(v, "get_value") else v.value
+
+
+def _config_of(target: Any, cfg: QwenConfig | None) -> QwenConfig:
+    if cfg is not None:
+        return cfg
+    if isinstance(target, Qwen):
+        return target.cfg
+    raise ValueError("a QwenConfig is needed when the target is a bare state (pass cfg=...)")
+
+
+def load_hf_params(hf_dir: str | pathlib.Path, target: nnx.Module | nnx.State,
+                   mesh: jax.sharding.Mesh | None = None, *, cfg: QwenConfig | None = None,
+                   rules: Mapping[str, Any] | None = None) -> nnx.State:
+    """Read a HF checkpoint into the layout, dtype and sharding of `target`.
+
+    target: a Qwen model (updated in place) or its (abstract) state, e.g. from
+      `nnx.state(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))`.
+    mesh: shard each parameter by the logical-axis rules on this mesh; without it, a leaf that
+      already carries a sharding keeps it and the rest go to the default device.
+    Returns the filled state (same tree as `nnx.state(model)`).
+    """
+    cfg = _config_of(target, cfg)
+    state = _state_of(target)
+    reader = CheckpointReader(hf_dir)
+    table = param_table(cfg)
+    known = {s.hf_name for s in table}
+    unexpected = [n for n in reader.names() if n not in known and not ignorable_hf_tensor(n, cfg)]
+    if unexpected:
+        raise ValueError(f"{reader.hf_dir}: tensor {unexpected[0]!r} is not a parameter of "
+                         f"{cfg.architecture} with {cfg.num_hidden_layers} layers "
+                         f"({len(unexpected)} unexpected in all)")
+    shardings = sharding_lib.state_shardings(state, mesh, rules) if mesh is not None else None
+    flat = dict(nnx.to_flat_state(state))
+    flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if set(flat) != {s.flax_path for s in table}:
+        missing = sorted(map(str, {s.flax_path for s in table} - set(flat)))
+        extra = sorted(map(str, set(flat) - {s.flax_path for s in table}))
+        raise ValueError(f"model state does not match the {cfg.family} table: "
+                         f"missing {missing[:3]}, extra {extra[:3]}")
+    new_leaves = {}
+    for spec in table:
+        if spec.hf_name not in reader.names():
+            raise ValueError(f"{reader.hf_dir}: missing tensor {spec.hf_name!r} "
+                             f"(needed by {cfg.architecture})")
+        hf = reader.get(spec.hf_name)
+        if tuple(hf.shape) != spec.hf_shape:
+            raise ValueError(f"{reader.file_of(spec.hf_name)}: tensor {spec.hf_name!r} has shape "
+                             f"{tuple(hf.shape)}, config expects {spec.hf_shape}")
+        view = hf_to_flax_view(spec, hf)
+        var = flat[spec.flax_path]
+        leaf = _leaf_value(var)
+        dtype = np.dtype(leaf.dtype)
+        if spec.flax_path in flat_shardings:
+            shd = _leaf_value(flat_shardings[spec.flax_path])
+        else:
+            shd = getattr(leaf, "sharding", None) or default
+        arr = jax.make_array_from_callback(
+            spec.flax_shape, shd,
+            lambda idx, view=view, dtype=dtype: np.ascontiguousarray(view[idx]).astype(dtype, copy=False))
+        new_leaves[spec.flax_path] = var.replace(arr)
+    new_state = nnx.from_flat_state(new_leaves)
+    if isinstance(target, nnx.Module):
+        nnx.update(target, new_state)
+    return new_state
+
+
+def abstract_model(cfg: QwenConfig, param_dtype=jnp.float32, dtype=jnp.float32) -> Qwen:
+    """A shape-only Qwen (no parameter memory allocated)."""
+    return nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype))
+
+
+def load_model(hf_dir: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None,
+               param_dtype=jnp.float32, dtype=jnp.float32, **cfg_overrides: Any) -> Qwen:
+    """Build a Qwen from a HF directory without random initialisation: config + streamed weights."""
+    cfg = QwenConfig.from_hf_dir(hf_dir, **cfg_overrides)
+    graphdef, abstract_state = nnx.split(abstract_model(cfg, param_dtype, dtype))
+    state = load_hf_params(hf_dir, abstract_state, mesh, cfg=cfg)
+    return nnx.merge(graphdef, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
+                   cfg: QwenConfig | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, HF-layout numpy array in `dtype`) one parameter at a time, in HF order."""
+    cfg = _config_of(target, cfg)
+    flat = dict(nnx.to_flat_state(_state_of(target)))
+    out_dtype = np.dtype(dtype)
+    for spec in param_table(cfg):
+        if spec.flax_path not in flat:
+            raise ValueError(f"model state has no parameter {'/'.join(map(str, spec.flax_path))} "
+                             f"(needed for {spec.hf_name})")
+        x = _to_numpy(_leaf_value(flat[spec.flax_path]))
+        yield spec.hf_name, flax_to_hf(spec, x).astype(out_dtype, copy=False)
+
+
+def export_hf_arrays(model: nnx.Module | nnx.State, dtype: Any = np.float32, *,
+                     cfg: QwenConfig | None = None) -> dict[str, np.ndarray]:
+    """All parameters as {HF name: HF-layout numpy array} (feeds safetensors and the weight channel)."""
+    return dict(iter_hf_arrays(model, dtype, cfg=cfg))
+
+
+def hf_specs(cfg: QwenConfig, dtype: Any) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """(HF name, HF shape, dtype) of every exported tensor, known before any array is gathered."""
+    return [(s.hf_name, s.hf_shape, np.dtype(dtype)) for s in param_table(cfg)]
+
+
+def plan_shards(specs: Sequence[tuple[str, tuple[int, ...], np.dtype]],
+                max_shard_bytes: int) -> list[list[int]]:
+    """Group tensors (in order) into files of at most max_shard_bytes (a bigger tensor alone)."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, (_, shape, dt) in enumerate(specs):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += nbytes
+    return groups
+
+
+_DTYPE_NAMES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def parse_dtype(name: str) -> np.dtype:
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"dtype {name!r} not one of {sorted(_DTYPE_NAMES)}")
+    return np.dtype(_DTYPE_NAMES[name])
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' / '500MB' / '2GiB' / 1000 -> bytes."""
+    if isinstance(text, int):
+        return text
+    t = text.strip().upper()
+    units = [("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+             ("KB", 10**3), ("B", 1)]
+    for suffix, mult in units:
+        if t.endswith(suffix):
+            try:
+                return int(float(t[: -len(suffix)]) * mult)
+            except ValueError:
+                break
+    try:
+        return int(t)
+    except ValueError:
+        raise ValueError(f"size {text!r} is not like '5GB' or '500MB'") from None
+
+
+def _dtype_str(dt: np.dtype) -> str:
+    return {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16",
+            np.dtype(np.float16): "float16"}[np.dtype(dt)]
+
+
+def save_hf_dir(target: nnx.Module | nnx.State, out_dir: str | pathlib.Path, *,
+                cfg: QwenConfig | None = None, dtype: Any = np.float32,
+                max_shard_size: int | str = "5GB",
+                base_hf_dir: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Write a complete HF directory: config.json, safetensors sharded by size (+ index json) and,
+    from `base_hf_dir`, the tokenizer/generation files. Streams one tensor at a time."""
+    cfg = _config_of(target, cfg)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dt = np.dtype(dtype)
+    specs = hf_specs(cfg, dt)
+    groups = plan_shards(specs, parse_size(max_shard_size))
+    arrays = iter_hf_arrays(target, dt, cfg=cfg)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for gi, group in enumerate(groups):
+        fname = ("model.safetensors" if len(groups) == 1
+                 else f"model-{gi + 1:05d}-of-{len(groups):05d}.safetensors")
+        gspecs = [specs[i] for i in group]
+        names_in = []
+
+        def take(n=len(group)):
+            for _ in range(n):
+                name, arr = next(arrays)
+                names_in.append(name)
+                yield arr
+
+        total += write_safetensors(out / fname, gspecs, take(), {"format": "pt"})
+        for (name, _, _), got in zip(gspecs, names_in):
+            assert name == got, (name, got)
+            weight_map[name] = fname
+    if len(groups) > 1:
+        (out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    else:
+        stale = out / "model.safetensors.index.json"
+        if stale.exists():
+            stale.unlink()
+    # config.json: the base one when given (keeps token ids, chat fields), with our dtype.
+    config = cfg.to_hf_dict()
+    if base_hf_dir is not None:
+        base = pathlib.Path(base_hf_dir)
+        base_cfg = base / "config.json"
+        if not base_cfg.is_file():
+            raise FileNotFoundError(f"{base_cfg}: base config.json not found")
+        base_dict = json.loads(base_cfg.read_text())
+        base_parsed = QwenConfig.from_hf_dict(base_dict, source=str(base_cfg))
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "intermediate_size", "family"):
+            if getattr(base_parsed, field) != getattr(cfg, field):
+                raise ValueError(f"{base_cfg}: {field}={getattr(base_parsed, field)} but the "
+                                 f"checkpoint has {getattr(cfg, field)}")
+        config = base_dict
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copyfile(base / name, out / name)
+    config.pop("dtype", None)
+    config["torch_dtype"] = _dtype_str(dt)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out

@@ -1,0 +1,220 @@
+"""Flax NNX decoder for the Qwen2 / Qwen2.5 / Qwen3 families (training forward only).
+
+    h_0 = E[tokens]
+    a   = h + Attn(RMSNorm(h))            causal GQA with RoPE; q/k/v biases (Qwen2) or per-head
+                                          q/k RMSNorm (Qwen3)
+    h'  = a + W_down(silu(W_gate x) * W_up x),  x = RMSNorm(a)
+    out = RMSNorm(h_L)                    logits = out @ E^T (tied) or out @ W_lm
+
+Kernels are stored [in, out] and attention kernels keep the head axis apart
+([embed, heads, head_dim]) so tensor parallelism can shard heads; every parameter carries
+`logical_axes` metadata that cure_jax.sharding maps onto the mesh. Parameters live in
+`param_dtype` (fp32 master weights) and are cast to `dtype` (e.g. bf16) for compute; norms,
+softmax statistics and RoPE run in float32.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cure_jax import sharding
+from cure_jax.models.qwen.config import QwenConfig
+
+Array = jax.Array
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype,
+           init: str = "normal", std: float = 0.02) -> nnx.Param:
+    if init == "normal":
+        value = std * jax.random.normal(rngs.params(), shape, dtype=jnp.float32)
+    elif init == "ones":
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        value = jnp.zeros(shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), statistics in float32 (as HF Qwen2RMSNorm)."""
+
+    def __init__(self, size: int, eps: float, *, param_dtype, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = _param(rngs, (size,), ("norm",), param_dtype, init="ones")
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+        return self.scale[...].astype(self.dtype) * y
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """cos/sin [B, L, head_dim] for rotate-half RoPE: inv_freq_i = theta^(-2i/d)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x [B, L, N, D]: x*cos + rotate_half(x)*sin, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def _default_attention_impl() -> str:
+    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: QwenConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.cfg = cfg
+        self.dtype = dtype
+        self.q_proj = _param(rngs, (h, n, d), ("embed", "q_heads", "head_dim"), param_dtype)
+        self.k_proj = _param(rngs, (h, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.v_proj = _param(rngs, (h, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.o_proj = _param(rngs, (n, d, h), ("q_heads", "head_dim", "embed"), param_dtype)
+        if cfg.attention_bias:
+            self.q_bias = _param(rngs, (n, d), ("q_heads", "head_dim"), param_dtype, init="zeros")
+            self.k_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), param_dtype, init="zeros")
+            self.v_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), param_dtype, init="zeros")
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+
+    def _proj(self, x: Array, name: str) -> Array:
+        w = getattr(self, f"{name}_proj")[...].astype(self.dtype)
+        y = jnp.einsum("bld,dnh->blnh", x, w)
+        if self.cfg.attention_bias:
+            y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
+        return y
+
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
+        cfg = self.cfg
+        q = sharding.constrain(self._proj(x, "q"), ("batch", "length", "act_heads", None))
+        k = sharding.constrain(self._proj(x, "k"), ("batch", "length", "act_kv_heads", None))
+        v = sharding.constrain(self._proj(x, "v"), ("batch", "length", "act_kv_heads", None))
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        impl = cfg.attention_impl if cfg.attention_impl != "auto" else _default_attention_impl()
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=True, scale=cfg.head_dim ** -0.5, implementation=impl)
+        out = sharding.constrain(out, ("batch", "length", "act_heads", None))
+        w_o = self.o_proj[...].astype(self.dtype)
+        return jnp.einsum("blnh,nhd->bld", out, w_o)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: W_down(silu(W_gate x) * W_up x)."""
+
+    def __init__(self, cfg: QwenConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        h, f = cfg.hidden_size, cfg.intermediate_size
+        self.dtype = dtype
+        self.gate_proj = _param(rngs, (h, f), ("embed", "mlp"), param_dtype)
+        self.up_proj = _param(rngs, (h, f), ("embed", "mlp"), param_dtype)
+        self.down_proj = _param(rngs, (f, h), ("mlp", "embed"), param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        gate = x @ self.gate_proj[...].astype(self.dtype)
+        up = x @ self.up_proj[...].astype(self.dtype)
+        act = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return act @ self.down_proj[...].astype(self.dtype)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: QwenConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.self_attn = Attention(cfg, **kw)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.mlp = MLP(cfg, **kw)
+
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return sharding.constrain(x, ("batch", "length", "act_embed"))
+
+
+def _remat_policy(name: str) -> Callable | None:
+    if name in ("none", "full"):
+        return None
+    return getattr(jax.checkpoint_policies, name)
+
+
+def _layer_forward(layer: DecoderLayer, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
+    return layer(x, cos, sin, mask)
+
+
+class Qwen(nnx.Module):
+    """Qwen2/Qwen3 causal LM trunk. `__call__` gives final-normed hidden states; `logits` the head."""
+
+    def __init__(self, cfg: QwenConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 dtype=jnp.float32):
+        self.cfg = cfg
+        self.param_dtype = param_dtype
+        self.dtype = dtype
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+                                   param_dtype)
+        self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+                                  param_dtype)
+
+    def __call__(self, tokens: Array, positions: Array | None = None,
+                 attention_mask: Array | None = None) -> Array:
+        """tokens int32 [B, L] -> final RMS-normed hidden states [B, L, H] in `dtype`.
+
+        attention_mask [B, L] (1 = real token) masks padded keys; padded queries attend to
+        themselves only, so no row is empty. For right-padded batches the mask changes nothing
+        for real tokens (causality already hides later pads): pass None for the fastest path.
+        positions default to the running count of real tokens (left or right padding alike).
+        """
+        tokens = jnp.asarray(tokens, jnp.int32)
+        b, l = tokens.shape
+        if positions is None:
+            if attention_mask is None:
+                positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+            else:
+                positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+        mask = None
+        if attention_mask is not None:
+            valid = attention_mask.astype(bool)
+            eye = jnp.eye(l, dtype=bool)
+            mask = (valid[:, None, None, :] | eye[None, None]) & jnp.ones((b, 1, l, 1), bool)
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        if self.cfg.remat_policy == "none":
+            step = _layer_forward
+        else:
+            step = nnx.remat(_layer_forward, policy=_remat_policy(self.cfg.remat_policy))
+        for layer in self.layers:
+            x = step(layer, x, cos, sin, mask)
+        return self.norm(x)
+
+    def logits(self, hidden: Array) -> Array:
+        """hidden [..., H] -> logits [..., V] in float32 (materialises V: small inputs only)."""
+        return hidden_to_logits(self, hidden)
+
+    def head_weight(self) -> Array:
+        """The [H, V] output projection (E^T when tied), in compute dtype."""
+        if self.cfg.tie_word_embeddings:
+            return self.embed_tokens[...].astype(self.dtype).T
+        return self.lm_head[...].astype(self.dtype)
+
+
+def hidden_to_logits(model: Qwen, hidden: Array) -> Array:
+    w = model.head_weight()
+    return jnp.einsum("...h,hv->...v", hidden.astype(model.dtype), w,
+                      preferred_element_type=jnp.float32)

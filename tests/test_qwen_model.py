@@ -1,0 +1,163 @@
+"""The Flax Qwen2/Qwen3 decoder equals transformers' in float32, with padding; config parsing."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cure_jax.hf_io import load_model
+from cure_jax.models.qwen import Qwen, QwenConfig
+from tests.helpers.tiny_models import PRESETS, make_tiny_hf_dir
+
+VARIANTS = [("qwen2", False), ("qwen2", True), ("qwen3", False), ("qwen3", True)]
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {(fam, tie): make_tiny_hf_dir(root, fam, tie=tie, seed=3, tokenizer=False)
+            for fam, tie in VARIANTS}
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 512, (4, 16))
+    mask = np.ones((4, 16), np.int64)
+    mask[1, 10:] = 0          # right padding
+    mask[2, :6] = 0           # left padding
+    mask[3, 3:] = 0           # mostly padding
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    return tokens, mask, positions
+
+
+def _hf_logits(hf_dir, tokens, mask, positions):
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(positions))
+    return out.logits.numpy()
+
+
+@pytest.mark.parametrize("family,tie", VARIANTS)
+def test_logits_match_transformers_fp32(hf_dirs, family, tie):
+    hf_dir = hf_dirs[(family, tie)]
+    tokens, mask, positions = _batch()
+    ref = _hf_logits(hf_dir, tokens, mask, positions)
+    model = load_model(hf_dir)
+    assert model.cfg.family == family and model.cfg.tie_word_embeddings == tie
+    if family == "qwen3":
+        assert model.cfg.head_dim * model.cfg.num_attention_heads != model.cfg.hidden_size
+    hidden = jax.jit(lambda m, t, a: m(t, attention_mask=a))(model, jnp.asarray(tokens),
+                                                           jnp.asarray(mask))
+    ours = np.asarray(model.logits(hidden))
+    valid = mask.astype(bool)
+    err = np.abs(ours - ref)[valid].max()
+    assert err <= 1e-4, f"max abs logits error {err}"
+    assert np.abs(ref).max() > 0.5  # logits are not trivially tiny
+
+
+def test_default_positions_follow_padding(hf_dirs):
+    """Without positions, left-padded rows get positions counted from their first real token."""
+    model = load_model(hf_dirs[("qwen2", False)])
+    tokens, mask, positions = _batch()
+    a = model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
+    b = model(jnp.asarray(tokens), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_right_padding_needs_no_mask(hf_dirs):
+    """Causality already hides right padding: real-token outputs equal with and without the mask."""
+    model = load_model(hf_dirs[("qwen3", True)])
+    tokens, _, _ = _batch()
+    mask = np.ones_like(tokens)
+    mask[0, 9:] = 0
+    a = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
+    b = np.asarray(model(jnp.asarray(tokens)))
+    np.testing.assert_allclose(a[0, :9], b[0, :9], atol=1e-6)
+
+
+def test_bf16_compute_close_to_fp32(hf_dirs):
+    hf_dir = hf_dirs[("qwen2", False)]
+    tokens, mask, _ = _batch()
+    f32 = load_model(hf_dir)
+    bf16 = load_model(hf_dir, dtype=jnp.bfloat16)
+    assert bf16.embed_tokens[...].dtype == jnp.float32  # fp32 master weights
+    h = bf16(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
+    assert h.dtype == jnp.bfloat16
+    a = np.asarray(f32.logits(f32(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))))
+    b = np.asarray(bf16.logits(h))
+    valid = mask.astype(bool)
+    assert np.abs(a - b)[valid].max() < 0.15
+    assert np.abs(a - b)[valid].max() > 0  # really computed in bf16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+def test_remat_keeps_gradients(policy):
+    cfg = QwenConfig.preset("tiny-qwen2", num_hidden_layers=1)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 512, (2, 8)))
+
+    def loss(model):
+        return jnp.mean(model.logits(model(tokens)) ** 2)
+
+    base = Qwen(cfg, rngs=nnx.Rngs(0))
+    remat = Qwen(cfg.replace(remat_policy=policy), rngs=nnx.Rngs(0))
+    g0 = nnx.jit(nnx.grad(loss))(base)
+    g1 = nnx.jit(nnx.grad(loss))(remat)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_attention_impl_is_selectable():
+    cfg = QwenConfig.preset("tiny-qwen2", attention_impl="xla")
+    model = Qwen(cfg, rngs=nnx.Rngs(0))
+    assert model(jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, cfg.hidden_size)
+    with pytest.raises(ValueError, match="attention_impl"):
+        QwenConfig.preset("tiny-qwen2", attention_impl="flash")
+
+
+@pytest.mark.parametrize("name,params_b,family,tie", [
+    ("qwen2.5-7b-instruct", 7.62, "qwen2", False),
+    ("qwen2.5-14b-instruct", 14.77, "qwen2", False),
+    ("qwen3-4b", 4.02, "qwen3", True),
+])
+def test_presets_have_published_shapes(name, params_b, family, tie):
+    cfg = QwenConfig.preset(name)
+    assert cfg.family == family and cfg.tie_word_embeddings == tie
+    assert cfg.head_dim == 128 and cfg.rope_theta == 1e6
+    assert abs(cfg.num_params() / 1e9 - params_b) < 0.01
+    # the shapes build abstractly (no memory) and count the same parameters
+    abstract = nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0)))
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract)))
+    assert n == cfg.num_params()
+
+
+def test_config_errors_name_the_field(tmp_path):
+    good = json.loads((PRESETS / "tiny-qwen2.json").read_text())
+    with pytest.raises(ValueError, match="unknown architecture"):
+        QwenConfig.from_hf_dict({**good, "architectures": ["LlamaForCausalLM"], "model_type": "llama"})
+    bad = dict(good)
+    del bad["hidden_size"]
+    with pytest.raises(ValueError, match="hidden_size"):
+        QwenConfig.from_hf_dict(bad)
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        QwenConfig.from_hf_dict({**good, "num_key_value_heads": 3})
+    with pytest.raises(ValueError, match="rope_type"):
+        QwenConfig.from_hf_dict({**good, "rope_scaling": {"type": "yarn", "factor": 4.0}})
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        QwenConfig.from_hf_dir(tmp_path)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        QwenConfig.preset("gpt-5")
+
+
+def test_hf_config_round_trip():
+    for name in ("qwen2.5-7b-instruct", "qwen3-4b", "tiny-qwen3"):
+        cfg = QwenConfig.preset(name)
+        assert QwenConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
