@@ -321,14 +321,45 @@ class BatchRewards:
         return getattr(self, name)[self.test_offsets[i] : self.test_offsets[i + 1]]
 
 
-def _pad(
-    arrays: Sequence[np.ndarray], shape: tuple[int, ...], dtype: type, name: str
-) -> np.ndarray:
-    out = np.zeros(shape, dtype=dtype)
-    for i, a in enumerate(arrays):
-        a = np.asarray(a)
-        out[(i, *(slice(0, s) for s in a.shape))] = a
+def _pad(arrays: Sequence[np.ndarray], shapes: np.ndarray, width: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Stack ragged 1-D or 2-D arrays (``shapes`` [P, ndim]) into a zero-padded [P, *width] array.
+
+    Uniform shapes take one ``np.stack``; ragged ones one concatenate and one scatter, so the
+    cost does not grow with a Python loop over elements.
+    """
+    P = len(arrays)
+    out = np.zeros((P, *width), dtype=dtype)
+    if P == 0 or out.size == 0:
+        return out
+    if (shapes == np.asarray(width)[None, :]).all():
+        out[...] = np.stack([np.asarray(a) for a in arrays])
+        return out
+    flat = np.concatenate([np.asarray(a, dtype=dtype).reshape(-1) for a in arrays])
+    sizes = shapes.prod(axis=1)
+    owner = np.repeat(np.arange(P), sizes)
+    local = np.arange(flat.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    row_size = int(np.prod(width))
+    if shapes.shape[1] == 1:
+        dest = owner * row_size + local
+    else:
+        cols = shapes[owner, 1]
+        r = local // np.maximum(cols, 1)
+        dest = owner * row_size + r * width[1] + (local - r * cols)
+    out.reshape(-1)[dest] = flat
     return out
+
+
+def _shapes_1d(seq: Sequence[np.ndarray] | None, name: str, sizes: np.ndarray) -> np.ndarray | None:
+    """Validate a per-problem list of 1-D arrays against ``sizes``; return their shapes [P, 1]."""
+    if seq is None:
+        return None
+    if len(seq) != len(sizes):
+        raise ValueError(f"{name}: expected {len(sizes)} entries (one per problem), got {len(seq)}")
+    shapes = [np.shape(a) for a in seq]
+    for i, s in enumerate(shapes):
+        if s != (sizes[i],):
+            raise ValueError(f"{name}[{i}]: expected shape ({sizes[i]},), got {s}")
+    return np.asarray(sizes, dtype=np.int64).reshape(-1, 1)
 
 
 def _masked_z(r: np.ndarray, mask: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -405,20 +436,15 @@ def batch_rewards(
     test_mask = ar_t[None, :] < n_tests[:, None]
 
     def per_problem(seq, name, sizes, width, dtype):
-        if seq is None:
-            return None
-        if len(seq) != P:
-            raise ValueError(f"{name}: expected {P} entries (one per problem), got {len(seq)}")
-        for i, a in enumerate(seq):
-            if np.shape(a) != (sizes[i],):
-                raise ValueError(f"{name}[{i}]: expected shape ({sizes[i]},), got {np.shape(a)}")
-        return _pad(seq, (P, width), dtype, name)
+        shapes = _shapes_1d(seq, name, sizes)
+        return None if shapes is None else _pad(seq, shapes, (width,), dtype)
 
     cp = per_problem(code_parsed, "code_parsed", n_codes, C, bool)
     tp = per_problem(test_parsed, "test_parsed", n_tests, T, bool)
     cp = code_mask if cp is None else cp & code_mask
     tp = test_mask if tp is None else tp & test_mask
-    G = _pad(gp, (P, C, T), bool, "gen_passed") & cp[:, :, None] & tp[:, None, :]
+    G = _pad(gp, np.stack([n_codes, n_tests], axis=1).reshape(P, 2), (C, T), bool)
+    G &= cp[:, :, None] & tp[:, None, :]
 
     # Code rewards and (pseudo-)correctness.
     if config.label_free:
@@ -440,7 +466,8 @@ def batch_rewards(
             n_gt[i] = s[1]
         Gt = int(n_gt.max(initial=0))
         gt_mask = np.arange(Gt)[None, :] < n_gt[:, None]
-        H = _pad(gt_passed, (P, C, Gt), bool, "gt_passed") & cp[:, :, None]
+        H = _pad(gt_passed, np.stack([n_codes, n_gt], axis=1).reshape(P, 2), (C, Gt), bool)
+        H &= cp[:, :, None]
         code_raw = H.sum(axis=2) / n_gt[:, None]
         correct = code_mask & (H | ~gt_mask[:, None, :]).all(axis=2) & cp
     correct = correct & cp
