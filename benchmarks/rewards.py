@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from rollout import rewards  # noqa: E402
+from rollout import rewards
 
 
 def make_batch(rng: np.random.Generator, P: int, n: int, m: int, t: int):

@@ -20,13 +20,13 @@ the parse masks are given), so unparsed codes fail everything and unparsed tests
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from rollout.rewards import mask_unparsed
 
-__all__ = ["evaluate_table", "aggregate", "format_table", "bon_key"]
+__all__ = ["aggregate", "bon_key", "evaluate_table", "format_table"]
 
 _COUNT_KEYS = (
     "n_codes", "n_correct_codes", "n_code_parsed",

@@ -24,12 +24,12 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "PYTHON_TAGS",
     "ParsedCode",
     "ParsedTest",
+    "normalize_newlines",
     "parse_code",
     "parse_test",
-    "PYTHON_TAGS",
-    "normalize_newlines",
 ]
 
 PYTHON_TAGS = frozenset({"python", "py", "python3", "py3"})
@@ -164,7 +164,7 @@ def _normalize_value(value: str, *, fenced: bool) -> str | None:
             lines.pop(0)
         if lines and lines[0].strip().lower() in _PLAIN_TAGS:
             lines.pop(0)
-        lines = [ln for ln in lines if not set(ln.strip()) == {"`"}] if lines else lines
+        lines = [ln for ln in lines if set(ln.strip()) != {"`"}]  # stray fence lines
     value = "\n".join(lines).strip("\n")
     if "\n" not in value and "\\n" in value:
         value = value.replace("\\n", "\n").strip("\n")

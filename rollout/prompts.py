@@ -23,8 +23,8 @@ import jinja2
 __all__ = [
     "STOP_STRINGS",
     "TEMPLATE_DIR",
-    "PromptConfig",
     "PromptBuilder",
+    "PromptConfig",
     "has_chat_template",
 ]
 

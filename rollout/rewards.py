@@ -57,23 +57,24 @@ positive), and the advantage is the z-score of :math:`v`. (The reference rescale
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 __all__ = [
     "SCALINGS",
-    "RewardConfig",
     "BatchRewards",
+    "RewardConfig",
+    "batch_rewards",
     "code_rewards",
     "label_free_code_rewards",
-    "test_rewards",
-    "min_test_reward",
-    "normalize",
     "length_aware",
     "mask_unparsed",
-    "batch_rewards",
+    "min_test_reward",
+    "normalize",
+    "test_rewards",
 ]
 
 Scaling = Literal["fraction", "count", "binary"]

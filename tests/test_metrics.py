@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from rollout import metrics
 
-B = lambda rows: np.array(rows, dtype=bool)  # noqa: E731
+B = lambda rows: np.array(rows, dtype=bool)
 
 # Codes 0, 1 correct; 2, 3 wrong. Tests t0..t2 pass every correct code (accurate), t3, t4 do not.
 GT = B([[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 0, 0]])

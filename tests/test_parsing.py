@@ -84,8 +84,8 @@ TEST_CASES = [
      "**Test Input:**\n```plaintext\n3\n1 2 3\n```\n**Test Output:**\n```plaintext\n6\n```\n**Explanation:** sum",
      "3\n1 2 3\n", "6\n", None),
     ("last pair wins (example echoed first)",
-     "Example:\n**Test Input:**\n```\n5\n1 2 3 4 5\n```\n**Test Output:**\n```\n15\n```\n"
-     "My test:\n**Test Input:**\n```\n2\n-1 1\n```\n**Test Output:**\n```\n0\n```\n**Explanation:**\nx",
+     ("Example:\n**Test Input:**\n```\n5\n1 2 3 4 5\n```\n**Test Output:**\n```\n15\n```\n"
+      "My test:\n**Test Input:**\n```\n2\n-1 1\n```\n**Test Output:**\n```\n0\n```\n**Explanation:**\nx"),
      "2\n-1 1\n", "0\n", None),
     ("plain text fallback, values on the marker line",
      "**Test Input:** 4\n**Test Output:** 16\n**Explanation:** 4 squared.",

@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rollout import rewards  # module import: keeps pytest from collecting rewards.test_rewards
+from rollout import (
+    rewards,  # module import: keeps pytest from collecting rewards.test_rewards
+)
 
-B = lambda rows: np.array(rows, dtype=bool)  # noqa: E731
+B = lambda rows: np.array(rows, dtype=bool)
 
 # Mixed problem: codes 0, 1 correct; code 2 passes 2/3 GT tests; code 3 passes none.
 GT = B([[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 0, 0]])
