@@ -1,0 +1,181 @@
+"""HF <-> Flax conversion: bit-exact round trips, sharded safetensors, clear errors, cure-convert."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from cure_jax import hf_io, sharding
+from cure_jax.models.qwen import QwenConfig
+from cure_jax.models.qwen.params import param_table
+from tests.helpers.tiny_models import make_tiny_hf_dir, make_tiny_hf_model
+
+VARIANTS = [("qwen2", False), ("qwen2", True), ("qwen3", True)]
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {(fam, tie): make_tiny_hf_dir(root, fam, tie=tie, seed=5) for fam, tie in VARIANTS}
+
+
+def _read_all(hf_dir) -> dict[str, np.ndarray]:
+    reader = hf_io.CheckpointReader(hf_dir)
+    return {n: np.array(reader.get(n)) for n in reader.names()}
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint8)
+
+
+@pytest.mark.parametrize("family,tie", VARIANTS)
+def test_round_trip_is_bit_exact(hf_dirs, family, tie):
+    hf_dir = hf_dirs[(family, tie)]
+    original = _read_all(hf_dir)
+    model = hf_io.load_model(hf_dir)
+    exported = hf_io.export_hf_arrays(model, dtype=np.float32)
+    assert set(exported) == set(original)
+    for name, arr in original.items():
+        assert exported[name].dtype == arr.dtype and exported[name].shape == arr.shape, name
+        assert np.array_equal(_bits(exported[name]), _bits(arr)), name
+
+
+def test_safetensors_reader_matches_library(hf_dirs):
+    from safetensors.numpy import load_file
+
+    hf_dir = hf_dirs[("qwen2", False)]
+    ours = _read_all(hf_dir)
+    theirs = load_file(str(hf_dir / "model.safetensors"))
+    assert set(ours) == set(theirs)
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k])
+
+
+def test_bf16_checkpoint_round_trip(tmp_path):
+    """bf16 file -> fp32 master params -> bf16 export is exact; the written file reads back."""
+    import torch
+
+    model = make_tiny_hf_model("qwen2", tie=False, seed=7).to(torch.bfloat16)
+    hf_dir = tmp_path / "bf16"
+    model.save_pretrained(str(hf_dir))
+    original = _read_all(hf_dir)
+    assert next(iter(original.values())).dtype == ml_dtypes.bfloat16
+    flax_model = hf_io.load_model(hf_dir)
+    assert flax_model.embed_tokens[...].dtype == jnp.float32
+    out = hf_io.save_hf_dir(flax_model, tmp_path / "out", dtype=ml_dtypes.bfloat16,
+                            base_hf_dir=hf_dir)
+    again = _read_all(out)
+    assert set(again) == set(original)
+    for k in original:
+        assert again[k].dtype == ml_dtypes.bfloat16
+        assert np.array_equal(_bits(again[k]), _bits(original[k])), k
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_sharded_save_loads_in_transformers(hf_dirs, tmp_path):
+    import torch
+    import transformers
+
+    hf_dir = hf_dirs[("qwen3", True)]
+    model = hf_io.load_model(hf_dir)
+    out = hf_io.save_hf_dir(model, tmp_path / "sharded", max_shard_size="200KB",
+                            base_hf_dir=hf_dir)
+    files = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(files) > 3 and (out / "model.safetensors.index.json").is_file()
+    assert (out / "tokenizer.json").is_file()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(files)
+    # every file except possibly a lone big tensor stays under the limit
+    for f in files:
+        names = [n for n, v in index["weight_map"].items() if v == f]
+        if len(names) > 1:
+            assert (out / f).stat().st_size <= 200_000 + 4096
+    # the multi-file directory reads back bit-exactly through the index...
+    again = _read_all(out)
+    for k, v in _read_all(hf_dir).items():
+        assert np.array_equal(_bits(again[k]), _bits(v)), k
+    # ...and transformers gives the same logits from it
+    tokens = torch.tensor(np.random.default_rng(0).integers(0, 512, (2, 10)))
+    a = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    b = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(a(tokens).logits.numpy(), b(tokens).logits.numpy())
+
+
+def test_load_onto_mesh_places_shards(hf_dirs):
+    hf_dir = hf_dirs[("qwen2", False)]
+    mesh = sharding.make_mesh(data=1, fsdp=2, tp=4)
+    model = hf_io.load_model(hf_dir, mesh=mesh)
+    q = model.layers[0].self_attn.q_proj[...]
+    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tp", None)
+    assert q.addressable_shards[0].data.shape == (64, 1, 32)
+    ref = _read_all(hf_dir)["model.layers.0.self_attn.q_proj.weight"]
+    np.testing.assert_array_equal(np.asarray(q), ref.T.reshape(128, 4, 32))
+
+
+def _corrupt(hf_dir: pathlib.Path, out: pathlib.Path, drop=None, reshape=None, add=None):
+    tensors = _read_all(hf_dir)
+    if drop:
+        del tensors[drop]
+    if reshape:
+        tensors[reshape] = tensors[reshape][:-1]
+    if add:
+        tensors[add] = np.zeros((2,), np.float32)
+    out.mkdir()
+    specs = [(k, v.shape, v.dtype) for k, v in tensors.items()]
+    hf_io.write_safetensors(out / "model.safetensors", specs, tensors.values())
+    (out / "config.json").write_text((hf_dir / "config.json").read_text())
+    return out
+
+
+def test_clear_errors(hf_dirs, tmp_path):
+    hf_dir = hf_dirs[("qwen2", False)]
+    name = "model.layers.1.mlp.up_proj.weight"
+    with pytest.raises(ValueError, match=rf"missing tensor '{name}'"):
+        hf_io.load_model(_corrupt(hf_dir, tmp_path / "a", drop=name))
+    with pytest.raises(ValueError, match=rf"model.safetensors: tensor '{name}' has shape \(255, 128\)"):
+        hf_io.load_model(_corrupt(hf_dir, tmp_path / "b", reshape=name))
+    with pytest.raises(ValueError, match="'model.layers.7.foo' is not a parameter"):
+        hf_io.load_model(_corrupt(hf_dir, tmp_path / "c", add="model.layers.7.foo"))
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        (tmp_path / "d").mkdir()
+        (tmp_path / "d" / "config.json").write_text((hf_dir / "config.json").read_text())
+        hf_io.load_model(tmp_path / "d")
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg.update(architectures=["MistralForCausalLM"], model_type="mistral")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json: unknown architecture"):
+        hf_io.load_model(tmp_path / "e")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        (tmp_path / "f").mkdir()
+        (tmp_path / "f" / "model.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+        hf_io.SafetensorsFile(tmp_path / "f" / "model.safetensors")
+
+
+def test_param_table_covers_model_state():
+    from flax import nnx
+
+    for preset in ("tiny-qwen2", "tiny-qwen2-tied", "tiny-qwen3", "qwen3-4b"):
+        cfg = QwenConfig.preset(preset)
+        abstract = hf_io.abstract_model(cfg)
+        flat = dict(nnx.to_flat_state(nnx.state(abstract)))
+        table = param_table(cfg)
+        assert {s.flax_path for s in table} == set(flat)
+        for s in table:
+            assert tuple(flat[s.flax_path].get_value().shape) == s.flax_shape
+            assert int(np.prod(s.hf_shape)) == int(np.prod(s.flax_shape))
+
+
+def test_plan_shards_and_sizes():
+    specs = [("a", (10,), np.float32), ("b", (10,), np.float32), ("c", (100,), np.float32),
+             ("d", (1,), np.float32)]
+    assert hf_io.plan_shards(specs, 80) == [[0, 1], [2], [3]]
+    assert hf_io.parse_size("5GB") == 5 * 10**9 and hf_io.parse_size("2MiB") == 2 * 2**20
+    with pytest.raises(ValueError, match="size 'lots'"):
+        hf_io.parse_size("lots")
