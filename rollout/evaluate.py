@@ -1,0 +1,781 @@
+r"""The evaluation pipeline behind ``cure-eval``: one-shot coding, unit-test generation and BoN.
+
+For every problem of every dataset::
+
+    code prompt  -> k_code samples from the coder  -> parse the last ```python block
+    test prompt  -> k_case samples from the tester -> parse the last Test Input / Test Output
+    sandbox: parsed codes x (parsed generated tests + ground-truth tests) -> verdict matrix
+    rollout.metrics: code accuracy, unit-test accuracy, BoN(n, m), p_01, p_00, parse rates
+
+The coder and the tester may be different models on different engines (e.g. a hosted coder
+with our tester). The test prompt shows no public example by default (the paper's evaluation).
+
+Nothing is lost: every sample is appended to ``<out_dir>/samples.jsonl`` the moment it exists
+(one JSON object per line, flushed and fsynced per batch), and so is every problem's execution
+matrix. Re-running the same command reads that file first and only does what is missing; a
+line cut short by a crash is dropped and redone. ``run.json`` records the settings that change
+results (models, sampling, prompts); resuming with different ones is refused with the fields
+named. Raising ``k_code``/``k_case`` on a finished run only draws the extra samples (and
+re-executes those problems).
+
+Outputs in ``out_dir``: ``metrics.json`` (per dataset: ``code_accuracy``,
+``unit_test_accuracy``, ``bon`` {"NxM": acc}, ``p_01``, ``p_00``, ``n_problems``,
+``code_parse_rate``, ``test_parse_rate``), ``results.md`` (the paper-style table) and
+``bon.png`` (BoN accuracy over n and over m).
+
+No jax here (rollout never imports it); torch/vLLM load only when a local engine is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rollout import metrics as cure_metrics
+from rollout.engines.api_engine import ApiConfig, ApiEngine, ChatRequest
+from rollout.parsing import parse_code, parse_test
+from rollout.problems import Problem, embedded_problems, load_problems
+from rollout.prompts import STOP_STRINGS, PromptBuilder, PromptConfig
+
+__all__ = [
+    "EvalError",
+    "ModelSpec",
+    "Sampling",
+    "EvalSettings",
+    "SampleLog",
+    "resolve_datasets",
+    "evaluate",
+    "write_reports",
+    "render_table",
+    "plot_bon",
+    "ensure_hf_model",
+]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("vllm", "hf", "api")
+KINDS = ("code", "test")
+SAMPLES_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+TABLE_FILE = "results.md"
+PLOT_FILE = "bon.png"
+_NOT_RUN = "-"  # verdict character of a cell never executed (unparsed code or test)
+
+
+class EvalError(RuntimeError):
+    """A user-facing failure of the evaluation; ``str(err)`` is one line."""
+
+
+# --------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Sampling settings (paper's evaluation defaults). Sample ``i`` of a prompt gets seed
+    ``seed + i`` where the engine takes per-request seeds."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    max_tokens: int = 2048
+    seed: int = 0
+    stop: tuple[str, ...] = STOP_STRINGS
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"sampling.max_tokens: must be >= 1, got {self.max_tokens}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One model playing a role: ``engine`` in ENGINES; ``model`` a HF directory or an Orbax
+    checkpoint (vllm/hf), or ``api`` for the API engine; ``options`` go to the engine."""
+
+    engine: str
+    model: str = ""
+    api: ApiConfig | None = None
+    tokenizer: str = ""
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: expected one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "api" and self.api is None:
+            raise ValueError("api: engine 'api' needs api.base_url and api.model")
+        if self.engine != "api" and not self.model:
+            raise ValueError(f"model: engine {self.engine!r} needs a model directory")
+
+    @property
+    def label(self) -> str:
+        return self.api.model if self.engine == "api" and self.api else pathlib.Path(self.model).name
+
+    def public(self) -> dict[str, Any]:
+        """What identifies this model in run.json: the endpoint may move (a proxy, a new
+        port), the model name may not. Never the API key."""
+        d: dict[str, Any] = {"engine": self.engine}
+        if self.engine == "api":
+            assert self.api is not None
+            d.update(model=self.api.model)
+        else:
+            d.update(model=str(self.model), tokenizer=self.tokenizer)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """What to sample and score. ``bon`` pairs need ``n <= k_code`` and ``m <= k_case``;
+    ``single_eval`` evaluates code only (no tests are sampled); ``max_gt_tests`` = 0 uses all
+    ground-truth tests."""
+
+    k_code: int = 16
+    k_case: int = 16
+    bon: tuple[tuple[int, int], ...] = ((1, 16), (4, 16), (8, 16), (16, 16), (16, 1), (16, 4), (16, 8))
+    single_eval: bool = False
+    max_gt_tests: int = 0
+    gen_batch: int = 64  # prompts per engine call (vllm/hf); samples per fsync (api)
+    exec_batch: int = 8  # problems per sandbox call
+
+    def __post_init__(self) -> None:
+        if self.k_code < 1:
+            raise ValueError(f"k_code: must be >= 1, got {self.k_code}")
+        if self.k_case < 0 or (not self.single_eval and self.k_case < 1):
+            raise ValueError(f"k_case: must be >= 1 (or use single_eval), got {self.k_case}")
+        for pair in self.bon:
+            if len(pair) != 2:
+                raise ValueError(f"bon: expected (n, m) pairs, got {pair!r}")
+            n, m = pair
+            if not 1 <= n <= self.k_code:
+                raise ValueError(f"bon: ({n}, {m}) needs 1 <= n <= k_code = {self.k_code}")
+            if not 0 <= m <= self.n_tests:
+                raise ValueError(f"bon: ({n}, {m}) needs 0 <= m <= k_case = {self.n_tests}"
+                                 + (" (single_eval samples no tests)" if self.single_eval else ""))
+        if self.gen_batch < 1 or self.exec_batch < 1:
+            raise ValueError("gen_batch/exec_batch: must be >= 1")
+
+    @property
+    def n_tests(self) -> int:
+        return 0 if self.single_eval else self.k_case
+
+
+# --------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------
+
+
+def resolve_datasets(spec: str, *, data_dir: str | os.PathLike[str] = "data",
+                     max_problems: int = 0, download: bool = True) -> dict[str, list[Problem]]:
+    """``spec`` is a comma-separated list; each item is ``embedded:<split>``, a path (file or
+    directory), or a hub dataset name (LiveBench, MBPP, ...) found as ``<data_dir>/<Name>.json``
+    or downloaded there. Returns {label: problems} in the given order."""
+    out: dict[str, list[Problem]] = {}
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if item.startswith(("embedded:", "embedded-")):
+            split = item.split(":", 1)[1] if ":" in item else item.split("-", 1)[1]
+            label, problems = f"embedded-{split}", embedded_problems(split)
+        elif pathlib.Path(item).exists():
+            path = pathlib.Path(item)
+            label, problems = path.stem if path.is_file() else path.name, load_problems(path)
+        else:
+            from rollout import hub  # stdlib only; the hub client loads lazily
+
+            try:
+                info = hub.resolve_dataset(item)
+            except hub.UnknownDatasetError as e:
+                raise EvalError(f"dataset {item!r} is not a file, a directory, embedded:<split> "
+                                f"or a known dataset ({e})") from None
+            label = info.name
+            path = pathlib.Path(data_dir) / f"{info.name}.json"
+            if not path.exists():
+                if not download:
+                    raise EvalError(f"dataset {info.name}: {path} not found "
+                                    f"(run: cure-data download --dataset={info.name} --out={data_dir})")
+                path = hub.download_dataset(info.name, data_dir).path
+            problems = load_problems(path)
+        if not problems:
+            raise EvalError(f"dataset {item!r} holds no problems")
+        if label in out:
+            raise EvalError(f"dataset {item!r} is listed twice")
+        out[label] = problems[:max_problems] if max_problems > 0 else problems
+    if not out:
+        raise EvalError("dataset: empty; give a name, a path or embedded:eval")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the JSONL record of samples and executions
+# --------------------------------------------------------------------------------------
+
+
+class SampleLog:
+    """Append-only JSONL file of sample and execution records, crash-tolerant.
+
+    Records: ``{"type": "sample", "dataset", "task_id", "kind": "code"|"test", "index", ...}``
+    and ``{"type": "exec", "dataset", "task_id", "n_codes", "n_tests", "gen", "gt", ...}``.
+    A final line without its newline (a crash mid-write) is cut off when the file is opened;
+    a malformed line anywhere else is an error naming the line.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = pathlib.Path(path)
+        self.samples: dict[tuple[str, str, str, int], dict] = {}
+        self.execs: dict[tuple[str, str], dict] = {}
+        self._load()
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a partial last line (%d bytes) left by an interruption",
+                        self.path, len(data) - cut)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+            data = data[:cut]
+        for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                self._index(rec)
+            except (ValueError, KeyError, TypeError) as e:
+                raise EvalError(f"{self.path}, line {lineno}: not a valid record ({e})") from None
+
+    def _index(self, rec: dict) -> None:
+        if rec["type"] == "sample":
+            self.samples[(rec["dataset"], rec["task_id"], rec["kind"], int(rec["index"]))] = rec
+        elif rec["type"] == "exec":
+            self.execs[(rec["dataset"], rec["task_id"])] = rec
+        else:
+            raise KeyError(f"unknown type {rec['type']!r}")
+
+    def append(self, records: Sequence[dict]) -> None:
+        """Writes ``records`` and makes them durable (flush + fsync) before returning."""
+        if not records:
+            return
+        self._fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        for r in records:
+            self._index(r)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "SampleLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_run_file(out_dir: pathlib.Path, fingerprint: dict) -> None:
+    """Writes run.json, or checks that a resumed run used the same settings."""
+    path = out_dir / RUN_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise EvalError(f"{path}: unreadable ({e}); use a new out_dir") from None
+        diff = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+        if diff:
+            raise EvalError(f"{out_dir} holds a run with other settings ({', '.join(diff)} differ: "
+                            f"was {json.dumps({k: old.get(k) for k in diff})}); "
+                            "use a new out_dir or the same settings to resume")
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------
+# models: prompts and generation
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Want:
+    """Missing samples of one (problem, kind): the prompt and the sample indices to draw."""
+
+    dataset: str
+    problem: Problem
+    kind: str
+    prompt: Any  # chat messages (api) or a prompt string (vllm/hf)
+    indices: list[int]
+
+
+Generated = tuple[int, int, str, dict]  # (want index, sample index, text, extra fields)
+
+
+class _ApiRole:
+    """A hosted model: chat messages, one request per sample, results as they finish."""
+
+    def __init__(self, spec: ModelSpec, prompt_cfg: PromptConfig) -> None:
+        assert spec.api is not None
+        self.spec = spec
+        self.engine = ApiEngine(spec.api, seed=0)
+        self.builder = PromptBuilder(dataclasses.replace(prompt_cfg, mode="raw"))
+
+    def prompt(self, problem: Problem, kind: str, show_example: bool) -> list[dict[str, str]]:
+        text = (self.builder.code_instruction(problem) if kind == "code"
+                else self.builder.test_instruction(problem, show_example))
+        system = self.builder.config.system_prompt
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}]
+
+    def run(self, wants: Sequence[_Want], sampling: Sampling, flush_every: int = 16,
+            flush_s: float = 2.0) -> Iterator[list[Generated]]:
+        """Batches of finished samples: ``flush_every`` of them, or whatever finished within
+        ``flush_s`` seconds of the previous batch."""
+        flat = [(w, i) for w in range(len(wants)) for i in wants[w].indices]
+        reqs = [ChatRequest(messages=tuple(wants[w].prompt), temperature=sampling.temperature,
+                            top_p=sampling.top_p, top_k=sampling.top_k,
+                            max_tokens=sampling.max_tokens, seed=sampling.seed + i)
+                for w, i in flat]  # no stop strings: chat replies end on their own
+        batch: list[Generated] = []
+        last = time.monotonic()
+        try:
+            for j, c in self.engine.stream(reqs):
+                w, i = flat[j]
+                batch.append((w, i, c.text, {"finish_reason": c.finish_reason,
+                                             "response_tokens": c.completion_tokens,
+                                             "attempts": c.attempts}))
+                if len(batch) >= flush_every or time.monotonic() - last >= flush_s:
+                    yield batch
+                    batch, last = [], time.monotonic()
+        finally:
+            if batch:  # finished before an error elsewhere: still kept
+                yield batch
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _LocalRole:
+    """A local model through rollout.engines (vllm or hf): rendered prompt strings, batched."""
+
+    def __init__(self, spec: ModelSpec, prompt_cfg: PromptConfig, batch: int,
+                 engine_factory: Callable[[ModelSpec], Any]) -> None:
+        self.spec = spec
+        self.batch = batch
+        self.engine = engine_factory(spec)
+        tokenizer = getattr(self.engine, "tokenizer", None)
+        self.builder = PromptBuilder(prompt_cfg, tokenizer=tokenizer)
+
+    def prompt(self, problem: Problem, kind: str, show_example: bool) -> str:
+        return (self.builder.code_prompt(problem) if kind == "code"
+                else self.builder.test_prompt(problem, show_example))
+
+    def run(self, wants: Sequence[_Want], sampling: Sampling) -> Iterator[list[Generated]]:
+        """One batch per engine call (``batch`` prompts with the same number of samples)."""
+        by_n: dict[int, list[int]] = {}
+        for w, want in enumerate(wants):
+            by_n.setdefault(len(want.indices), []).append(w)
+        for n, ws in by_n.items():
+            for start in range(0, len(ws), self.batch):
+                chunk = ws[start:start + self.batch]
+                outs = _engine_generate(self.engine, [wants[w].prompt for w in chunk], n, sampling)
+                batch = []
+                for w, samples in zip(chunk, outs):
+                    for i, s in zip(wants[w].indices, samples):
+                        text, extra = _sample_fields(s)
+                        batch.append((w, i, text, extra))
+                yield batch
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if callable(close):
+            close()
+
+
+def _engine_generate(engine: Any, prompts: list[str], n: int, sampling: Sampling) -> list[list[Any]]:
+    """Calls the engines interface (rollout.engines.base) with our sampling settings."""
+    try:
+        from rollout.engines.base import SamplingParams as _SP  # type: ignore[attr-defined]
+    except ImportError:
+        params: Any = sampling
+    else:
+        fields = {f.name for f in dataclasses.fields(_SP)}
+        wanted = dict(temperature=sampling.temperature, top_p=sampling.top_p,
+                      top_k=sampling.top_k, max_tokens=sampling.max_tokens,
+                      stop=tuple(sampling.stop), seed=sampling.seed, logprobs=False)
+        params = _SP(**{k: v for k, v in wanted.items() if k in fields})
+    return engine.generate(prompts, n, params)
+
+
+def _sample_fields(s: Any) -> tuple[str, dict]:
+    """Text and bookkeeping of one engine sample (object with .text, or a str)."""
+    if isinstance(s, str):
+        return s, {}
+    text = getattr(s, "text")
+    extra: dict[str, Any] = {}
+    reason = getattr(s, "finish_reason", None)
+    if reason is not None:
+        extra["finish_reason"] = str(reason)
+    ids = getattr(s, "token_ids", None)
+    if ids is not None:
+        extra["response_tokens"] = int(len(ids))
+    return text, extra
+
+
+def default_engine_factory(spec: ModelSpec) -> Any:
+    """Builds a vllm or hf engine from rollout.engines for ``spec`` (imported only here)."""
+    model_dir = ensure_hf_model(spec.model)
+    try:
+        if spec.engine == "vllm":
+            from rollout.engines.vllm_engine import VLLMEngine as cls  # type: ignore
+        else:
+            from rollout.engines.hf_engine import HFEngine as cls  # type: ignore
+    except ImportError as e:
+        raise EvalError(f"engine {spec.engine!r} is not available: {e}") from None
+    return cls.from_config(model_dir, tokenizer=spec.tokenizer or None, **dict(spec.options)) \
+        if hasattr(cls, "from_config") else cls(model_dir, **dict(spec.options))
+
+
+def _is_orbax_checkpoint(path: pathlib.Path) -> bool:
+    if (path / "config.json").exists():
+        return False
+    markers = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint")
+    return any((path / m).exists() for m in markers) or any(
+        (p / m).exists() for p in path.glob("*") if p.is_dir() for m in markers)
+
+
+def ensure_hf_model(model: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """A HF model directory for ``model``: itself when it is one; an Orbax checkpoint from
+    training is converted once with ``cure-convert orbax-to-hf`` (a subprocess, so no jax is
+    imported here) into ``<cache_dir or checkpoint>.hf``."""
+    path = pathlib.Path(model)
+    if not path.exists():
+        raise EvalError(f"model: {model} does not exist")
+    if not path.is_dir() or not _is_orbax_checkpoint(path):
+        return str(path)
+    out = pathlib.Path(cache_dir) if cache_dir else path.with_name(path.name + ".hf")
+    if (out / "config.json").exists():
+        return str(out)
+    exe = shutil.which("cure-convert")
+    if exe is None:
+        raise EvalError(f"model: {model} is an Orbax checkpoint and converting it needs the "
+                        "cure-convert command, which is not installed (pip install -e .)")
+    cmd = [exe, "orbax-to-hf", f"--checkpoint={path}", f"--out={out}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise EvalError(f"model: converting Orbax checkpoint {model} failed: {tail[0]}")
+    return str(out)
+
+
+# --------------------------------------------------------------------------------------
+# the pipeline
+# --------------------------------------------------------------------------------------
+
+
+def _sample_record(want: _Want, index: int, text: str, extra: dict, model: str) -> dict:
+    rec = {"type": "sample", "dataset": want.dataset, "task_id": want.problem.task_id,
+           "kind": want.kind, "index": index, "model": model, "response": text}
+    rec.update(extra)
+    if want.kind == "code":
+        p = parse_code(text)
+        rec.update(code=p.code, parse_error=p.reason)
+    else:
+        t = parse_test(text)
+        rec.update(test_input=t.input, test_output=t.output, parse_error=t.reason)
+    return rec
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", disable=not enabled, dynamic_ncols=True)
+
+
+def _generate(role: Any, wants: list[_Want], sampling: Sampling, slog: SampleLog,
+              desc: str, show: bool) -> None:
+    """Draws every wanted sample; each batch the role yields is appended and fsynced at once
+    (a failure or Ctrl-C keeps every batch that finished)."""
+    total = sum(len(w.indices) for w in wants)
+    if not total:
+        return
+    with _progress(total, desc, show) as bar:
+        for batch in role.run(wants, sampling):
+            slog.append([_sample_record(wants[w], i, text, extra, role.spec.label)
+                         for w, i, text, extra in batch])
+            bar.update(len(batch))
+
+
+def _gt_tests(problem: Problem, max_gt: int) -> list[tuple[str, str]]:
+    tests = list(zip(problem.test_input, problem.test_output))
+    return tests[:max_gt] if max_gt > 0 else tests
+
+
+def _verdict_rows(verdicts: np.ndarray, rows: list[int], cols: list[int], n: int, m: int) -> list[str]:
+    """Full [n, m] verdict strings: digits of Verdict for executed cells, '-' elsewhere."""
+    grid = [[_NOT_RUN] * m for _ in range(n)]
+    for a, r in enumerate(rows):
+        for b, c in enumerate(cols):
+            grid[r][c] = str(int(verdicts[a, b]))
+    return ["".join(row) for row in grid]
+
+
+def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSettings,
+             sandbox_factory: Callable[[], Any], show: bool) -> None:
+    """Runs codes x (generated + ground-truth tests) for each job and appends exec records."""
+    if not jobs:
+        return
+    from sandbox import TestCase
+
+    with sandbox_factory() as sb, _progress(len(jobs), "execute", show) as bar:
+        for start in range(0, len(jobs), settings.exec_batch):
+            chunk = jobs[start:start + settings.exec_batch]
+            groups, layout = [], []
+            for ds, p in chunk:
+                codes = [slog.samples[(ds, p.task_id, "code", i)] for i in range(settings.k_code)]
+                tests = [slog.samples[(ds, p.task_id, "test", i)] for i in range(settings.n_tests)]
+                rows = [i for i, c in enumerate(codes) if c["code"] is not None]
+                cols = [k for k, t in enumerate(tests) if t["test_input"] is not None]
+                gt = _gt_tests(p, settings.max_gt_tests)
+                cases = [TestCase(tests[k]["test_input"], tests[k]["test_output"]) for k in cols]
+                cases += [TestCase(i, o) for i, o in gt]
+                groups.append(([codes[r]["code"] for r in rows], cases, p.test_time_limit))
+                layout.append((ds, p, rows, cols, len(gt)))
+            live = [g for g, (progs, cases, _) in enumerate(groups) if progs and cases]
+            ran = sb.run_matrices([groups[g] for g in live]) if live else []
+            results: list[Any] = [None] * len(groups)
+            for g, r in zip(live, ran):
+                results[g] = r
+            records = []
+            for (ds, p, rows, cols, n_gt), res in zip(layout, results):
+                v = (np.asarray(res.verdicts).reshape(len(rows), len(cols) + n_gt) if res is not None
+                     else np.zeros((len(rows), len(cols) + n_gt), dtype=object))
+                records.append({
+                    "type": "exec", "dataset": ds, "task_id": p.task_id,
+                    "n_codes": settings.k_code, "n_tests": settings.n_tests, "n_gt": n_gt,
+                    "gen": _verdict_rows(v[:, :len(cols)], rows, cols, settings.k_code, settings.n_tests),
+                    "gt": _verdict_rows(v[:, len(cols):], rows, list(range(n_gt)), settings.k_code, n_gt),
+                })
+            slog.append(records)
+            bar.update(len(chunk))
+
+
+def _passed(rows: list[str], n: int, m: int) -> np.ndarray:
+    out = np.zeros((n, m), dtype=bool)
+    for r, row in enumerate(rows):
+        out[r] = [ch == "0" for ch in row]
+    return out
+
+
+def _exec_is_current(rec: dict | None, settings: EvalSettings, problem: Problem) -> bool:
+    return (rec is not None and rec["n_codes"] == settings.k_code
+            and rec["n_tests"] == settings.n_tests
+            and rec["n_gt"] == len(_gt_tests(problem, settings.max_gt_tests)))
+
+
+def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) -> dict:
+    """Per-problem metrics (rollout.metrics.evaluate_table) from its exec and sample records."""
+    rec = slog.execs[(ds, p.task_id)]
+    n, m = settings.k_code, settings.n_tests
+    code_parsed = np.array([slog.samples[(ds, p.task_id, "code", i)]["code"] is not None
+                            for i in range(n)])
+    test_parsed = np.array([slog.samples[(ds, p.task_id, "test", k)]["test_input"] is not None
+                            for k in range(m)], dtype=bool)
+    return cure_metrics.evaluate_table(
+        _passed(rec["gen"], n, m), _passed(rec["gt"], n, rec["n_gt"]), list(settings.bon),
+        code_parsed=code_parsed, test_parsed=test_parsed)
+
+
+def dataset_metrics(tables: Iterable[dict]) -> dict:
+    """The metrics.json entry of one dataset from its per-problem tables."""
+    agg = cure_metrics.aggregate(tables)
+    return {
+        "n_problems": agg["problems"],
+        "code_accuracy": agg["code_accuracy"],
+        "unit_test_accuracy": agg["unit_test_accuracy"],
+        "bon": agg["bon"],
+        "p_01": agg["p_01"],
+        "p_00": agg["p_00"],
+        "code_parse_rate": agg["code_parse_rate"],
+        "test_parse_rate": agg["test_parse_rate"],
+    }
+
+
+def evaluate(
+    datasets: Mapping[str, Sequence[Problem]],
+    coder: ModelSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    tester: ModelSpec | None = None,
+    settings: EvalSettings = EvalSettings(),
+    sampling: Sampling = Sampling(),
+    prompt_config: PromptConfig = PromptConfig(show_example_in_test_prompt=False),
+    sandbox_factory: Callable[[], Any] | None = None,
+    engine_factory: Callable[[ModelSpec], Any] = default_engine_factory,
+    progress: bool = True,
+    reports: bool = True,
+) -> dict[str, dict]:
+    """Runs (or resumes) the evaluation and returns {dataset: metrics}; see the module doc."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tester = tester or coder
+    show_example = prompt_config.show_example_in_test_prompt
+    fingerprint = {
+        "coder": coder.public(),
+        "tester": tester.public() if not settings.single_eval else None,
+        "sampling": {k: (list(v) if isinstance(v, tuple) else v)
+                     for k, v in dataclasses.asdict(sampling).items()},
+        "prompts": {k: (str(v) if v is not None else None)
+                    for k, v in dataclasses.asdict(prompt_config).items()},
+        "max_gt_tests": settings.max_gt_tests,
+    }
+    _check_run_file(out, fingerprint)
+    if sandbox_factory is None:
+        from sandbox import Limits, Sandbox
+
+        sandbox_factory = lambda: Sandbox(limits=Limits())  # noqa: E731
+
+    with SampleLog(out / SAMPLES_FILE) as slog:
+        roles: dict[str, Any] = {}
+        built: dict[str, Any] = {}  # one engine per distinct model, shared by both roles
+        try:
+            plan = [("code", coder, settings.k_code)]
+            if not settings.single_eval:
+                plan.append(("test", tester, settings.k_case))
+            for kind, spec, k in plan:
+                key = json.dumps([spec.public(), spec.api and spec.api.url], sort_keys=True)
+                if key not in built:
+                    built[key] = (_ApiRole(spec, prompt_config) if spec.engine == "api" else
+                                  _LocalRole(spec, prompt_config, settings.gen_batch, engine_factory))
+                role = roles[kind] = built[key]
+                wants = []
+                for ds, problems in datasets.items():
+                    for p in problems:
+                        missing = [i for i in range(k) if (ds, p.task_id, kind, i) not in slog.samples]
+                        if missing:
+                            wants.append(_Want(ds, p, kind, role.prompt(p, kind, show_example), missing))
+                _generate(role, wants, sampling, slog, f"generate {kind}s ({spec.label})", progress)
+        finally:
+            for role in built.values():
+                role.close()
+
+        jobs = [(ds, p) for ds, problems in datasets.items() for p in problems
+                if not _exec_is_current(slog.execs.get((ds, p.task_id)), settings, p)]
+        _execute(jobs, slog, settings, sandbox_factory, progress)
+
+        result = {ds: dataset_metrics(problem_table(slog, ds, p, settings) for p in problems)
+                  for ds, problems in datasets.items()}
+    if reports:
+        model = coder.label if tester is coder or settings.single_eval else \
+            f"{coder.label} + {tester.label} (tester)"
+        write_reports(result, out, model=model, bon=settings.bon, single_eval=settings.single_eval)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# reports
+# --------------------------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.1f}"
+
+
+def render_table(metrics: Mapping[str, dict], *, model: str,
+                 bon: Sequence[tuple[int, int]]) -> str:
+    """Markdown: the paper's one-line-per-model summary (UT / Code / BoN of the largest pair)
+    and a per-dataset table with every BoN pair, p_01, p_00 and parse rates."""
+    keys = [cure_metrics.bon_key(n, m) for n, m in bon]
+    head = max(bon, key=lambda nm: (nm[0] * max(nm[1], 1), nm)) if bon else None
+    hk = cure_metrics.bon_key(*head) if head else None
+    ds = list(metrics)
+    lines = [f"## {model}", "",
+             f"UT / Code / BoN {hk or '-'} (%)", "",
+             "| Model | " + " | ".join(ds) + " |",
+             "|---|" + "---|" * len(ds),
+             f"| {model} | " + " | ".join(
+                 f"{_pct(metrics[d]['unit_test_accuracy'])}/{_pct(metrics[d]['code_accuracy'])}/"
+                 f"{_pct(metrics[d]['bon'].get(hk)) if hk else '-'}" for d in ds) + " |",
+             "",
+             "| Dataset | Problems | UT | Code | " + " | ".join(f"BoN {k}" for k in keys)
+             + " | p_01 | p_00 | code parsed | test parsed |",
+             "|---|" + "---|" * (8 + len(keys))]
+    for d in ds:
+        r = metrics[d]
+        cells = [d, str(r["n_problems"]), _pct(r["unit_test_accuracy"]), _pct(r["code_accuracy"])]
+        cells += [_pct(r["bon"].get(k)) for k in keys]
+        cells += [_pct(r["p_01"]), _pct(r["p_00"]), _pct(r["code_parse_rate"]),
+                  _pct(r["test_parse_rate"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PLOT_PANEL_IN = (5.0, 4.0)  # inches per panel
+PLOT_DPI = 100
+
+
+def plot_bon(metrics: Mapping[str, dict], bon: Sequence[tuple[int, int]], path: str | os.PathLike[str],
+             *, title: str = "") -> tuple[int, int]:
+    """PNG of BoN accuracy: per dataset, one panel over n (a line per m) and one over m (a line
+    per n). Size: ``2 * len(datasets) * 500`` x 400 pixels. Returns (width, height)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ds = list(metrics)
+    w, h = PLOT_PANEL_IN
+    fig, axes = plt.subplots(1, 2 * len(ds), figsize=(2 * w * len(ds), h), dpi=PLOT_DPI,
+                             squeeze=False)
+    for j, d in enumerate(ds):
+        acc = {(n, m): metrics[d]["bon"].get(cure_metrics.bon_key(n, m)) for n, m in bon}
+        for ax, (x_of, line_of, xlabel, lname) in zip(
+                axes[0, 2 * j:2 * j + 2], ((0, 1, "n (codes)", "m"), (1, 0, "m (tests)", "n"))):
+            groups: dict[int, list[tuple[int, float]]] = {}
+            for nm, a in acc.items():
+                if a is not None:
+                    groups.setdefault(nm[line_of], []).append((nm[x_of], 100 * a))
+            for g, pts in sorted(groups.items()):
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{lname}={g}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("BoN accuracy (%)")
+            ax.set_title(f"{d}: BoN over {xlabel.split()[0]}")
+            ax.set_ylim(-2, 102)
+            ax.grid(alpha=0.3)
+            if groups:
+                ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return int(2 * w * len(ds) * PLOT_DPI), int(h * PLOT_DPI)
+
+
+def write_reports(metrics: Mapping[str, dict], out_dir: str | os.PathLike[str], *, model: str,
+                  bon: Sequence[tuple[int, int]], single_eval: bool = False) -> None:
+    """metrics.json, results.md and bon.png in ``out_dir`` (each replaced atomically)."""
+    out = pathlib.Path(out_dir)
+    tmp = out / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / METRICS_FILE)
+    tmp = out / (TABLE_FILE + ".tmp")
+    tmp.write_text(render_table(metrics, model=model, bon=bon))
+    os.replace(tmp, out / TABLE_FILE)
+    tmp = out / ("tmp-" + PLOT_FILE)
+    plot_bon(metrics, bon, tmp, title=model + (" (code only)" if single_eval else ""))
+    os.replace(tmp, out / PLOT_FILE)

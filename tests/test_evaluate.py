@@ -1,0 +1,241 @@
+"""The evaluation pipeline end to end against a scripted OpenAI-compatible server on loopback,
+with the real sandbox: metrics equal hand-computed values, results survive an interruption and
+a resume redoes nothing that finished, outputs (metrics.json, table, PNG) are written."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from rollout import evaluate as ev
+from rollout.engines.api_engine import ApiConfig, ApiFatalError
+from rollout.problems import Problem
+from sandbox import Limits, Sandbox
+from tests.helpers.fake_openai import FakeOpenAI
+
+SANDBOX_ISOLATION = "rlimits"
+
+# --- three problems with scripted answers (hand-worked metrics below) -------------------
+PROBLEMS = [
+    Problem(task_id="add", question="TASK=add. Read two integers a b; print a+b.",
+            test_input=("1 2\n", "5 7\n"), test_output=("3\n", "12\n"),
+            example_input=("9 9\n",), example_output=("18\n",)),
+    Problem(task_id="double", question="TASK=double. Read n; print 2*n.",
+            test_input=("3\n", "0\n"), test_output=("6\n", "0\n")),
+    Problem(task_id="neg", question="TASK=neg. Read n; print -n.",
+            test_input=("4\n", "0\n"), test_output=("-4\n", "0\n")),
+]
+
+
+def _fence(code: str) -> str:
+    return f"Let me think.\n```python\n{code}\n```\n"
+
+
+def _test(inp: str, out: str) -> str:
+    return f"Reasoning...\n**Test Input:**\n```\n{inp}\n```\n**Test Output:**\n```\n{out}\n```\n**Explanation:**\nok"
+
+
+CODES = {
+    "add": [_fence("a, b = map(int, input().split())\nprint(a + b)"),
+            _fence("a, b = map(int, input().split())\nprint(a - b)"),
+            "I cannot solve this.",
+            _fence("print(sum(map(int, input().split())))")],
+    "double": [_fence("n = int(input())\nprint(n * n)"),
+               _fence("n = int(input())\nprint(n + n + 1)"),
+               _fence("print(2 * int(input()))"),
+               _fence("n = int(input())\nprint(n * n)")],
+    "neg": [_fence("input()\nprint(0)"), "no code", _fence("print(0)"), _fence("print(0)")],
+}
+TESTS = {
+    "add": [_test("2 2", "4"), _test("1 1", "3"), "no test here", _test("3 0", "3")],
+    "double": [_test("2", "4"), _test("5", "11"), _test("1", "2"), _test("3", "6")],
+    "neg": [_test("4", "-4"), _test("0", "0"), _test("1", "-1"), "**Test Input:** nothing"],
+}
+# Hand-worked (see the matrices in the comments of test_metrics_equal_hand_computed_values).
+EXPECTED = {
+    "n_problems": 3,
+    "code_accuracy": 3 / 12,
+    "unit_test_accuracy": 5 / 8,
+    "p_01": 3 / 11,
+    "p_00": 1 / 4,
+    "code_parse_rate": 10 / 12,
+    "test_parse_rate": 10 / 12,
+    "bon": {"1x1": 1 / 3, "2x1": 1 / 3, "4x0": 1 / 3, "2x4": 1 / 3, "3x4": 2 / 3, "4x2": 1 / 3,
+            "4x4": 2 / 3},
+}
+BON = tuple((int(k.split("x")[0]), int(k.split("x")[1])) for k in EXPECTED["bon"])
+
+
+def answer(body: dict) -> str:
+    content = body["messages"][-1]["content"]
+    task = re.search(r"TASK=(\w+)", content).group(1)
+    index = body["seed"]  # sample i is sent with seed = sampling.seed (0) + i
+    table = TESTS if "**Test Input:**" in content else CODES
+    return table[task][index]
+
+
+def _settings(**kw) -> ev.EvalSettings:
+    return ev.EvalSettings(**({"k_code": 4, "k_case": 4, "bon": BON} | kw))
+
+
+def _sandbox():
+    return Sandbox(workers=2, limits=Limits(time_s=2.0), isolation=SANDBOX_ISOLATION)
+
+
+def _run(srv: FakeOpenAI, out, **kw):
+    spec = ev.ModelSpec(engine="api", api=ApiConfig(
+        base_url=srv.base_url, model="scripted", key="sk-never-write-me", max_concurrency=4,
+        backoff_base_s=0.01, backoff_max_s=0.02, max_retries=kw.pop("max_retries", 3)))
+    return ev.evaluate({"toy": PROBLEMS}, spec, out, settings=kw.pop("settings", _settings()),
+                       sandbox_factory=_sandbox, progress=False, **kw)
+
+
+def _close(a: dict, b: dict) -> None:
+    for k, v in b.items():
+        if isinstance(v, dict):
+            _close(a[k], v)
+        else:
+            assert a[k] == pytest.approx(v), k
+
+
+def test_metrics_equal_hand_computed_values(tmp_path):
+    # add:    gen (codes x tests) [[1,0,-,1],[0,0,-,1],[-,-,-,-],[1,0,-,1]]; correct {0, 3}
+    # double: gen [[1,0,0,0],[0,1,0,0],[1,0,1,1],[1,0,0,0]]; correct {2}
+    # neg:    no correct code; codes 0, 2, 3 print 0 and pass only the "0" test
+    with FakeOpenAI(answer, faults=[429, 500]) as srv:
+        got = _run(srv, tmp_path)
+    _close(got["toy"], EXPECTED)
+    assert set(got) == {"toy"}
+    # what the server saw: one chat request per sample, no test example (evaluation default)
+    bodies = [r.body for r in srv.ok_requests]
+    assert len(bodies) == 3 * (4 + 4)
+    assert all(set(m) == {"role", "content"} for b in bodies for m in b["messages"])
+    assert not any("9 9" in b["messages"][-1]["content"] for b in bodies)
+    assert all(b["temperature"] == 0.8 and b["top_p"] == 0.95 for b in bodies)
+
+    # every sample and every execution is on disk; the key is nowhere in the outputs
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert sum(r["type"] == "sample" for r in recs) == 24
+    execs = {r["task_id"]: r for r in recs if r["type"] == "exec"}
+    assert execs["add"]["gen"] == ["01-0", "11-0", "----", "01-0"]  # digits: sandbox.Verdict
+    gen = {t: np.array([[c == "0" for c in row] for row in r["gen"]]) for t, r in execs.items()}
+    np.testing.assert_array_equal(gen["double"], [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 1], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(gen["add"], [[1, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 1]])
+    for f in tmp_path.iterdir():
+        assert "sk-never-write-me" not in f.read_bytes().decode("latin-1"), f
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    _close(metrics["toy"], EXPECTED)
+    table = (tmp_path / "results.md").read_text()
+    assert "| toy | 3 | 62.5 | 25.0 |" in table and "BoN 4x4" in table
+    assert "| scripted | 62.5/25.0/66.7 |" in table
+
+
+def test_resume_after_interruption_redoes_nothing(tmp_path):
+    with FakeOpenAI(answer) as srv:
+        full = _run(srv, tmp_path / "ref")
+    # Interrupted run: the server starts refusing (401) after 10 answers.
+    with FakeOpenAI(answer, fail_after=(10, 401)) as srv:
+        with pytest.raises(ApiFatalError, match="HTTP 401"):
+            _run(srv, tmp_path / "run")
+    done = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert 0 < len(done) <= 10 and all(r["type"] == "sample" for r in done)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    # A crash mid-write leaves half a line: it is dropped and redone.
+    with open(tmp_path / "run" / "samples.jsonl", "a") as fh:
+        fh.write('{"type": "sample", "dataset": "to')
+    with FakeOpenAI(answer) as srv:
+        resumed = _run(srv, tmp_path / "run")
+    assert len(srv.log) == 24 - len(done)
+    seen = {(r["task_id"], r["kind"], r["index"]) for r in done}
+    for r in srv.log:  # nothing finished is asked for again
+        content = r.body["messages"][-1]["content"]
+        kind = "test" if "**Test Input:**" in content else "code"
+        assert (re.search(r"TASK=(\w+)", content).group(1), kind, r.body["seed"]) not in seen
+    assert resumed == full
+    # A third run finds everything done: no requests, no executions, same metrics.
+    n_lines = len((tmp_path / "run" / "samples.jsonl").read_text().splitlines())
+    with FakeOpenAI(answer) as srv:
+        again = _run(srv, tmp_path / "run")
+    assert len(srv.log) == 0 and again == full
+    assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == n_lines
+
+
+def test_raising_k_draws_only_the_extra_samples(tmp_path):
+    with FakeOpenAI(answer) as srv:
+        _run(srv, tmp_path, settings=_settings(k_code=2, k_case=2, bon=((2, 2),)))
+        assert len(srv.log) == 3 * 4
+        got = _run(srv, tmp_path)
+        assert len(srv.log) == 3 * 8
+    _close(got["toy"], EXPECTED)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    with FakeOpenAI(answer) as srv:
+        _run(srv, tmp_path)
+        with pytest.raises(ev.EvalError, match=r"sampling differ"):
+            _run(srv, tmp_path, sampling=ev.Sampling(temperature=0.2))
+
+
+def test_single_eval_samples_code_only(tmp_path):
+    with FakeOpenAI(answer) as srv:
+        got = _run(srv, tmp_path, settings=_settings(single_eval=True, k_case=0, bon=((1, 0), (4, 0))))
+    assert len(srv.log) == 12
+    r = got["toy"]
+    assert r["code_accuracy"] == pytest.approx(3 / 12) and r["unit_test_accuracy"] is None
+    assert r["bon"] == {"1x0": pytest.approx(1 / 3), "4x0": pytest.approx(1 / 3)}
+
+
+def test_separate_tester_model(tmp_path):
+    with FakeOpenAI(answer) as coder_srv, FakeOpenAI(answer) as tester_srv:
+        def spec(srv, name):
+            return ev.ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model=name))
+        got = ev.evaluate({"toy": PROBLEMS}, spec(coder_srv, "coder-m"), tmp_path,
+                          tester=spec(tester_srv, "tester-m"), settings=_settings(),
+                          sandbox_factory=_sandbox, progress=False)
+    assert {r.body["model"] for r in coder_srv.log} == {"coder-m"} and len(coder_srv.log) == 12
+    assert {r.body["model"] for r in tester_srv.log} == {"tester-m"} and len(tester_srv.log) == 12
+    _close(got["toy"], EXPECTED)
+    assert "coder-m + tester-m (tester)" in (tmp_path / "results.md").read_text()
+
+
+def test_plot_has_the_documented_size(tmp_path):
+    from PIL import Image
+
+    metrics = {"a": dict(EXPECTED), "b": dict(EXPECTED)}
+    size = ev.plot_bon(metrics, BON, tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.size == size == (2 * 2 * 500, 400)
+
+
+def test_sample_log_rejects_a_corrupt_middle_line(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"type": "exec"}\nnot json\n')
+    with pytest.raises(ev.EvalError, match=r"samples\.jsonl, line 1"):
+        ev.SampleLog(path)
+
+
+def test_settings_validation_names_the_field():
+    with pytest.raises(ValueError, match=r"^bon: \(8, 4\) needs 1 <= n <= k_code = 4"):
+        _settings(bon=((8, 4),))
+    with pytest.raises(ValueError, match=r"^bon: .*single_eval samples no tests"):
+        _settings(single_eval=True, k_case=0, bon=((1, 1),))
+    with pytest.raises(ValueError, match=r"^sampling\.top_p"):
+        ev.Sampling(top_p=0)
+    with pytest.raises(ValueError, match=r"^model:"):
+        ev.ModelSpec(engine="vllm")
+
+
+def test_datasets_resolve_embedded_paths_and_names(tmp_path):
+    from rollout.problems import write_problems
+
+    write_problems(PROBLEMS, tmp_path / "mine.json")
+    got = ev.resolve_datasets(f"embedded:eval, {tmp_path / 'mine.json'}", max_problems=2)
+    assert list(got) == ["embedded-eval", "mine"] and len(got["mine"]) == 2
+    with pytest.raises(ev.EvalError, match="cure-data download --dataset=LiveBench"):
+        ev.resolve_datasets("livebench", data_dir=tmp_path, download=False)
+    with pytest.raises(ev.EvalError, match="'nope' is not a file"):
+        ev.resolve_datasets("nope")
