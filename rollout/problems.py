@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "EMBEDDED_SPLITS",
     "Problem",
     "ProblemFormatError",
-    "EMBEDDED_SPLITS",
     "embedded_dir",
     "embedded_problems",
     "load_problems",
@@ -115,7 +115,7 @@ class Problem:
         row: int | None = None,
         line: int | None = None,
         default_dataset: str = "",
-    ) -> "Problem":
+    ) -> Problem:
         """Validate one Stdio-format object and build a ``Problem``.
 
         ``source``/``row``/``line`` only label errors (``row`` is a 0-based index into a JSON
@@ -447,7 +447,7 @@ def embedded_dir() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent / "embedded"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _embedded_split(split: str) -> tuple[Problem, ...]:
     path = embedded_dir() / f"{split}.json"
     return tuple(load_problems_file(path, dataset=f"embedded-{split}"))

@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout.problems import (Problem, ProblemFormatError, load_problems, load_problems_file,
-                              problems_from_records, problems_to_json, write_problems)
+from rollout.problems import (
+    Problem,
+    ProblemFormatError,
+    load_problems,
+    load_problems_file,
+    problems_from_records,
+    problems_to_json,
+    write_problems,
+)
 
 
 def row(**over):
