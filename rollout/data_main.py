@@ -1,6 +1,6 @@
 """``cure-data``: download, list and validate CURE problem datasets.
 
-    cure-data download --dataset=LiveBench --out=data/ [--hub_dir=MIRROR]
+    cure-data download --dataset=LiveBench --out=data/ [--hub_dir=MIRROR | --revision=REV]
     cure-data list
     cure-data validate PATH              # a .json / .jsonl file or a directory of them
 
@@ -15,7 +15,8 @@ from absl import app, flags
 
 from rollout import hub, problems
 
-USAGE = ("usage: cure-data download --dataset=NAME --out=DIR [--hub_dir=MIRROR] | "
+USAGE = ("usage: cure-data download --dataset=NAME --out=DIR [--hub_dir=MIRROR | "
+         "--revision=REV] | "
          "cure-data list | cure-data validate PATH")
 EXIT_ERROR = 2
 
@@ -34,15 +35,18 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("hub_dir", None, "read from a local mirror laid out like the hub "
                         "(<hub_dir>/<owner>/<repo>/<split>/<file>.json) instead of the network",
                         flag_values=fv)
+    flags.DEFINE_string("revision", None, "hub branch, tag or commit to download (default: "
+                        "main); pin a commit for reproducible data", flag_values=fv)
 
 
-def cmd_download(dataset: str | None, out: str | None, hub_dir: str | None) -> str:
+def cmd_download(dataset: str | None, out: str | None, hub_dir: str | None,
+                 revision: str | None = None) -> str:
     """Download one dataset; return the line to print."""
     if not dataset:
         raise UsageError("download needs --dataset=NAME")
     if not out:
         raise UsageError("download needs --out=DIR")
-    result = hub.download_dataset(dataset, out, hub_dir=hub_dir)
+    result = hub.download_dataset(dataset, out, hub_dir=hub_dir, revision=revision)
     return f"wrote {result.path}: {result.num_problems} problems ({result.dataset}, from {result.source})"
 
 
@@ -74,7 +78,7 @@ def dispatch(args: Sequence[str], fv: flags.FlagValues) -> str:
     if command == "download":
         if rest:
             raise UsageError(f"unexpected arguments {' '.join(rest)!r}; {USAGE}")
-        return cmd_download(fv.dataset, fv.out, fv.hub_dir)
+        return cmd_download(fv.dataset, fv.out, fv.hub_dir, fv.revision)
     if command == "list":
         if rest:
             raise UsageError(f"unexpected arguments {' '.join(rest)!r}; {USAGE}")

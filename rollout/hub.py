@@ -28,6 +28,7 @@ __all__ = [
     "CandidateNotFound",
     "CandidateUnavailable",
     "DatasetDownloadError",
+    "DatasetInfo",
     "DownloadResult",
     "HubFile",
     "HubUnreachableError",
@@ -274,12 +275,13 @@ def download_dataset(
     out_dir: str | os.PathLike[str],
     *,
     hub_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
     fetcher: Fetcher | None = None,
 ) -> DownloadResult:
     """Fetch dataset ``name`` into ``out_dir/<Name>.json``, validated and written atomically.
 
     The source is ``fetcher`` if given, else the local mirror ``hub_dir`` if given, else the
-    Hugging Face hub. Candidates from :func:`candidate_files` are tried in order. The file
+    Hugging Face hub (at ``revision``, a branch, tag or commit; default main). Candidates from :func:`candidate_files` are tried in order. The file
     is copied to a temporary name in ``out_dir``, validated with the problem loader, and
     only then renamed into place (``os.replace``), so ``out_dir/<Name>.json`` is either the
     complete, valid dataset or untouched; a malformed download raises and leaves nothing.
@@ -287,8 +289,12 @@ def download_dataset(
     info = resolve_dataset(name)
     candidates = candidate_files(info.name)
     where = f"local mirror {hub_dir}" if hub_dir is not None else "Hugging Face hub"
+    if hub_dir is not None and revision is not None:
+        raise DatasetDownloadError("a revision applies to the hub, not to a local mirror "
+                                   "(--hub_dir holds one version)")
     if fetcher is None:
-        fetcher = local_fetcher(hub_dir) if hub_dir is not None else hub_fetcher()
+        fetcher = (local_fetcher(hub_dir) if hub_dir is not None
+                   else hub_fetcher(revision=revision))
 
     tried: list[str] = []
     unavailable: list[str] = []

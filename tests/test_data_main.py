@@ -90,6 +90,8 @@ def test_download_unreachable_hub_is_one_line_and_exit_2(tmp_path):
     (["upload"], ["unknown command 'upload'"]),
     (["list", "extra"], ["unexpected arguments 'extra'"]),
     (["validate"], ["validate needs exactly one PATH"]),
+    (["download", "--dataset=MBPP", "--out=x", "--hub_dir=.", "--revision=v1"],
+     ["a revision applies to the hub, not to a local mirror"]),
 ])
 def test_usage_errors(args, fragments):
     assert_one_line_error(cure_data(*args), *fragments)

@@ -240,6 +240,22 @@ def test_real_client_reports_every_candidate_when_the_hub_lacks_the_dataset(tmp_
     assert not isinstance(e.value, hub.HubUnreachableError)
 
 
+def test_real_client_asks_for_the_requested_revision(tmp_path, online):
+    data = json.dumps(good_rows(1)).encode()
+    with FakeHub({("Gen-Verse/CodeForces", "test/CodeForces.json"): data}) as fake:
+        fetch = hub.hub_fetcher(endpoint=fake.endpoint, revision="v1.0",
+                                cache_dir=str(tmp_path / "cache"))
+        hub.download_dataset("CodeForces", tmp_path / "out", fetcher=fetch)
+        paths = [path for _, path in fake.requests]
+    assert paths and all("/resolve/v1.0/" in path for path in paths)
+
+
+def test_revision_with_a_local_mirror_is_an_error(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(hub.DatasetDownloadError, match="a revision applies to the hub"):
+        hub.download_dataset("MBPP", tmp_path / "out", hub_dir=tmp_path / "m", revision="v1")
+
+
 def closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
