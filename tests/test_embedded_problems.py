@@ -79,7 +79,7 @@ def test_embedded_problems_returns_fresh_lists():
 
 
 def _run_plain(solution_path: str, stdin: str, timeout_s: float) -> str:
-    proc = subprocess.run([sys.executable, "-I", solution_path], input=stdin,
+    proc = subprocess.run([sys.executable, "-I", "-S", solution_path], input=stdin,
                           capture_output=True, text=True, timeout=timeout_s, check=False)
     assert proc.returncode == 0, proc.stderr[-500:]
     return proc.stdout

@@ -28,7 +28,7 @@ SPLITS = {"train": specs_lib.TRAIN, "eval": specs_lib.EVAL}
 
 def run_solution(solution_path: str, stdin: str) -> str:
     """Run one solution file on ``stdin``; return its stdout (raise on any failure)."""
-    proc = subprocess.run([sys.executable, "-I", solution_path], input=stdin,
+    proc = subprocess.run([sys.executable, "-I", "-S", solution_path], input=stdin,
                           capture_output=True, text=True, timeout=_RUN_TIMEOUT_S,
                           check=False)
     if proc.returncode != 0 or proc.stderr:
