@@ -14,7 +14,7 @@ Code reward and correctness (code :math:`j`):
 factor per problem, so their normalised rewards are identical.)
 
 Unit-test reward (test :math:`k`, defined only when some code is correct). With the wrong codes
-:math:`W = \{j : I_j = 0\}`, :math:`n_w = |W|`, the number of wrong codes the test accepts
+:math:`W = \{j\ \mathrm{parsed} : I_j = 0\}`, :math:`n_w = |W|`, the number of wrong codes the test accepts
 :math:`a_k = \sum_{j\in W} B^{gen}_{jk}` and
 :math:`c_k = \prod_{j : I_j = 1} B^{gen}_{jk}` (1 when the test accepts every correct code):
 
@@ -44,8 +44,8 @@ label-free mode.
 
 Label-free mode (no ground truth): codes are scored against the parsed generated tests,
 :math:`R_{code}(j) = \frac{1}{m'}\sum_{k\,parsed} B^{gen}_{jk}`, and the pseudo-correct codes are
-those passing the most generated tests (ties all count, only when that maximum is > 0): exactly
-the codes best-of-n would pick. Tests are then rewarded against that pseudo-correctness.
+those passing the most generated tests (every code tied at that maximum, and only when it is
+> 0): the codes among which best-of-n picks. Tests are then rewarded against that pseudo-correctness.
 
 Long-CoT length-aware transformation (optional, per group, raw rewards :math:`R` and response
 lengths :math:`\ell`): positives :math:`P = \{R > 0\}`, negatives the rest; no signal if either is
@@ -322,45 +322,54 @@ class BatchRewards:
         return getattr(self, name)[self.test_offsets[i] : self.test_offsets[i + 1]]
 
 
-def _pad(arrays: Sequence[np.ndarray], shapes: np.ndarray, width: tuple[int, ...], dtype: type) -> np.ndarray:
-    """Stack ragged 1-D or 2-D arrays (``shapes`` [P, ndim]) into a zero-padded [P, *width] array.
+def _arrays(seq: Sequence[object], name: str, ndim: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The per-problem arrays of ``seq`` and their shapes [P, ndim]; wrong ranks are a ValueError."""
+    arrs = [a if type(a) is np.ndarray else np.asarray(a) for a in seq]
+    try:
+        shapes = np.array([a.shape for a in arrs], dtype=np.int64).reshape(len(arrs), -1)
+    except ValueError:  # ranks differ between problems
+        shapes = None
+    if shapes is None or (arrs and shapes.shape[1] != ndim):
+        i = next(i for i, a in enumerate(arrs) if a.ndim != ndim)
+        raise ValueError(f"{name}[{i}]: expected a {ndim}-D array, got shape {arrs[i].shape}")
+    return arrs, shapes.reshape(len(arrs), ndim)
 
-    Uniform shapes take one ``np.stack``; ragged ones one concatenate and one scatter, so the
-    cost does not grow with a Python loop over elements.
+
+def _pad(arrays: list[np.ndarray], shapes: np.ndarray, width: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Stack 1-D or 2-D arrays (``shapes`` [P, ndim]) into a zero-padded [P, *width] array.
+
+    Uniform shapes take one concatenate; ragged ones one slice assignment per problem (about a
+    microsecond each: measured faster than a vectorised scatter at these sizes).
     """
     P = len(arrays)
-    out = np.zeros((P, *width), dtype=dtype)
-    if P == 0 or out.size == 0:
-        return out
+    if P == 0 or 0 in width:
+        return np.zeros((P, *width), dtype=dtype)
     if (shapes == np.asarray(width)[None, :]).all():
-        out[...] = np.stack([np.asarray(a) for a in arrays])
-        return out
-    flat = np.concatenate([np.asarray(a, dtype=dtype).reshape(-1) for a in arrays])
-    sizes = shapes.prod(axis=1)
-    owner = np.repeat(np.arange(P), sizes)
-    local = np.arange(flat.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    row_size = int(np.prod(width))
-    if shapes.shape[1] == 1:
-        dest = owner * row_size + local
+        return np.concatenate(arrays).reshape(P, *width).astype(dtype, copy=False)
+    out = np.zeros((P, *width), dtype=dtype)
+    if len(width) == 1:
+        for i, a in enumerate(arrays):
+            out[i, : a.shape[0]] = a
     else:
-        cols = shapes[owner, 1]
-        r = local // np.maximum(cols, 1)
-        dest = owner * row_size + r * width[1] + (local - r * cols)
-    out.reshape(-1)[dest] = flat
+        for i, a in enumerate(arrays):
+            out[i, : a.shape[0], : a.shape[1]] = a
     return out
 
 
-def _shapes_1d(seq: Sequence[np.ndarray] | None, name: str, sizes: np.ndarray) -> np.ndarray | None:
-    """Validate a per-problem list of 1-D arrays against ``sizes``; return their shapes [P, 1]."""
+def _per_problem_1d(
+    seq: Sequence[object] | None, name: str, sizes: np.ndarray, width: int, dtype: type
+) -> np.ndarray | None:
+    """Validate a per-problem list of 1-D arrays against ``sizes`` and pad it to [P, width]."""
     if seq is None:
         return None
     if len(seq) != len(sizes):
         raise ValueError(f"{name}: expected {len(sizes)} entries (one per problem), got {len(seq)}")
-    shapes = [np.shape(a) for a in seq]
-    for i, s in enumerate(shapes):
-        if s != (sizes[i],):
-            raise ValueError(f"{name}[{i}]: expected shape ({sizes[i]},), got {s}")
-    return np.asarray(sizes, dtype=np.int64).reshape(-1, 1)
+    arrs, shapes = _arrays(seq, name, 1)
+    bad = np.flatnonzero(shapes[:, 0] != sizes)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}[{i}]: expected shape ({sizes[i]},), got {arrs[i].shape}")
+    return _pad(arrs, shapes, (width,), dtype)
 
 
 def _masked_z(r: np.ndarray, mask: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -372,8 +381,8 @@ def _masked_z(r: np.ndarray, mask: np.ndarray, eps: float) -> tuple[np.ndarray, 
     dev = np.where(mask, r - mean[:, None], 0.0)
     sd = np.sqrt((dev * dev).sum(axis=1) / safe_n)
     sig = (n > 0) & (sd > eps)
-    adv = np.where(sig[:, None], dev / np.where(sig, sd, 1.0)[:, None], 0.0)
-    return adv, sig
+    inv = np.divide(1.0, sd, out=np.zeros_like(sd), where=sig)
+    return dev * inv[:, None], sig
 
 
 def _masked_length_aware(
@@ -421,30 +430,17 @@ def batch_rewards(
     P = len(gen_passed)
     if not config.label_free and gt_passed is None:
         raise ValueError("gt_passed: required unless RewardConfig.label_free is set")
-    gp: list[np.ndarray] = []
-    for i, g in enumerate(gen_passed):
-        g = np.asarray(g)
-        if g.ndim != 2:
-            raise ValueError(f"gen_passed[{i}]: expected a 2-D [codes, tests] matrix, got shape {g.shape}")
-        gp.append(g)
-    n_codes = np.array([g.shape[0] for g in gp], dtype=np.int64)
-    n_tests = np.array([g.shape[1] for g in gp], dtype=np.int64)
+    gp, g_shapes = _arrays(gen_passed, "gen_passed", 2)
+    n_codes, n_tests = g_shapes[:, 0], g_shapes[:, 1]
     C = int(n_codes.max(initial=0))
     T = int(n_tests.max(initial=0))
-    ar_c = np.arange(C)
-    ar_t = np.arange(T)
-    code_mask = ar_c[None, :] < n_codes[:, None]
-    test_mask = ar_t[None, :] < n_tests[:, None]
-
-    def per_problem(seq, name, sizes, width, dtype):
-        shapes = _shapes_1d(seq, name, sizes)
-        return None if shapes is None else _pad(seq, shapes, (width,), dtype)
-
-    cp = per_problem(code_parsed, "code_parsed", n_codes, C, bool)
-    tp = per_problem(test_parsed, "test_parsed", n_tests, T, bool)
+    code_mask = np.arange(C)[None, :] < n_codes[:, None]
+    test_mask = np.arange(T)[None, :] < n_tests[:, None]
+    cp = _per_problem_1d(code_parsed, "code_parsed", n_codes, C, bool)
+    tp = _per_problem_1d(test_parsed, "test_parsed", n_tests, T, bool)
     cp = code_mask if cp is None else cp & code_mask
     tp = test_mask if tp is None else tp & test_mask
-    G = _pad(gp, np.stack([n_codes, n_tests], axis=1).reshape(P, 2), (C, T), bool)
+    G = _pad(gp, g_shapes, (C, T), bool)
     G &= cp[:, :, None] & tp[:, None, :]
 
     # Code rewards and (pseudo-)correctness.
@@ -457,17 +453,17 @@ def batch_rewards(
     else:
         if len(gt_passed) != P:
             raise ValueError(f"gt_passed: expected {P} entries (one per problem), got {len(gt_passed)}")
-        n_gt = np.empty(P, dtype=np.int64)
-        for i, h in enumerate(gt_passed):
-            s = np.shape(h)
-            if len(s) != 2 or s[0] != n_codes[i]:
-                raise ValueError(f"gt_passed[{i}]: expected shape ({n_codes[i]}, t), got {s}")
-            if s[1] == 0:
+        hp, h_shapes = _arrays(gt_passed, "gt_passed", 2)
+        bad = np.flatnonzero((h_shapes[:, 0] != n_codes) | (h_shapes[:, 1] == 0))
+        if bad.size:
+            i = int(bad[0])
+            if h_shapes[i, 1] == 0:
                 raise ValueError(f"gt_passed[{i}]: the problem has no ground-truth tests; use label-free mode")
-            n_gt[i] = s[1]
+            raise ValueError(f"gt_passed[{i}]: expected shape ({n_codes[i]}, t), got {hp[i].shape}")
+        n_gt = h_shapes[:, 1]
         Gt = int(n_gt.max(initial=0))
         gt_mask = np.arange(Gt)[None, :] < n_gt[:, None]
-        H = _pad(gt_passed, np.stack([n_codes, n_gt], axis=1).reshape(P, 2), (C, Gt), bool)
+        H = _pad(hp, h_shapes, (C, Gt), bool)
         H &= cp[:, :, None]
         code_raw = H.sum(axis=2) / n_gt[:, None]
         correct = code_mask & (H | ~gt_mask[:, None, :]).all(axis=2) & cp
@@ -497,7 +493,7 @@ def batch_rewards(
 
     # Normalisation.
     if config.long_cot_codes:
-        cl = per_problem(code_lengths, "code_lengths", n_codes, C, np.float64)
+        cl = _per_problem_1d(code_lengths, "code_lengths", n_codes, C, np.float64)
         if cl is None:
             raise ValueError("code_lengths: required when RewardConfig.long_cot_codes is set")
         code_adv, code_sig = _masked_length_aware(
@@ -506,7 +502,7 @@ def batch_rewards(
     else:
         code_adv, code_sig = _masked_z(code_raw, code_mask, config.eps)
     if config.long_cot_tests:
-        tl = per_problem(test_lengths, "test_lengths", n_tests, T, np.float64)
+        tl = _per_problem_1d(test_lengths, "test_lengths", n_tests, T, np.float64)
         if tl is None:
             raise ValueError("test_lengths: required when RewardConfig.long_cot_tests is set")
         test_adv, test_sig = _masked_length_aware(

@@ -160,8 +160,16 @@ def test_bad_input_errors():
         rewards.code_rewards(np.zeros((3, 0), bool))
     with pytest.raises(ValueError, match="gen_passed"):
         rewards.test_rewards(np.zeros(3, bool), np.ones(3, bool))
-    with pytest.raises(ValueError, match=r"gt_passed\[1\]"):
+    with pytest.raises(ValueError, match=r"gt_passed\[1\]: expected shape \(4, t\)"):
         rewards.batch_rewards([GEN, GEN], [GT, GT[:2]])
+    with pytest.raises(ValueError, match=r"gt_passed\[0\]: .*no ground-truth"):
+        rewards.batch_rewards([GEN], [np.zeros((4, 0), bool)])
+    with pytest.raises(ValueError, match=r"gen_passed\[1\]: expected a 2-D array, got shape \(4,\)"):
+        rewards.batch_rewards([GEN, GEN[:, 0]], [GT, GT])
+    with pytest.raises(ValueError, match=r"gen_passed\[0\]: expected a 2-D array"):
+        rewards.batch_rewards([GEN[:, 0], GEN[:, 1]], [GT, GT])
+    with pytest.raises(ValueError, match=r"code_parsed: expected 2 entries"):
+        rewards.batch_rewards([GEN, GEN], [GT, GT], code_parsed=[np.ones(4, bool)])
     with pytest.raises(ValueError, match=r"test_parsed\[0\]"):
         rewards.batch_rewards([GEN], [GT], test_parsed=[np.ones(3, bool)])
     with pytest.raises(ValueError, match="test_lengths"):
