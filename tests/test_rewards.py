@@ -283,8 +283,13 @@ def test_property_batch_matches_per_problem(tables, scaling, label_free, long_co
     tp = [t[2] for t in tables]
     cp = [t[3] for t in tables]
     tl = [np.arange(g.shape[1]) * 700.0 + 200 for g in gen]
-    cfg = rewards.RewardConfig(scaling=scaling, label_free=label_free, long_cot_tests=long_cot)
-    out = rewards.batch_rewards(gen, gt, cfg, code_parsed=cp, test_parsed=tp, test_lengths=tl)
+    cl = [np.arange(g.shape[0])[::-1] * 900.0 + 50 for g in gen]
+    cfg = rewards.RewardConfig(
+        scaling=scaling, label_free=label_free, long_cot_tests=long_cot, long_cot_codes=long_cot
+    )
+    out = rewards.batch_rewards(
+        gen, gt, cfg, code_parsed=cp, test_parsed=tp, test_lengths=tl, code_lengths=cl
+    )
     for i in range(len(tables)):
         if label_free:
             raw, correct = rewards.label_free_code_rewards(gen[i], tp[i], cp[i])
@@ -292,7 +297,7 @@ def test_property_batch_matches_per_problem(tables, scaling, label_free, long_co
             raw, correct = rewards.code_rewards(rewards.mask_unparsed(gt[i], cp[i]))
         np.testing.assert_allclose(out.codes_of(i, "code_raw"), raw, rtol=1e-6)
         assert out.codes_of(i, "code_correct").tolist() == correct.tolist()
-        z, sig = rewards.normalize(raw)
+        z, sig = rewards.length_aware(raw, cl[i]) if long_cot else rewards.normalize(raw)
         np.testing.assert_allclose(out.codes_of(i), z, rtol=1e-5, atol=1e-5)
         assert out.codes_of(i, "code_has_signal").tolist() == [sig] * len(raw)
         r = rewards.test_rewards(gen[i], correct, scaling, test_parsed=tp[i], code_parsed=cp[i])
