@@ -1,0 +1,124 @@
+"""Which isolation the workers get, and the command line that starts one worker.
+
+Modes, strongest first:
+  namespaces  root + bubblewrap: the worker runs in its own PID/network/IPC/UTS namespaces on a
+              read-only root that holds only /usr and the Python installation; every execution gets
+              a fresh PID + mount namespace (private /tmp, /dev/shm, /proc) and an unprivileged uid.
+  userns      non-root + bubblewrap: same worker namespaces through an unprivileged user
+              namespace; programs share the worker's uid and namespaces (no per-execution ones).
+  rlimits     no bubblewrap: rlimits, a new session, process-group kill, and (as root) an
+              unprivileged uid. No filesystem or network isolation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+
+log = logging.getLogger("sandbox")
+
+MODES = ("namespaces", "userns", "rlimits")
+WORKER_DIR = "/sandbox_worker"
+_announced: set[str] = set()
+_announce_lock = threading.Lock()
+
+
+def announce(mode: str, detail: str = "") -> None:
+    """Log once per process which isolation is in force (a warning when it is weak)."""
+    with _announce_lock:
+        if mode in _announced:
+            return
+        _announced.add(mode)
+    msg = f"sandbox isolation in force: {mode}" + (f" ({detail})" if detail else "")
+    if mode == "namespaces":
+        log.info(msg)
+    else:
+        log.warning(msg + "; programs are less isolated than in 'namespaces' mode")
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def default_mode() -> str:
+    if sys.platform != "linux" or bwrap_path() is None:
+        return "rlimits"
+    return "namespaces" if os.geteuid() == 0 else "userns"
+
+
+def _python_roots() -> list[str]:
+    """Directories the interpreter needs: its installation, the venv, their site-packages."""
+    roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix}
+    exe = os.path.realpath(sys.executable)
+    roots.add(os.path.dirname(os.path.dirname(exe)))
+    out = []
+    for r in sorted(roots, key=len):
+        if r.startswith("/usr") or not os.path.isdir(r):
+            continue
+        if any(r == o or r.startswith(o + "/") for o in out):
+            continue
+        out.append(r)
+    return out
+
+
+def _root_entries() -> list[str]:
+    """bwrap arguments that mirror the host's /usr layout (merged-/usr symlinks or binds)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = "/" + name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/alternatives"):
+        args += ["--ro-bind-try", f, f]
+    return args
+
+
+def worker_env() -> dict[str, str]:
+    """A clean environment; a fixed hash seed keeps set/dict order the same in every worker."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "HOME": "/tmp", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONIOENCODING": "utf-8"}
+
+
+def worker_command(mode: str, config_json: str) -> list[str]:
+    """argv that starts one worker in ``mode``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    py = [sys.executable, "-s", "-P", "-B"]
+    if mode == "rlimits":
+        return py + [os.path.join(here, "worker.py"), config_json]
+    bw = bwrap_path()
+    if bw is None:
+        raise RuntimeError("bubblewrap (bwrap) is not installed")
+    args = [bw, "--die-with-parent", "--new-session",
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--hostname", "sandbox"]
+    if mode == "namespaces":
+        # Root: no user namespace, so children can drop to real unprivileged uids; the worker
+        # keeps the capabilities it needs to create per-execution namespaces and drop privileges.
+        for cap in ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"):
+            args += ["--cap-add", cap]
+    elif mode == "userns":
+        args += ["--unshare-user"]
+    else:
+        raise ValueError(f"unknown isolation mode {mode!r}; expected one of {MODES}")
+    args += _root_entries()
+    parents: set[str] = set()
+    for root in _python_roots():
+        args += ["--ro-bind", root, root]
+        parent = os.path.dirname(root)
+        while parent != "/":
+            parents.add(parent)
+            parent = os.path.dirname(parent)
+    # bwrap copies the modes of host parents (e.g. /root is 0700): open them for the
+    # unprivileged program, they are empty directories in the sandbox.
+    for parent in sorted(parents):
+        args += ["--chmod", "0755", parent]
+    args += ["--ro-bind", os.path.join(here, "worker.py"), WORKER_DIR + "/worker.py",
+             "--ro-bind", os.path.join(here, "protocol.py"), WORKER_DIR + "/protocol.py",
+             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm",
+             "--remount-ro", "/", "--chdir", "/tmp"]
+    return args + ["--"] + py + [WORKER_DIR + "/worker.py", config_json]

@@ -1,0 +1,416 @@
+"""The orchestrator: a pool of pre-started workers and the public ``Sandbox`` API.
+
+The orchestrator never runs untrusted code. It holds the expected outputs, sends each worker only
+(program, stdin, limits), compares the returned stdout itself, and turns infrastructure failures
+(a worker that died, hung or spoke garbage) into a retry on a fresh worker and, if the retry fails
+too, a SANDBOX_ERROR verdict -- never a program verdict.
+
+Threads: one driver thread per worker takes jobs from a shared queue, so ``run``/``run_matrix``
+may be called from several threads at once; each call waits for its own jobs only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import select
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import isolation, protocol
+from .judge import classify
+from .types import Execution, Limits, MatrixResult, TestCase, Verdict
+
+__all__ = ["Sandbox", "SandboxStats"]
+
+_STARTUP_TIMEOUT_S = 60.0
+_REPLY_SLACK_S = 10.0
+_probe_cache: dict[str, tuple[bool, str]] = {}
+_probe_lock = threading.Lock()
+
+
+class _InfraError(Exception):
+    """A failure of the sandbox itself (not of the program)."""
+
+
+@dataclasses.dataclass
+class SandboxStats:
+    executions: int = 0
+    worker_starts: int = 0
+    infra_failures: int = 0      # failed attempts (each retried once)
+    sandbox_errors: int = 0      # executions reported as SANDBOX_ERROR after the retry
+
+
+class _WorkerHandle:
+    """One worker process and its pipes."""
+
+    def __init__(self, mode: str, config: dict, max_blob: int) -> None:
+        self.mode = mode
+        self.max_blob = max_blob
+        self._errfile = tempfile.TemporaryFile()
+        cmd = isolation.worker_command(mode, _json(config))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._errfile, env=isolation.worker_env(),
+                                     close_fds=True, bufsize=0)
+        self.wfd = self.proc.stdin.fileno()
+        self.rfd = self.proc.stdout.fileno()
+        try:
+            self.hello = self._read(_STARTUP_TIMEOUT_S)[0]
+        except _InfraError as e:
+            self.kill()
+            raise _InfraError(f"worker did not start ({e}): {self.stderr_head()}") from None
+        if self.hello.get("op") != "hello":
+            self.kill()
+            raise _InfraError(f"worker sent {self.hello!r} instead of hello")
+
+    def stderr_head(self) -> str:
+        try:
+            self._errfile.seek(0)
+            return self._errfile.read(2000).decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _read(self, timeout: float) -> tuple[dict, bytes, bytes]:
+        ready, _, _ = select.select([self.rfd], [], [], timeout)
+        if not ready:
+            raise _InfraError(f"no reply from worker within {timeout:.1f}s")
+        try:
+            return protocol.read_frame(self.rfd, self.max_blob)
+        except (protocol.ProtocolError, OSError) as e:
+            raise _InfraError(f"worker reply unreadable: {e}") from None
+
+    def request(self, meta: dict, program: bytes, stdin: bytes, timeout: float
+                ) -> tuple[dict, bytes, bytes]:
+        try:
+            protocol.write_frame(self.wfd, meta, program, stdin)
+        except (OSError, protocol.ProtocolError) as e:
+            raise _InfraError(f"cannot send to worker: {e}") from None
+        reply = self._read(timeout)
+        if reply[0].get("op") != "result":
+            raise _InfraError(f"worker error: {reply[0]!r}")
+        return reply
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout, self._errfile):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Polite shutdown: EOF on its stdin makes the worker exit."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+def _json(obj: dict) -> str:
+    import json
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@dataclasses.dataclass
+class _Job:
+    program: bytes
+    stdin: bytes
+    expected: str | None
+    cpu_limit: float
+    keep_output: bool
+    done: Callable[[Execution], None]
+
+
+class _Batch:
+    """Completion counter for the jobs of one call."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.cond = threading.Condition()
+
+    def finish_one(self) -> None:
+        with self.cond:
+            self.left -= 1
+            if self.left == 0:
+                self.cond.notify_all()
+
+    def wait(self) -> None:
+        with self.cond:
+            while self.left > 0:
+                self.cond.wait()
+
+
+def _encode(text: str, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be str, got {type(text).__name__}")
+    return text.encode("utf-8", "surrogatepass")
+
+
+class Sandbox:
+    """A pool of sandbox workers. Use as a context manager, or call ``close()``.
+
+    ``workers``: number of worker processes (default: the number of CPUs).
+    ``isolation``: "auto" (the strongest mode available, see ``sandbox.isolation``), or one of
+    "namespaces", "userns", "rlimits" (falling back to "rlimits" is never silent: it is logged).
+    """
+
+    def __init__(self, workers: int | None = None, limits: Limits | None = None,
+                 isolation: str = "auto") -> None:
+        self.limits = limits if limits is not None else Limits()
+        if not isinstance(self.limits, Limits):
+            raise TypeError(f"limits must be a sandbox.Limits, got {type(self.limits).__name__}")
+        n = workers if workers is not None else (os.cpu_count() or 1)
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.n_workers = n
+        self.stats = SandboxStats()
+        self._stats_lock = threading.Lock()
+        self.isolation = self._choose_mode(isolation)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._handles: list[_WorkerHandle | None] = [None] * n
+        self._started = threading.Barrier(n + 1)
+        for i in range(n):
+            t = threading.Thread(target=self._drive, args=(i,), name=f"sandbox-worker-{i}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._started.wait()
+
+    # ------------------------------------------------------------------ set-up
+    def _worker_config(self, index: int) -> dict:
+        cfg: dict = {"namespaces": self.isolation == "namespaces"}
+        if os.geteuid() == 0:
+            # A distinct unprivileged uid per worker (and per orchestrator process), so that
+            # RLIMIT_NPROC counts only that worker's program and no two programs share a uid.
+            cfg["uid"] = 200000 + (os.getpid() % 20000) * 64 + index % 64
+        return cfg
+
+    def _max_blob(self) -> int:
+        return max(self.limits.output_bytes + 1, 1 << 16)
+
+    def _probe(self, mode: str) -> tuple[bool, str]:
+        with _probe_lock:
+            if mode in _probe_cache:
+                return _probe_cache[mode]
+            try:
+                h = _WorkerHandle(mode, {"namespaces": mode == "namespaces"}, 1 << 16)
+                ok = mode != "namespaces" or bool(h.hello.get("namespaces"))
+                detail = "" if ok else f"per-execution namespaces failed: {h.hello.get('ns_error')}"
+                h.close()
+            except (_InfraError, OSError, RuntimeError) as e:
+                ok, detail = False, str(e)
+            _probe_cache[mode] = (ok, detail)
+            return ok, detail
+
+    def _choose_mode(self, requested: str) -> str:
+        if requested not in ("auto",) + isolation.MODES:
+            raise ValueError(f"isolation must be 'auto' or one of {isolation.MODES}, "
+                             f"got {requested!r}")
+        mode = isolation.default_mode() if requested == "auto" else requested
+        reasons = []
+        while mode != "rlimits":
+            ok, detail = self._probe(mode)
+            if ok:
+                break
+            reasons.append(f"{mode} unavailable: {detail[:300]}")
+            mode = "rlimits"
+        if mode == "rlimits" and isolation.bwrap_path() is None:
+            reasons.append("bubblewrap (bwrap) not installed")
+        isolation.announce(mode, "; ".join(reasons))
+        return mode
+
+    def _start_worker(self, index: int) -> _WorkerHandle:
+        h = _WorkerHandle(self.isolation, self._worker_config(index), self._max_blob())
+        with self._stats_lock:
+            self.stats.worker_starts += 1
+        return h
+
+    # ------------------------------------------------------------------ driver threads
+    def _drive(self, index: int) -> None:
+        try:
+            self._handles[index] = self._start_worker(index)
+        except _InfraError:
+            self._handles[index] = None   # started lazily by the first job (and retried)
+        self._started.wait()
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            try:
+                ex = self._execute(index, job)
+            except Exception as e:  # a bug here must not hang callers
+                ex = _sandbox_error(f"internal error: {type(e).__name__}: {e}")
+            job.done(ex)
+        h = self._handles[index]
+        if h is not None:
+            h.close()
+            self._handles[index] = None
+
+    def _execute(self, index: int, job: _Job) -> Execution:
+        lim = self.limits
+        wall = job.cpu_limit * lim.wall_factor
+        meta = {"op": "run", "cpu_s": job.cpu_limit, "wall_s": wall,
+                "mem_bytes": int(lim.memory_mb) << 20, "out_bytes": lim.output_bytes,
+                "nproc": int(lim.processes), "nofile": int(lim.open_files),
+                "tmp_bytes": int(lim.tmp_mb) << 20}
+        failure = ""
+        for _attempt in range(2):
+            try:
+                h = self._handles[index]
+                if h is None or h.proc.poll() is not None:
+                    if h is not None:
+                        h.kill()
+                    self._handles[index] = None
+                    h = self._handles[index] = self._start_worker(index)
+                reply, out, err = h.request(meta, job.program, job.stdin, wall + _REPLY_SLACK_S)
+                if not reply.get("stage"):
+                    raise _InfraError(f"execution set-up failed in the worker "
+                                      f"(exit {reply.get('exit_code')}, signal "
+                                      f"{reply.get('signal')}): "
+                                      f"{err.decode('utf-8', 'replace')[-300:]}")
+                if len(out) > lim.output_bytes or len(err) > 1 << 16:
+                    raise _InfraError("worker reply over its caps")
+            except _InfraError as e:
+                failure = str(e)
+                with self._stats_lock:
+                    self.stats.infra_failures += 1
+                h = self._handles[index]
+                if h is not None:
+                    h.kill()
+                    self._handles[index] = None
+                continue
+            with self._stats_lock:
+                self.stats.executions += 1
+            stdout = out.decode("utf-8", "replace")
+            stderr_tail = err.decode("utf-8", "replace")
+            verdict, detail = classify(reply, stdout, stderr_tail, job.expected, job.cpu_limit,
+                                       lim.float_tol)
+            return Execution(verdict=verdict, stdout=stdout if job.keep_output else "",
+                             stderr_tail=stderr_tail, exit_code=reply.get("exit_code"),
+                             signal=reply.get("signal"), wall_s=float(reply["wall_s"]),
+                             cpu_s=float(reply["cpu_s"]), detail=detail)
+        with self._stats_lock:
+            self.stats.sandbox_errors += 1
+        return _sandbox_error(failure)
+
+    # ------------------------------------------------------------------ public API
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("Sandbox is closed")
+
+    def _stdin_bytes(self, text: str, what: str) -> bytes:
+        data = _encode(text, what)
+        if len(data) > self.limits.input_bytes:
+            raise ValueError(f"{what} is {len(data)} bytes, over Limits.input_mb="
+                             f"{self.limits.input_mb}")
+        return data
+
+    def run(self, program: str, stdin: str = "", time_limit_s: float | None = None,
+            expected: str | None = None) -> Execution:
+        """Run one program on one stdin; with ``expected``, the verdict includes the comparison."""
+        self._check_open()
+        job_prog = _encode(program, "program")
+        job_in = self._stdin_bytes(stdin, "stdin")
+        cpu = self.limits.cpu_limit(time_limit_s)
+        box: list[Execution] = []
+        batch = _Batch(1)
+
+        def done(ex: Execution) -> None:
+            box.append(ex)
+            batch.finish_one()
+
+        self._queue.put(_Job(job_prog, job_in, expected, cpu, True, done))
+        batch.wait()
+        return box[0]
+
+    def run_matrix(self, programs: Sequence[str], tests: Sequence[TestCase],
+                   time_limit_s: float | None = None) -> MatrixResult:
+        """Every program on every test: verdicts [len(programs), len(tests)]."""
+        return self.run_matrices([(programs, tests, time_limit_s)])[0]
+
+    def run_matrices(self, groups: Sequence[tuple[Sequence[str], Sequence[TestCase], float | None]]
+                     ) -> list[MatrixResult]:
+        """Several problems at once, each its own programs x its own tests, scheduled together
+        over the pool (each program and each test input is encoded once, not per pair)."""
+        self._check_open()
+        jobs: list[_Job] = []
+        results: list[MatrixResult] = []
+        batch_jobs: list[tuple[MatrixResult, int, int, bytes, bytes, str, float]] = []
+        for g, group in enumerate(groups):
+            try:
+                programs, tests, tl = group
+            except (TypeError, ValueError):
+                raise ValueError(f"group {g}: expected (programs, tests, time_limit_s), "
+                                 f"got {type(group).__name__}") from None
+            for j, t in enumerate(tests):
+                if not isinstance(t, TestCase):
+                    raise TypeError(f"group {g} test {j}: expected TestCase, got "
+                                    f"{type(t).__name__}")
+            cpu = self.limits.cpu_limit(tl)
+            res = MatrixResult.empty(len(programs), len(tests))
+            results.append(res)
+            progs = [_encode(p, f"group {g} program {i}") for i, p in enumerate(programs)]
+            ins = [self._stdin_bytes(t.input, f"group {g} test {j} input")
+                   for j, t in enumerate(tests)]
+            for i, pb in enumerate(progs):
+                for j, ib in enumerate(ins):
+                    batch_jobs.append((res, i, j, pb, ib, tests[j].output, cpu))
+        batch = _Batch(len(batch_jobs))
+        for res, i, j, pb, ib, expected, cpu in batch_jobs:
+            def done(ex: Execution, res=res, i=i, j=j) -> None:
+                res.verdicts[i, j] = ex.verdict
+                res.wall_s[i, j] = ex.wall_s
+                res.cpu_s[i, j] = ex.cpu_s
+                batch.finish_one()
+            jobs.append(_Job(pb, ib, expected, cpu, False, done))
+        for job in jobs:
+            self._queue.put(job)
+        if jobs:
+            batch.wait()
+        return results
+
+    def close(self) -> None:
+        """Stop the driver threads and the workers (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def program_uids(self) -> set[int]:
+        """Uids the programs of this pool run as (empty when they keep the caller's uid)."""
+        return {h.hello["uid"] for h in self._handles
+                if h is not None and h.hello.get("uid") != os.getuid()}
+
+    def worker_pids(self) -> list[int]:
+        """Host pids of the live worker processes (bwrap or python)."""
+        return [h.proc.pid for h in self._handles if h is not None and h.proc.poll() is None]
+
+
+def _sandbox_error(detail: str) -> Execution:
+    return Execution(verdict=Verdict.SANDBOX_ERROR, stdout="", stderr_tail="", exit_code=None,
+                     signal=None, wall_s=0.0, cpu_s=0.0, detail=detail)

@@ -1,0 +1,247 @@
+"""Sandbox on ordinary programs: stdin styles, exit codes, verdicts, API, threads, recovery."""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import threading
+
+import numpy as np
+import pytest
+
+from sandbox import Execution, Limits, MatrixResult, Sandbox, TestCase, Verdict
+from sandbox import isolation as iso
+from sandbox.procs import descendants
+
+pytestmark = pytest.mark.timeout(120)
+
+ECHO_SUM = "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n"
+
+
+@pytest.fixture(scope="module")
+def sb():
+    # generous wall time (the machine may be loaded); tests of the limit pass their own
+    with Sandbox(workers=2, limits=Limits(time_s=1.0, wall_factor=3.0, memory_mb=512)) as box:
+        yield box
+
+
+@pytest.mark.parametrize("program", [
+    "a, b = map(int, input().split())\nprint(a + b)\n",
+    "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n",
+    "import sys\nprint(sum(map(int, sys.stdin.buffer.read().split())))\n",
+    "print(sum(map(int, open(0).read().split())))\n",
+    "import sys\nsys.stdout.buffer.write(str(sum(map(int, sys.stdin.readline().split()))).encode())\n",
+    "import sys\nfor line in sys.stdin:\n    print(sum(map(int, line.split())))\n",
+    "def main():\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n    main()\n",
+])
+def test_stdin_and_stdout_styles(sb, program):
+    ex = sb.run(program, "3 4\n", expected="7")
+    assert ex.verdict == Verdict.OK, ex
+    assert ex.stdout.strip() == "7"
+    assert ex.exit_code == 0 and ex.signal is None
+    assert ex.wall_s > 0 and ex.cpu_s >= 0
+
+
+def test_exit_codes_and_exceptions(sb):
+    ex = sb.run("import sys\nprint('partial', flush=True)\nsys.exit(3)\n")
+    assert (ex.verdict, ex.exit_code, ex.stdout) == (Verdict.RUNTIME_ERROR, 3, "partial\n")
+    ex = sb.run("print('before')\nraise ValueError('boom')\n")
+    assert ex.verdict == Verdict.RUNTIME_ERROR and ex.exit_code == 1
+    assert ex.stdout == "before\n"                      # flushed at exit, like python3
+    assert "ValueError: boom" in ex.stderr_tail and "worker" not in ex.stderr_tail
+    ex = sb.run("import sys\nsys.exit('message')\n")
+    assert ex.exit_code == 1 and "message" in ex.stderr_tail
+    ex = sb.run("import sys\nprint(5)\nsys.exit(0)\n", expected="5")
+    assert ex.verdict == Verdict.OK
+    ex = sb.run("x = int(input())\n", "")
+    assert ex.verdict == Verdict.RUNTIME_ERROR and "EOFError" in ex.stderr_tail
+
+
+def test_compile_error(sb):
+    ex = sb.run("def f(:\n    pass\n")
+    assert ex.verdict == Verdict.COMPILE_ERROR and "SyntaxError" in ex.stderr_tail
+    assert sb.run("x = '\0'\n".replace("'\0'", "'a'\0")).verdict == Verdict.COMPILE_ERROR
+
+
+def test_python3_semantics(sb):
+    # the int-to-str digit limit is lifted; the program is __main__; atexit runs; threads joined
+    ex = sb.run("print(len(str(10 ** 5000)))\n", expected="5001")
+    assert ex.verdict == Verdict.OK, ex
+    prog = ("import atexit, threading, time\n"
+            "atexit.register(lambda: print('atexit'))\n"
+            "def work():\n    time.sleep(0.05)\n    print('thread')\n"
+            "threading.Thread(target=work).start()\nprint('main')\n")
+    assert sb.run(prog, expected="main\nthread\natexit").verdict == Verdict.OK
+    ex = sb.run("import sys\nprint(sys.argv[0], __name__)\n")
+    assert ex.stdout == "main.py __main__\n"
+
+
+def test_wrong_answer_and_unicode(sb):
+    assert sb.run("print('NO')", expected="YES").verdict == Verdict.WRONG_ANSWER
+    ex = sb.run("print(input()[::-1])", "héllo wörld ✓\n", expected="✓ dlröw olléh")
+    assert ex.verdict == Verdict.OK, ex
+    ex = sb.run("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe')\n")
+    assert ex.verdict == Verdict.OK and ex.stdout == "\ufffd\ufffd"
+
+
+def test_time_limit_is_cpu_time_with_wall_backstop(sb):
+    ex = sb.run("while True: pass\n", time_limit_s=0.25)
+    assert ex.verdict == Verdict.TIME_LIMIT
+    assert 0.25 <= ex.wall_s < 3.0
+    ex = sb.run("import time\ntime.sleep(0.4)\nprint(1)\n", expected="1", time_limit_s=0.25)
+    assert ex.verdict == Verdict.OK                     # sleeping uses no CPU
+    ex = sb.run("x = 0\nfor i in range(10**9): x += i\n", time_limit_s=0.1)
+    assert ex.verdict == Verdict.TIME_LIMIT and ex.wall_s < 1.5
+
+
+def test_memory_limit(sb):
+    ex = sb.run("x = bytearray(2 << 30)\n")
+    assert ex.verdict == Verdict.MEMORY_LIMIT, ex
+    ex = sb.run("x = bytearray(100 << 20)\nprint(len(x))\n", expected=str(100 << 20))
+    assert ex.verdict == Verdict.OK, ex
+
+
+def test_run_matrix_shapes_and_verdicts(sb):
+    programs = ["print(int(input()) * 2)", "print(int(input()) + 2)", "print(1/0)", "def f(:"]
+    tests = [TestCase("2", "4"), TestCase("3", "6"), TestCase("0", "0")]
+    res = sb.run_matrix(programs, tests)
+    assert isinstance(res, MatrixResult) and res.shape == (4, 3)
+    assert res.passed.dtype == np.bool_
+    assert res.passed.tolist() == [[True, True, True], [True, False, False],
+                                   [False, False, False], [False, False, False]]
+    assert res.verdicts[1, 1] == Verdict.WRONG_ANSWER
+    assert set(res.verdicts[2]) == {Verdict.RUNTIME_ERROR}
+    assert set(res.verdicts[3]) == {Verdict.COMPILE_ERROR}
+    assert res.wall_s.shape == res.cpu_s.shape == (4, 3) and (res.wall_s > 0).all()
+    empty = sb.run_matrix([], tests)
+    assert empty.passed.shape == (0, 3)
+
+
+def test_run_matrices_each_group_its_own_tests(sb):
+    g1 = (["print(int(input()) + 1)"], [TestCase("1", "2"), TestCase("5", "6")], None)
+    g2 = (["print(input().upper())", "print(input())"], [TestCase("ab", "AB")], 0.5)
+    r1, r2 = sb.run_matrices([g1, g2])
+    assert r1.passed.tolist() == [[True, True]]
+    assert r2.passed.tolist() == [[True], [False]]
+    with pytest.raises(TypeError, match="group 0 test 0"):
+        sb.run_matrices([(["print(1)"], [("1", "1")], None)])
+
+
+def test_deterministic_across_workers_and_threads(sb):
+    # set iteration order depends on the hash seed: it must be the same in every worker
+    prog = "print(list({'apple', 'pear', 'fig', 'kiwi', 'plum', 'lime'}))\n"
+    outs = {sb.run(prog).stdout for _ in range(8)}
+    assert len(outs) == 1
+    programs = [ECHO_SUM, "print(1/0)", "while True: pass"]
+    tests = [TestCase(f"{i} {i}", str(2 * i)) for i in range(6)]
+    expected = sb.run_matrix(programs, tests, time_limit_s=0.1).verdicts
+    results: list = []
+
+    def call() -> None:
+        results.append(sb.run_matrix(programs, tests, time_limit_s=0.1).verdicts)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3
+    for r in results:
+        assert (r == expected).all()
+
+
+def test_limits_validation():
+    with pytest.raises(ValueError, match="time_s"):
+        Limits(time_s=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        Limits(memory_mb=10)
+    with pytest.raises(ValueError, match="wall_factor"):
+        Limits(wall_factor=0.5)
+    assert Limits(time_s=2, time_multiplier=1.5).cpu_limit() == 3.0
+    assert Limits(time_multiplier=2).cpu_limit(0.25) == 0.5
+    with pytest.raises(ValueError, match="workers"):
+        Sandbox(workers=0)
+    with pytest.raises(ValueError, match="isolation"):
+        Sandbox(workers=1, isolation="none")
+    with pytest.raises(TypeError, match="TestCase.input"):
+        TestCase(1, "1")  # type: ignore[arg-type]
+
+
+def test_input_over_cap_is_a_clear_error():
+    with Sandbox(workers=1, limits=Limits(input_mb=0.001)) as box:
+        with pytest.raises(ValueError, match="group 0 test 1 input"):
+            box.run_matrix(["print(1)"], [TestCase("1", "1"), TestCase("x" * 5000, "1")])
+
+
+def test_isolation_mode_is_announced_once(caplog):
+    caplog.set_level(logging.INFO, logger="sandbox")
+    iso._announced.clear()
+    with Sandbox(workers=1) as a, Sandbox(workers=1) as b:
+        assert a.isolation == b.isolation
+        assert a.isolation in iso.MODES
+    msgs = [r.getMessage() for r in caplog.records if "isolation in force" in r.getMessage()]
+    assert len(msgs) == 1 and a.isolation in msgs[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or iso.bwrap_path() is None,
+                    reason="the strongest isolation needs root and bubblewrap")
+def test_namespaces_mode_when_root_with_bwrap(sb):
+    assert sb.isolation == "namespaces"
+    ex = sb.run("import os\nprint(os.getpid(), os.getuid() != 0, sorted(os.listdir('/proc'))[:0])")
+    pid, unprivileged = ex.stdout.split()[:2]
+    assert pid == "1" and unprivileged == "True"
+
+
+def test_dead_worker_is_replaced_and_job_retried(sb):
+    before = sb.stats.worker_starts
+    for pid in sb.worker_pids():
+        os.kill(pid, 9)
+    ex = sb.run(ECHO_SUM, "1 2", expected="3")
+    assert ex.verdict == Verdict.OK
+    assert sb.stats.worker_starts > before
+    res = sb.run_matrix([ECHO_SUM] * 2, [TestCase("1 1", "2")] * 4)
+    assert res.passed.all()
+
+
+def test_persistent_infrastructure_failure_is_sandbox_error(monkeypatch):
+    with Sandbox(workers=1, limits=Limits(time_s=0.5)) as box:
+        for pid in box.worker_pids():
+            os.kill(pid, 9)
+        monkeypatch.setattr(iso, "worker_command", lambda mode, cfg: ["/bin/false"])
+        ex = box.run("print(1)")
+        assert ex.verdict == Verdict.SANDBOX_ERROR and "did not start" in ex.detail
+        assert box.stats.sandbox_errors == 1 and box.stats.infra_failures == 2
+        res = box.run_matrix(["print(1)"], [TestCase("", "1")])
+        assert res.verdicts[0, 0] == Verdict.SANDBOX_ERROR and not res.passed.any()
+        monkeypatch.undo()
+        assert box.run("print(1)", expected="1").verdict == Verdict.OK   # recovers
+
+
+def test_close_stops_workers_and_rejects_calls():
+    before = descendants()
+    box = Sandbox(workers=2)
+    assert len(descendants() - before) >= 2
+    assert box.run("print(1)", expected="1").verdict == Verdict.OK
+    box.close()
+    box.close()
+    assert descendants() - before == set()
+    with pytest.raises(RuntimeError, match="closed"):
+        box.run("print(1)")
+
+
+def test_orchestrator_memory_stays_bounded_under_endless_output():
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    printers = [f"import sys\nwhile True: sys.stdout.write('{k}' * 65536)\n" for k in range(8)]
+    with Sandbox(workers=2, limits=Limits(time_s=1.0, output_mb=16)) as box:
+        start = rss_mb()
+        res = box.run_matrix(printers, [TestCase("", "0")] * 2)
+        grown = rss_mb() - start
+    assert set(res.verdicts.ravel()) == {Verdict.OUTPUT_LIMIT}
+    assert grown < 100, f"orchestrator grew by {grown:.0f} MB"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start < 150
