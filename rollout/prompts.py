@@ -160,13 +160,19 @@ class PromptBuilder:
         tpl, where = self._test
         return _render(tpl, where, question=problem.question.strip(), example=example)
 
+    def messages(self, instruction: str) -> list[dict[str, str]]:
+        """The chat messages for an instruction (optional system message, then the user turn);
+        what a chat template or an OpenAI-compatible chat endpoint receives."""
+        system = self.config.system_prompt
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": instruction}
+        ]
+
     def wrap(self, instruction: str) -> str:
         """Turn an instruction into the model's prompt (chat template or raw template)."""
         system = self.config.system_prompt
         if self.uses_chat:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": instruction}
-            ]
+            messages = self.messages(instruction)
             out = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             if not isinstance(out, str):
                 raise ValueError(

@@ -76,6 +76,8 @@ def test_chat_mode_with_real_hf_tokenizer(hf_tokenizer):
     assert p.startswith("<|im_start|>user\n") and p.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert b.code_instruction(PROBLEM).strip() in p
     s = prompts.PromptBuilder(prompts.PromptConfig(mode="chat", system_prompt="Be exact."), tokenizer=hf_tokenizer)
+    assert s.messages("hi") == [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "hi"}]
+    assert b.messages("hi") == [{"role": "user", "content": "hi"}]
     assert s.test_prompt(PROBLEM).startswith("<|im_start|>system\nBe exact.<|im_end|>\n<|im_start|>user\n")
     # auto picks chat when the tokenizer has a template, raw when it does not.
     assert prompts.PromptBuilder(tokenizer=hf_tokenizer).uses_chat
