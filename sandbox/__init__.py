@@ -8,8 +8,8 @@ Stdlib + numpy only. See ``sandbox.isolation`` for the isolation modes and ``san
 for the one output comparator.
 """
 from .compare import outputs_match
-from .pool import Sandbox, SandboxStats
+from .pool import IsolationUnavailable, Sandbox, SandboxStats
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
 
-__all__ = ["Sandbox", "SandboxStats", "Limits", "TestCase", "Verdict", "Execution",
+__all__ = ["Sandbox", "SandboxStats", "IsolationUnavailable", "Limits", "TestCase", "Verdict", "Execution",
            "MatrixResult", "outputs_match"]

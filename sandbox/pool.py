@@ -26,7 +26,7 @@ from . import isolation, protocol
 from .judge import classify
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
 
-__all__ = ["Sandbox", "SandboxStats"]
+__all__ = ["Sandbox", "SandboxStats", "IsolationUnavailable"]
 
 _STARTUP_TIMEOUT_S = 60.0
 _REPLY_SLACK_S = 10.0
@@ -36,6 +36,11 @@ _probe_lock = threading.Lock()
 
 class _InfraError(Exception):
     """A failure of the sandbox itself (not of the program)."""
+
+
+class IsolationUnavailable(RuntimeError):
+    """No acceptable isolation on this host (e.g. root without bubblewrap and an interpreter
+    that unprivileged users cannot read: programs would have to run as root)."""
 
 
 @dataclasses.dataclass
@@ -67,6 +72,9 @@ class _WorkerHandle:
         if self.hello.get("op") != "hello":
             self.kill()
             raise _InfraError(f"worker sent {self.hello!r} instead of hello")
+        if self.hello.get("refuse"):
+            self.close()
+            raise IsolationUnavailable(f"isolation mode {mode!r}: {self.hello['refuse']}")
 
     def stderr_head(self) -> str:
         try:
@@ -213,6 +221,8 @@ class Sandbox:
                 ok = mode != "namespaces" or bool(h.hello.get("namespaces"))
                 detail = "" if ok else f"per-execution namespaces failed: {h.hello.get('ns_error')}"
                 h.close()
+            except IsolationUnavailable:
+                raise
             except (_InfraError, OSError, RuntimeError) as e:
                 ok, detail = False, str(e)
             _probe_cache[mode] = (ok, detail)
@@ -224,9 +234,12 @@ class Sandbox:
                              f"got {requested!r}")
         mode = isolation.default_mode() if requested == "auto" else requested
         reasons = []
-        while mode != "rlimits":
-            ok, detail = self._probe(mode)
-            if ok:
+        while True:
+            try:
+                ok, detail = self._probe(mode)
+            except IsolationUnavailable as e:
+                raise IsolationUnavailable("; ".join(reasons + [str(e)])) from None
+            if ok or mode == "rlimits":
                 break
             reasons.append(f"{mode} unavailable: {detail[:300]}")
             mode = "rlimits"
@@ -245,7 +258,7 @@ class Sandbox:
     def _drive(self, index: int) -> None:
         try:
             self._handles[index] = self._start_worker(index)
-        except _InfraError:
+        except Exception:
             self._handles[index] = None   # started lazily by the first job (and retried)
         self._started.wait()
         while True:

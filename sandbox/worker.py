@@ -76,11 +76,12 @@ class Worker:
         if os.getuid() == 0 and self.uid is None:
             self.uid = 65534
         self.drop_uid = os.getuid() == 0
+        self.refuse = ""
         if self.drop_uid and not self.ns and not self._uid_can_run_python():
-            # e.g. the interpreter lives under /root (0700) on a host without bubblewrap
-            self.drop_uid = False
-            self.ns_error += " programs keep the worker's uid: the unprivileged uid cannot " \
-                             "read the Python installation"
+            # e.g. the interpreter lives under /root (0700) on a host without bubblewrap:
+            # programs cannot drop root, and a program running as root is never acceptable.
+            self.refuse = ("programs cannot run unprivileged: an unprivileged uid cannot read "
+                           "the Python installation, and programs never run as root")
 
     def _uid_can_run_python(self) -> bool:
         pid = os.fork()
@@ -108,7 +109,7 @@ class Worker:
     def hello(self) -> dict:
         return {"op": "hello", "pid": os.getpid(), "namespaces": self.ns,
                 "ns_error": self.ns_error, "uid": self.uid if self.drop_uid else os.getuid(),
-                "real_uid": os.getuid()}
+                "real_uid": os.getuid(), "refuse": self.refuse}
 
     def serve(self) -> None:
         protocol.write_frame(self.wfd, self.hello())
@@ -198,8 +199,10 @@ class Worker:
         if timed_out and not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
             timed_out = False  # it finished on its own just as the deadline passed
         if not self.ns:
-            _killpg(pid)           # leftovers in the program's session
-            self._reap_orphans()
+            _killpg(pid)           # leftovers in the program's process group
+            if self.drop_uid:
+                self._kill_uid()   # and anything else running as the program's uid
+            self._reap_orphans(block=self.drop_uid)
         stage = os.read(status_r, 2)
         reply = {"op": "result", "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
                  "timed_out": timed_out, "maxrss_kb": ru.ru_maxrss, "stage": stage.decode() or ""}
@@ -218,10 +221,31 @@ class Worker:
         err = os.pread(ferr, err_size - start, start)
         return reply, out, err
 
-    def _reap_orphans(self) -> None:
+    def _kill_uid(self) -> None:
+        """Without namespaces: a helper with the program's uid sends SIGKILL to every process
+        it may signal (kill(-1) spares only itself), i.e. to all that the program started."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(self.uid, self.uid, self.uid)
+                os.setresuid(self.uid, self.uid, self.uid)
+                if os.getuid() == 0 or os.geteuid() == 0:
+                    os._exit(1)  # never kill(-1) as root
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    def _reap_orphans(self, block: bool) -> None:
+        """Reap the program's orphans (we are their subreaper). Blocking only when they were
+        all just killed, so that none can keep us waiting."""
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -262,8 +286,8 @@ class Worker:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)  # drops every capability
-            if os.getuid() == 0 or os.geteuid() == 0:
-                os._exit(111)
+        if os.getuid() == 0 or os.geteuid() == 0 or self.refuse:
+            raise OSError("refusing to run a program as root")
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.chdir("/tmp")

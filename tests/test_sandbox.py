@@ -245,3 +245,21 @@ def test_orchestrator_memory_stays_bounded_under_endless_output():
     assert set(res.verdicts.ravel()) == {Verdict.OUTPUT_LIMIT}
     assert grown < 100, f"orchestrator grew by {grown:.0f} MB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start < 150
+
+
+@pytest.mark.parametrize("mode", ["auto", "rlimits"])
+def test_programs_never_run_as_root(mode):
+    """Either the program runs under a non-root uid, or the sandbox refuses to start."""
+    from sandbox import IsolationUnavailable
+    try:
+        box = Sandbox(workers=1, isolation=mode)
+    except IsolationUnavailable as e:
+        assert os.geteuid() == 0 and "never run as root" in str(e)
+        return
+    with box:
+        ex = box.run("import os\nprint(os.getuid(), os.geteuid(), os.getgid())")
+        assert ex.verdict == Verdict.OK, ex
+        uid, euid, gid = map(int, ex.stdout.split())
+        if box.isolation != "userns":      # userns maps the caller's own (non-root) uid
+            assert uid != 0 and euid != 0 and gid != 0
+        assert uid == euid

@@ -1,0 +1,237 @@
+"""The adversarial suite of reference/sandbox.md: each hostile program gets its verdict, the
+pool answers correctly afterwards, and no process of the sandbox is left running."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+
+import pytest
+
+from sandbox import IsolationUnavailable, Limits, Sandbox, TestCase, Verdict
+from sandbox.procs import descendants, process_table
+
+pytestmark = pytest.mark.timeout(120)
+
+TL = Verdict.TIME_LIMIT
+
+# name -> (program, stdin, expected output, verdict)
+PROGRAMS: dict[str, tuple[str, str, str, Verdict]] = {
+    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+                  "        pass\n", "", "", TL),
+    "thread_bomb": ("import threading, time\nwhile True:\n    try:\n        threading.Thread("
+                    "target=time.sleep, args=(100,), daemon=True).start()\n"
+                    "    except Exception:\n        pass\n", "", "", TL),
+    "infinite_loop": ("while True:\n    pass\n", "", "", TL),
+    "sleep": ("import time\ntime.sleep(100)\n", "", "", TL),
+    "print_then_loop": ("print(42, flush=True)\nwhile True:\n    pass\n", "", "42", TL),
+    "sigterm_ignored": ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                        "while True:\n    time.sleep(0.01)\n", "", "", TL),
+    "stack_overflow": ("import sys\nsys.setrecursionlimit(10**9)\nclass A:\n"
+                       "    def __getattr__(self, k):\n        return getattr(self, k)\nA().x\n",
+                       "", "", Verdict.RUNTIME_ERROR),
+    "alloc_8gb": ("x = bytearray(8 << 30)\nprint(len(x))\n", "", "", Verdict.MEMORY_LIMIT),
+    "endless_stdout": ("import sys\nwhile True:\n    sys.stdout.write('x' * 4096)\n", "", "",
+                       Verdict.OUTPUT_LIMIT),
+    "endless_stderr": ("import sys\nwhile True:\n    sys.stderr.write('x' * 4096)\n", "", "",
+                       Verdict.OUTPUT_LIMIT),
+    "kill_parent": ("import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept OSError:\n    pass\n"
+                    "print(42)\n", "", "42", Verdict.OK),
+    "kill_everything": ("import os\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
+                        "print(42)\n", "", "42", Verdict.OK),
+    "setsid_daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                      "    if os.fork() == 0:\n        time.sleep(100)\n    os._exit(0)\n"
+                      "print(42)\n", "", "42", Verdict.OK),
+    "raise_own_limits": ("import resource\nfor r in (resource.RLIMIT_AS, resource.RLIMIT_CPU, "
+                         "resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE):\n    try:\n"
+                         "        resource.setrlimit(r, (resource.RLIM_INFINITY, "
+                         "resource.RLIM_INFINITY))\n        print('raised')\n"
+                         "    except (ValueError, OSError):\n        print('denied')\n"
+                         "x = bytearray(4 << 30)\n", "", "", Verdict.MEMORY_LIMIT),
+    "ctypes_null_dereference": ("import ctypes\nctypes.string_at(0)\n", "", "",
+                                Verdict.RUNTIME_ERROR),
+    "exit_without_flush": ("import os\nprint(42)\nos._exit(0)\n", "", "42",
+                           Verdict.WRONG_ANSWER),   # buffered output is lost, as in python3
+    "close_stdout": ("import sys\nprint(42)\nsys.stdout.close()\n", "", "42", Verdict.OK),
+    "shell_out": ("import subprocess\nsubprocess.Popen(['sleep', '100'])\n"
+                  "print(subprocess.run(['sh', '-c', 'echo 42'], capture_output=True, "
+                  "text=True).stdout.strip())\n", "", "42", Verdict.OK),
+    "syntax_error": ("def f(:\n    return 1\n", "", "", Verdict.COMPILE_ERROR),
+    "stdin_10mb": ("import sys\nprint(len(sys.stdin.buffer.read()))\n", "x" * (10 << 20),
+                   str(10 << 20), Verdict.OK),
+    "deep_recursion_in_thread": ("import sys, threading\nsys.setrecursionlimit(300000)\n"
+                                 "threading.stack_size(1 << 27)\ndef f(n):\n"
+                                 "    return 0 if n == 0 else 1 + f(n - 1)\n"
+                                 "t = threading.Thread(target=lambda: print(f(200000)))\n"
+                                 "t.start()\nt.join()\n", "", "200000", Verdict.OK),
+    "output_over_128kb": ("print('\\n'.join(map(str, range(40000))))\n", "",
+                          "\n".join(map(str, range(40000))), Verdict.OK),
+}
+
+
+@pytest.fixture(scope="module", params=["auto", "rlimits"])
+def sb(request):
+    """The strongest isolation available, and the rlimits-only fallback (no bubblewrap)."""
+    try:
+        box = Sandbox(workers=2, limits=Limits(time_s=0.25, wall_factor=2.0, memory_mb=512,
+                                               output_mb=4), isolation=request.param)
+    except IsolationUnavailable as e:
+        pytest.skip(f"isolation {request.param!r} refused on this host: {e}")
+    with box:
+        yield box
+
+
+def _settled_descendants(expected: set[int], timeout: float = 3.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = descendants()
+        if now == expected or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
+def _assert_clean_after(sb: Sandbox, before: set[int]) -> None:
+    ex = sb.run("print(int(input()) * 3)", "14\n", expected="42")
+    assert ex.verdict == Verdict.OK, f"pool unhealthy afterwards: {ex}"
+    res = sb.run_matrix(["print(int(input()) + 1)"] * 2, [TestCase(str(i), str(i + 1))
+                                                          for i in range(3)])
+    assert res.passed.all(), res.verdicts
+    after = _settled_descendants(before)
+    assert after == before, f"leftover processes: {after - before}, gone: {before - after}"
+    uids = sb.program_uids()
+    stray = [pid for pid, (_, uid) in process_table().items() if uid in uids]
+    assert not stray, f"processes still running as program uids {uids}: {stray}"
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_adversarial_program(sb, name):
+    program, stdin, expected, verdict = PROGRAMS[name]
+    if name in ("kill_parent", "kill_everything") and sb.isolation == "rlimits" \
+            and os.geteuid() != 0:
+        pytest.skip("without namespaces or root, a program can signal its own worker")
+    before = descendants()
+    starts = sb.stats.worker_starts
+    ex = sb.run(program, stdin, expected=expected)
+    assert ex.verdict == verdict, ex
+    if verdict == TL:
+        assert ex.wall_s < 5.0
+    _assert_clean_after(sb, before)
+    assert sb.stats.worker_starts == starts, "a worker had to be restarted"
+
+
+def test_reading_host_files(sb, tmp_path):
+    secret = tmp_path / "secret.txt"
+    token = secrets.token_hex(16)
+    secret.write_text(token)
+    secret.chmod(0o644)
+    prog = ("import sys\nfound = []\nfor p in sys.stdin.read().split():\n    try:\n"
+            "        found.append(open(p).read()[:100])\n    except OSError:\n        pass\n"
+            "print(' '.join(found) or 'safe')\n")
+    paths = f"{secret} /etc/shadow /root/.bashrc {os.path.abspath(__file__)}"
+    before = descendants()
+    ex = sb.run(prog, paths, expected="safe")
+    assert token not in ex.stdout
+    if sb.isolation == "rlimits":
+        pytest.skip("no filesystem isolation without namespaces (token was still not readable)")
+    assert ex.verdict == Verdict.OK, ex
+    _assert_clean_after(sb, before)
+
+
+def test_writing_to_root_and_dev_shm(sb):
+    tag = "sbx_probe_" + secrets.token_hex(6)
+    targets = [f"/{tag}", f"/usr/{tag}", f"/dev/shm/{tag}", f"/tmp/{tag}"]
+    prog = ("import sys\nfor p in sys.stdin.read().split():\n    try:\n"
+            "        open(p, 'w').write('x')\n    except OSError:\n        pass\nprint('done')\n")
+    before = descendants()
+    try:
+        ex = sb.run(prog, " ".join(targets), expected="done")
+        assert ex.verdict == Verdict.OK, ex
+        assert not os.path.exists(targets[0]) and not os.path.exists(targets[1])
+        if sb.isolation != "rlimits":   # private /tmp and /dev/shm, gone after the run
+            assert not os.path.exists(targets[2]) and not os.path.exists(targets[3])
+    finally:
+        for t in targets:
+            if os.path.exists(t):
+                os.unlink(t)
+    _assert_clean_after(sb, before)
+
+
+def test_network_internet_and_host_loopback(sb):
+    if sb.isolation == "rlimits":
+        pytest.skip("no network isolation without namespaces (bubblewrap unavailable)")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    prog = ("import socket, sys\nport = int(input())\n"
+            "for addr in [('127.0.0.1', port), ('1.1.1.1', 53), ('8.8.8.8', 443)]:\n"
+            "    s = socket.socket()\n    s.settimeout(0.5)\n    try:\n        s.connect(addr)\n"
+            "        print('connected')\n    except OSError:\n        print('blocked')\n")
+    before = descendants()
+    try:
+        ex = sb.run(prog, str(port), expected="blocked\nblocked\nblocked")
+        assert ex.verdict == Verdict.OK, ex
+        server.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+    _assert_clean_after(sb, before)
+
+
+def test_reading_expected_output_from_grader_memory(sb):
+    """The expected output never leaves the orchestrator: a program that searches every object,
+    frame, environment and command line it can reach finds nothing."""
+    token = secrets.token_hex(16)
+    prog = r'''
+import gc, os, re, sys
+pat = re.compile(r"[0-9a-f]{32}")
+found = set()
+def scan(v):
+    if isinstance(v, bytes):
+        v = v.decode("latin-1")
+    if isinstance(v, str):
+        found.update(pat.findall(v))
+for o in gc.get_objects():
+    try:
+        vals = o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) else ()
+        for v in vals:
+            scan(v)
+    except Exception:
+        pass
+f = sys._getframe()
+while f is not None:
+    for v in list(f.f_locals.values()):
+        scan(v); scan(repr(v)[:100000])
+    f = f.f_back
+for pid in os.listdir("/proc"):
+    for part in ("cmdline", "environ"):
+        try:
+            scan(open(f"/proc/{pid}/{part}", "rb").read())
+        except OSError:
+            pass
+try:
+    scan(open(f"/proc/{os.getppid()}/mem", "rb").read(1 << 20))
+except (OSError, ValueError):
+    pass
+print("\n".join(sorted(found)) or "nothing")
+'''
+    before = descendants()
+    ex = sb.run(prog, "", expected=token)
+    assert ex.verdict == Verdict.WRONG_ANSWER and token not in ex.stdout, ex
+    res = sb.run_matrix([prog], [TestCase("", token), TestCase("1", token)])
+    assert not res.passed.any() and set(res.verdicts.ravel()) == {Verdict.WRONG_ANSWER}
+    _assert_clean_after(sb, before)
+
+
+def test_every_listed_program_in_one_matrix(sb):
+    """All hostile programs at once over the pool: verdicts unchanged, nothing left behind."""
+    before = descendants()
+    names = [n for n in sorted(PROGRAMS) if n != "stdin_10mb"]
+    progs = [PROGRAMS[n][0] for n in names]
+    res = sb.run_matrices([([p], [TestCase(PROGRAMS[n][1], PROGRAMS[n][2])], None)
+                           for n, p in zip(names, progs)])
+    got = {n: r.verdicts[0, 0] for n, r in zip(names, res)}
+    assert got == {n: PROGRAMS[n][3] for n in names}
+    _assert_clean_after(sb, before)
