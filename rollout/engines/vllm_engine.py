@@ -12,8 +12,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,41 @@ from rollout.engines.hf_engine import as_torch
 from rollout.engines.vllm_worker import QUALNAME as WORKER_EXTENSION
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the engine's construction only, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class VLLMEngine:
     """A running vLLM engine configured from :class:`EngineConfig`."""
 
     def __init__(self, config: EngineConfig) -> None:
+        env: dict[str, str] = {}
         if config.in_process is not None:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.in_process else "1"
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.in_process else "1"
         if config.kv_cache_gb is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gb)
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gb)
+        with _environ(env):
+            self._build(config)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _build(self, config: EngineConfig) -> None:
+        import vllm.envs
         from vllm import LLM
+
+        # An earlier in-process engine froze vLLM's env-var cache; read this config's values.
+        if hasattr(vllm.envs, "disable_envs_cache"):
+            vllm.envs.disable_envs_cache()
 
         kwargs: dict[str, Any] = dict(
             model=config.model, tokenizer=config.tokenizer or config.model, dtype=config.dtype,
@@ -47,7 +74,6 @@ class VLLMEngine:
             kwargs["distributed_executor_backend"] = config.distributed_executor_backend
         self.config = config
         self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
 
     @property
     def in_process(self) -> bool:
