@@ -197,10 +197,10 @@ def test_dead_worker_is_replaced_and_job_retried(sb):
     for pid in sb.worker_pids():
         os.kill(pid, 9)
     ex = sb.run(ECHO_SUM, "1 2", expected="3")
-    assert ex.verdict == Verdict.OK
-    assert sb.stats.worker_starts > before
+    assert ex.verdict == Verdict.OK, (ex, sb.stats)
+    assert sb.stats.worker_starts > before, sb.stats
     res = sb.run_matrix([ECHO_SUM] * 2, [TestCase("1 1", "2")] * 4)
-    assert res.passed.all()
+    assert res.passed.all(), (res.verdicts, sb.stats)
 
 
 def test_persistent_infrastructure_failure_is_sandbox_error(monkeypatch):
