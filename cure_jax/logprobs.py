@@ -1,0 +1,96 @@
+"""Per-token log-probabilities and entropies without materialising [batch, length, vocab] logits.
+
+For a sequence x_0..x_{L-1} and final hidden states h_t, with head W (E^T when tied) and
+temperature T:
+
+    z_t      = W^T h_{t-1} / T                       (float32)
+    logp_t   = z_t[x_t] - logsumexp(z_t)             t >= 1,   logp_0 = 0
+    H_t      = logsumexp(z_t) - sum_v softmax(z_t)_v z_t,v
+
+The sequence is cut into chunks of `chunk_size` positions and `lax.map` walks them with a
+rematerialised body, so forward and backward hold the logits of one chunk ([B, C, V]) at a time
+instead of [B, L, V]. With Qwen's 152k vocabulary a full float32 logits array for 4 x 4096 tokens
+is ~10 GB; one chunk of 256 positions is ~0.6 GB.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax import sharding
+
+
+def _chunk_stats(h: jax.Array, targets: jax.Array, w: jax.Array, temperature: float,
+                 want_entropy: bool) -> tuple[jax.Array, jax.Array]:
+    """h [B, C, H], targets [B, C], w [H, V] -> (logp [B, C], entropy [B, C]) in float32."""
+    logits = jnp.einsum("bch,hv->bcv", h, w, preferred_element_type=jnp.float32)
+    logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = picked - lse
+    if want_entropy:
+        probs = jnp.exp(logits - lse[..., None])
+        entropy = lse - jnp.sum(probs * logits, axis=-1)
+    else:
+        entropy = jnp.zeros_like(logp)
+    return logp, entropy
+
+
+def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
+                         attention_mask: jax.Array | None = None, *, chunk_size: int = 256,
+                         return_entropy: bool = True, temperature: float = 1.0
+                         ) -> tuple[jax.Array, jax.Array | None]:
+    """Chunked log p(tokens[:, t] | tokens[:, :t]) from hidden [B, L, H] and head [H, V]."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    b, l, hd = hidden.shape
+    if l < 2:
+        zeros = jnp.zeros((b, l), jnp.float32)
+        return zeros, (zeros if return_entropy else None)
+    h = hidden[:, :-1]
+    targets = jnp.asarray(tokens, jnp.int32)[:, 1:]
+    n = l - 1
+    c = min(chunk_size, n)
+    n_chunks = -(-n // c)
+    pad = n_chunks * c - n
+    if pad:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    h = h.reshape(b, n_chunks, c, hd).swapaxes(0, 1)            # [n, B, C, H]
+    targets = targets.reshape(b, n_chunks, c).swapaxes(0, 1)    # [n, B, C]
+    head = head.astype(hidden.dtype)
+
+    @jax.checkpoint
+    def body(args):
+        hc, tc = args
+        return _chunk_stats(hc, tc, head, temperature, return_entropy)
+
+    logp, ent = jax.lax.map(body, (h, targets))
+    logp = logp.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n]
+    ent = ent.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n]
+    logp = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), logp], axis=1)
+    ent = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), ent], axis=1)
+    if attention_mask is not None:
+        valid = attention_mask.astype(bool)
+        logp = jnp.where(valid, logp, 0.0)
+        ent = jnp.where(valid, ent, 0.0)
+    return logp, (ent if return_entropy else None)
+
+
+def token_logprobs(model, tokens: jax.Array, attention_mask: jax.Array | None = None,
+                   positions: jax.Array | None = None, *, chunk_size: int = 256,
+                   return_entropy: bool = True, temperature: float = 1.0
+                   ) -> tuple[jax.Array, jax.Array | None]:
+    """Run the policy and return (logp, entropy), both float32 [B, L].
+
+    logp[:, t] = log p(tokens[:, t] | tokens[:, :t]) for t >= 1 and 0 at t = 0 and at padded
+    positions (attention_mask == 0); entropy likewise (None unless return_entropy).
+    """
+    hidden = model(tokens, positions=positions, attention_mask=attention_mask)
+    return logprobs_from_hidden(hidden, model.head_weight(), tokens, attention_mask,
+                                chunk_size=chunk_size, return_entropy=return_entropy,
+                                temperature=temperature)
