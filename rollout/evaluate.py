@@ -58,6 +58,8 @@ __all__ = [
     "render_table",
     "plot_bon",
     "ensure_hf_model",
+    "DataParallelEngine",
+    "default_engine_factory",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,10 @@ class EvalError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """Sampling settings (paper's evaluation defaults). Sample ``i`` of a prompt gets seed
-    ``seed + i`` where the engine takes per-request seeds."""
+    """Sampling settings (paper's evaluation defaults). API: sample ``i`` of a prompt is sent
+    with seed ``seed + i``. Local engines: each call is seeded from ``seed``, the first sample
+    index and the prompt's place in the call. ``seed < 0``: no per-request seeds (local
+    engines; vLLM's CPU build fails on seeded requests whose prompt is prefilled in chunks)."""
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -327,9 +331,10 @@ Generated = tuple[int, int, str, dict]  # (want index, sample index, text, extra
 class _ApiRole:
     """A hosted model: chat messages, one request per sample, results as they finish."""
 
-    def __init__(self, spec: ModelSpec, prompt_cfg: PromptConfig) -> None:
+    def __init__(self, spec: ModelSpec, prompt_cfg: PromptConfig, flush_every: int = 16) -> None:
         assert spec.api is not None
         self.spec = spec
+        self.flush_every = flush_every
         self.engine = ApiEngine(spec.api, seed=0)
         self.builder = PromptBuilder(dataclasses.replace(prompt_cfg, mode="raw"))
 
@@ -340,14 +345,15 @@ class _ApiRole:
         return ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": text}]
 
-    def run(self, wants: Sequence[_Want], sampling: Sampling, flush_every: int = 16,
+    def run(self, wants: Sequence[_Want], sampling: Sampling,
             flush_s: float = 2.0) -> Iterator[list[Generated]]:
         """Batches of finished samples: ``flush_every`` of them, or whatever finished within
         ``flush_s`` seconds of the previous batch."""
         flat = [(w, i) for w in range(len(wants)) for i in wants[w].indices]
         reqs = [ChatRequest(messages=tuple(wants[w].prompt), temperature=sampling.temperature,
                             top_p=sampling.top_p, top_k=sampling.top_k,
-                            max_tokens=sampling.max_tokens, seed=sampling.seed + i)
+                            max_tokens=sampling.max_tokens,
+                            seed=sampling.seed + i if sampling.seed >= 0 else None)
                 for w, i in flat]  # no stop strings: chat replies end on their own
         batch: list[Generated] = []
         last = time.monotonic()
@@ -357,7 +363,7 @@ class _ApiRole:
                 batch.append((w, i, c.text, {"finish_reason": c.finish_reason,
                                              "response_tokens": c.completion_tokens,
                                              "attempts": c.attempts}))
-                if len(batch) >= flush_every or time.monotonic() - last >= flush_s:
+                if len(batch) >= self.flush_every or time.monotonic() - last >= flush_s:
                     yield batch
                     batch, last = [], time.monotonic()
         finally:
@@ -385,13 +391,17 @@ class _LocalRole:
 
     def run(self, wants: Sequence[_Want], sampling: Sampling) -> Iterator[list[Generated]]:
         """One batch per engine call (``batch`` prompts with the same number of samples)."""
-        by_n: dict[int, list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for w, want in enumerate(wants):
-            by_n.setdefault(len(want.indices), []).append(w)
-        for n, ws in by_n.items():
+            groups.setdefault((len(want.indices), want.indices[0]), []).append(w)
+        for (n, first), ws in groups.items():
             for start in range(0, len(ws), self.batch):
                 chunk = ws[start:start + self.batch]
-                outs = _engine_generate(self.engine, [wants[w].prompt for w in chunk], n, sampling)
+                # Seeds differ per prompt and per first sample index, so the samples drawn
+                # when k grows are new draws, not repeats of the ones already on disk.
+                seed = None if sampling.seed < 0 else sampling.seed + 100_003 * first + start
+                outs = _engine_generate(self.engine, [wants[w].prompt for w in chunk], n,
+                                        sampling, seed)
                 batch = []
                 for w, samples in zip(chunk, outs):
                     for i, s in zip(wants[w].indices, samples):
@@ -405,18 +415,15 @@ class _LocalRole:
             close()
 
 
-def _engine_generate(engine: Any, prompts: list[str], n: int, sampling: Sampling) -> list[list[Any]]:
-    """Calls the engines interface (rollout.engines.base) with our sampling settings."""
-    try:
-        from rollout.engines.base import SamplingParams as _SP  # type: ignore[attr-defined]
-    except ImportError:
-        params: Any = sampling
-    else:
-        fields = {f.name for f in dataclasses.fields(_SP)}
-        wanted = dict(temperature=sampling.temperature, top_p=sampling.top_p,
-                      top_k=sampling.top_k, max_tokens=sampling.max_tokens,
-                      stop=tuple(sampling.stop), seed=sampling.seed, logprobs=False)
-        params = _SP(**{k: v for k, v in wanted.items() if k in fields})
+def _engine_generate(engine: Any, prompts: list[str], n: int, sampling: Sampling,
+                     seed: int | None) -> list[list[Any]]:
+    """Calls the engines interface (rollout.engines.base): prompt i of the call gets seed
+    ``seed + i`` (None: unseeded); no log-probs (evaluation does not need them)."""
+    from rollout.engines.base import SamplingConfig
+
+    params = SamplingConfig(temperature=sampling.temperature, top_p=sampling.top_p,
+                            top_k=max(0, sampling.top_k), max_tokens=sampling.max_tokens,
+                            stop=tuple(sampling.stop), seed=seed, logprobs=False)
     return engine.generate(prompts, n, params)
 
 
@@ -432,21 +439,160 @@ def _sample_fields(s: Any) -> tuple[str, dict]:
     ids = getattr(s, "token_ids", None)
     if ids is not None:
         extra["response_tokens"] = int(len(ids))
+    elif getattr(s, "response_tokens", None) is not None:
+        extra["response_tokens"] = int(s.response_tokens)
     return text, extra
 
 
 def default_engine_factory(spec: ModelSpec) -> Any:
-    """Builds a vllm or hf engine from rollout.engines for ``spec`` (imported only here)."""
-    model_dir = ensure_hf_model(spec.model)
+    """Builds a vllm or hf engine with rollout.engines.make_engine (torch/vllm load only now).
+
+    ``spec.options`` are EngineConfig fields (tensor_parallel_size, gpu_memory_utilization,
+    dtype, max_model_len (0: the model's own), enforce_eager, in_process, kv_cache_gb (0: the
+    default), device) plus ``data_parallel_size``: with more than one, that many engines run
+    in their own processes (see :class:`DataParallelEngine`). Unknown fields are an error.
+    """
+    opts = dict(spec.options)
+    replicas = int(opts.pop("data_parallel_size", 1) or 1)
+    for name in ("max_model_len", "kv_cache_gb", "distributed_executor_backend", "in_process"):
+        if name in opts and not opts[name]:  # 0 / "" / False in the config: the default
+            opts.pop(name)
+    kv = opts.get("kv_cache_gb")
+    if isinstance(kv, float) and kv.is_integer():
+        opts["kv_cache_gb"] = int(kv)  # vLLM's CPU build parses VLLM_CPU_KVCACHE_SPACE as an int
+    opts.update(backend=spec.engine, model=ensure_hf_model(spec.model),
+                tokenizer=spec.tokenizer or None)
     try:
-        if spec.engine == "vllm":
-            from rollout.engines.vllm_engine import VLLMEngine as cls  # type: ignore
-        else:
-            from rollout.engines.hf_engine import HFEngine as cls  # type: ignore
-    except ImportError as e:
-        raise EvalError(f"engine {spec.engine!r} is not available: {e}") from None
-    return cls.from_config(model_dir, tokenizer=spec.tokenizer or None, **dict(spec.options)) \
-        if hasattr(cls, "from_config") else cls(model_dir, **dict(spec.options))
+        from rollout.engines import EngineConfig, make_engine
+
+        EngineConfig.from_mapping(opts)  # validate here, before any process starts
+        if replicas > 1:
+            return DataParallelEngine(opts, replicas)
+        return make_engine(opts)
+    except ValueError as e:
+        raise EvalError(f"engine_options: {e}") from None
+
+
+@dataclasses.dataclass
+class _Reply:
+    """A sample as it crosses the process boundary of :class:`DataParallelEngine`."""
+
+    text: str
+    finish_reason: str | None
+    response_tokens: int
+
+
+def _dp_worker(conn: Any, opts: dict, devices: str | None) -> None:
+    """One data-parallel replica: builds its engine on its GPU group and serves generate calls."""
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    try:
+        from rollout.engines import make_engine
+
+        engine = make_engine(opts)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, one line
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", None))
+    try:
+        while (msg := conn.recv()) is not None:
+            prompts, n, params = msg
+            try:
+                out = engine.generate(prompts, n, params)
+                conn.send(("ok", [[_Reply(s.text, s.finish_reason, len(s.token_ids)) for s in row]
+                                  for row in out]))
+            except Exception as e:  # noqa: BLE001
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+    except EOFError:
+        pass  # the parent went away
+    finally:
+        engine.close()
+
+
+class DataParallelEngine:
+    """``replicas`` engines, each in its own process on its own group of
+    ``tensor_parallel_size`` GPUs (tensor parallel within a group), sharing every generate
+    call: the prompts are split into contiguous shards, one per replica, run concurrently.
+    Prompt ``i`` of a call keeps seed ``seed + i`` whichever replica serves it."""
+
+    def __init__(self, opts: Mapping[str, Any], replicas: int, start_timeout_s: float = 1800.0):
+        import multiprocessing as mp
+
+        tp = int(opts.get("tensor_parallel_size", 1) or 1)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(replicas * tp)]
+        if len(ids) < replicas * tp:
+            raise EvalError(f"engine_options.data_parallel_size: {replicas} replicas x "
+                            f"{tp} GPUs need {replicas * tp} GPUs, CUDA_VISIBLE_DEVICES has {len(ids)}")
+        ctx = mp.get_context("spawn")
+        self.replicas = replicas
+        self.procs, self.conns = [], []
+        for r in range(replicas):
+            parent, child = ctx.Pipe()
+            devices = ",".join(ids[r * tp:(r + 1) * tp])
+            proc = ctx.Process(target=_dp_worker, args=(child, dict(opts), devices),
+                               name=f"cure-eval-engine-{r}", daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        try:
+            for r in range(replicas):
+                self._recv(r, start_timeout_s)
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(opts.get("tokenizer") or opts["model"])
+        except BaseException:
+            self.close()
+            raise
+
+    def _recv(self, r: int, timeout_s: float = float("inf")) -> Any:
+        conn, proc = self.conns[r], self.procs[r]
+        waited = 0.0
+        while not conn.poll(1.0):
+            waited += 1.0
+            if not proc.is_alive():
+                raise EvalError(f"data-parallel engine replica {r} died (exit code {proc.exitcode})")
+            if waited > timeout_s:
+                raise EvalError(f"data-parallel engine replica {r} did not answer in {timeout_s:g} s")
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise EvalError(f"data-parallel engine replica {r} died (exit code {proc.exitcode})") from None
+        if status == "error":
+            raise EvalError(f"data-parallel engine replica {r}: {payload}")
+        return payload
+
+    def generate(self, prompts: Sequence[Any], n: int, sampling: Any) -> list[list[_Reply]]:
+        bounds = np.linspace(0, len(prompts), self.replicas + 1).astype(int)
+        used = []
+        for r in range(self.replicas):
+            lo, hi = int(bounds[r]), int(bounds[r + 1])
+            if lo == hi:
+                continue
+            params = sampling if sampling.seed is None else dataclasses.replace(
+                sampling, seed=sampling.seed + lo)
+            self.conns[r].send((list(prompts[lo:hi]), n, params))
+            used.append(r)
+        out: list[list[_Reply]] = []
+        for r in used:
+            out.extend(self._recv(r))
+        return out
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.procs = [], []
 
 
 def _is_orbax_checkpoint(path: pathlib.Path) -> bool:
@@ -649,24 +795,25 @@ def evaluate(
         sandbox_factory = lambda: Sandbox(limits=Limits())  # noqa: E731
 
     with SampleLog(out / SAMPLES_FILE) as slog:
-        roles: dict[str, Any] = {}
         built: dict[str, Any] = {}  # one engine per distinct model, shared by both roles
         try:
             plan = [("code", coder, settings.k_code)]
             if not settings.single_eval:
                 plan.append(("test", tester, settings.k_case))
             for kind, spec, k in plan:
+                missing = [(ds, p, idx) for ds, problems in datasets.items() for p in problems
+                           if (idx := [i for i in range(k)
+                                       if (ds, p.task_id, kind, i) not in slog.samples])]
+                if not missing:
+                    continue  # nothing to draw: the engine is not even started
                 key = json.dumps([spec.public(), spec.api and spec.api.url], sort_keys=True)
                 if key not in built:
-                    built[key] = (_ApiRole(spec, prompt_config) if spec.engine == "api" else
+                    built[key] = (_ApiRole(spec, prompt_config, settings.gen_batch)
+                                  if spec.engine == "api" else
                                   _LocalRole(spec, prompt_config, settings.gen_batch, engine_factory))
-                role = roles[kind] = built[key]
-                wants = []
-                for ds, problems in datasets.items():
-                    for p in problems:
-                        missing = [i for i in range(k) if (ds, p.task_id, kind, i) not in slog.samples]
-                        if missing:
-                            wants.append(_Want(ds, p, kind, role.prompt(p, kind, show_example), missing))
+                role = built[key]
+                wants = [_Want(ds, p, kind, role.prompt(p, kind, show_example), idx)
+                         for ds, p, idx in missing]
                 _generate(role, wants, sampling, slog, f"generate {kind}s ({spec.label})", progress)
         finally:
             for role in built.values():
@@ -712,7 +859,7 @@ def render_table(metrics: Mapping[str, dict], *, model: str,
              "",
              "| Dataset | Problems | UT | Code | " + " | ".join(f"BoN {k}" for k in keys)
              + " | p_01 | p_00 | code parsed | test parsed |",
-             "|---|" + "---|" * (8 + len(keys))]
+             "|---|" + "---|" * (7 + len(keys))]
     for d in ds:
         r = metrics[d]
         cells = [d, str(r["n_problems"]), _pct(r["unit_test_accuracy"]), _pct(r["code_accuracy"])]

@@ -15,7 +15,7 @@ from rollout.problems import Problem
 from sandbox import Limits, Sandbox
 from tests.helpers.fake_openai import FakeOpenAI
 
-SANDBOX_ISOLATION = "rlimits"
+SANDBOX_ISOLATION = "auto"
 
 # --- three problems with scripted answers (hand-worked metrics below) -------------------
 PROBLEMS = [

@@ -1,0 +1,180 @@
+"""``cure-eval``: evaluate a model (or a hosted API, or a coder + tester pair) the paper's way.
+
+    cure-eval --config=configs/eval.py [--config.<field>=<value> ...]
+
+Every field of configs/eval.py can be overridden. The config is validated before any work
+starts; a bad field is one line on stderr naming it (``config.<field>: ...``) and exit code 2.
+An interrupted run (Ctrl-C, a dead endpoint) resumes when the same command is run again.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rollout import evaluate as ev
+from rollout.engines.api_engine import ApiConfig, ApiError
+from rollout.problems import ProblemFormatError
+from rollout.prompts import PromptConfig
+
+EXIT_ERROR = 2
+_CONFIG = config_flags.DEFINE_config_file("config", default="configs/eval.py",
+                                          help_string="evaluation config file (configs/eval.py)")
+
+
+class ConfigError(ValueError):
+    """A config field with a bad value; ``str(err)`` starts with ``config.<field>:``."""
+
+
+def parse_bon(value: Any) -> tuple[tuple[int, int], ...]:
+    """(n, m) pairs from a list of pairs or a string "NxM,NxM" (also "N:M")."""
+    if isinstance(value, str):
+        pairs = []
+        for item in [s.strip() for s in value.split(",") if s.strip()]:
+            parts = item.replace(":", "x").lower().split("x")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise ConfigError(f"config.bon: {item!r} is not NxM (e.g. 16x16)")
+            pairs.append((int(parts[0]), int(parts[1])))
+        return tuple(pairs)
+    try:
+        out = tuple((int(n), int(m)) for n, m in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.bon: expected (n, m) pairs or 'NxM,...', got {value!r}") from None
+    return out
+
+
+def _api(section: Any, *, prefix: str, fallback: Any = None) -> ApiConfig:
+    def get(name: str) -> Any:
+        v = section.get(name) if name in section else None
+        if fallback is not None and name != "model" and v in ("", 0, 0.0, None):
+            return fallback.get(name)
+        return v
+
+    kw = dict(base_url=get("base_url"), model=get("model"), key=get("key") or None,
+              key_env=get("key_env") or "OPENAI_API_KEY", rpm=float(get("rpm") or 0.0))
+    for name in ("max_concurrency", "max_retries", "timeout_s", "send_top_k"):
+        v = get(name)
+        if v is not None:
+            kw[name] = v
+    if not kw["model"]:
+        raise ConfigError(f"config.{prefix}.model: engine 'api' needs a model name")
+    try:
+        return ApiConfig(**kw)
+    except ValueError as e:
+        raise ConfigError(f"config.{prefix}{str(e).removeprefix('api')}") from None
+
+
+def _spec(engine: str, model: str, tokenizer: str, api: ApiConfig | None, options: dict,
+          prefix: str) -> ev.ModelSpec:
+    try:
+        return ev.ModelSpec(engine=engine, model=model, api=api, tokenizer=tokenizer,
+                            options=options)
+    except ValueError as e:
+        raise ConfigError(f"config.{prefix}{e}") from None
+
+
+def specs_from_config(cfg: Any) -> tuple[ev.ModelSpec, ev.ModelSpec | None]:
+    """The coder's and (when configured) the separate tester's model specs."""
+    options = dict(cfg.engine_options)
+    coder = _spec(cfg.engine, cfg.model, cfg.tokenizer,
+                  _api(cfg.api, prefix="api") if cfg.engine == "api" else None, options, "")
+    t = cfg.tester
+    if not t.engine:
+        return coder, None
+    api = _api(t.api, prefix="tester.api", fallback=cfg.api) if t.engine == "api" else None
+    return coder, _spec(t.engine, t.model, t.tokenizer, api, options, "tester.")
+
+
+def build(cfg: Any) -> dict[str, Any]:
+    """Every object the evaluation needs, validated (raises ConfigError naming the field)."""
+    coder, tester = specs_from_config(cfg)
+    try:
+        settings = ev.EvalSettings(k_code=cfg.k_code, k_case=cfg.k_case,
+                                   bon=parse_bon(cfg.bon), single_eval=cfg.single_eval,
+                                   max_gt_tests=cfg.sandbox.max_gt_tests,
+                                   gen_batch=cfg.gen_batch, exec_batch=cfg.exec_batch)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+    try:
+        sampling = ev.Sampling(**dict(cfg.sampling))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.{e}") from None
+    p = cfg.prompts
+    try:
+        prompts = PromptConfig(mode=p.mode, code_template=p.code_template or None,
+                               test_template=p.test_template or None,
+                               raw_template=p.raw_template or None,
+                               system_prompt=p.system_prompt or None,
+                               show_example_in_test_prompt=p.show_example_in_test_prompt)
+    except ValueError as e:
+        raise ConfigError(f"config.prompts.{str(e).removeprefix('PromptConfig.')}") from None
+    if not cfg.out_dir:
+        raise ConfigError("config.out_dir: must be set")
+
+    sb = cfg.sandbox
+
+    def sandbox_factory():
+        from sandbox import Limits, Sandbox
+
+        return Sandbox(workers=sb.workers or None, isolation=sb.isolation,
+                       limits=Limits(time_multiplier=sb.time_multiplier, memory_mb=sb.memory_mb))
+
+    try:
+        from sandbox import Limits
+
+        Limits(time_multiplier=sb.time_multiplier, memory_mb=sb.memory_mb)
+    except ValueError as e:
+        raise ConfigError(f"config.sandbox.{str(e).removeprefix('Limits.')}") from None
+    return dict(coder=coder, tester=tester, settings=settings, sampling=sampling,
+                prompt_config=prompts, sandbox_factory=sandbox_factory)
+
+
+def _fail(message: str) -> None:
+    print(f"cure-eval: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {' '.join(argv[1:])!r}; use --config.<field>=<value>")
+    cfg = _CONFIG.value
+    try:
+        parts = build(cfg)
+        datasets = ev.resolve_datasets(cfg.dataset, data_dir=cfg.data_dir,
+                                       max_problems=cfg.max_problems)
+        result = ev.evaluate(datasets, parts.pop("coder"), cfg.out_dir, progress=cfg.progress,
+                             **parts)
+    except KeyboardInterrupt:
+        print(f"cure-eval: interrupted; samples so far are in {cfg.out_dir}/{ev.SAMPLES_FILE}; "
+              "run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, ev.EvalError, ApiError, ProblemFormatError, FileNotFoundError) as e:
+        _fail(str(e))
+    out = pathlib.Path(cfg.out_dir)
+    print((out / ev.TABLE_FILE).read_text(), end="")
+    print(f"wrote {out / ev.METRICS_FILE}, {out / ev.TABLE_FILE}, {out / ev.PLOT_FILE} "
+          f"({sum(r['n_problems'] for r in result.values())} problems)")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = str(e).strip("\"'")
+        if isinstance(e, (AttributeError, KeyError)):
+            msg = f"unknown config field {msg!r} (see configs/eval.py)"
+        _fail(msg)
+        raise  # unreachable
+
+
+def run() -> None:
+    """Console-script entry point (``cure-eval``)."""
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
