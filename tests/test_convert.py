@@ -179,3 +179,137 @@ def test_plan_shards_and_sizes():
     assert hf_io.parse_size("5GB") == 5 * 10**9 and hf_io.parse_size("2MiB") == 2 * 2**20
     with pytest.raises(ValueError, match="size 'lots'"):
         hf_io.parse_size("lots")
+
+
+# ---------------------------------------------------------------------------------------------
+# cure-convert
+# ---------------------------------------------------------------------------------------------
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "cure_jax.convert_main", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _inprocess(capsys, *args: str) -> tuple[int, str, str]:
+    """Run cure-convert's main in this process (absl flags parsed and reset around it)."""
+    from absl import flags
+
+    from cure_jax import convert_main
+
+    flags.FLAGS.unparse_flags()
+    argv = flags.FLAGS(["cure-convert", *args])
+    code = 0
+    try:
+        convert_main.main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _hf_logits(hf_dir, tokens):
+    import torch
+    import transformers
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return m(torch.tensor(tokens)).logits.numpy()
+
+
+@pytest.mark.slow
+def test_cli_hf_to_orbax_to_hf_and_verify(hf_dirs, tmp_path):
+    src = hf_dirs[("qwen2", False)]
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    r = _cli("hf-to-orbax", f"--hf_dir={src}", f"--ckpt_dir={ckpt}")
+    assert r.returncode == 0, r.stderr
+    assert (ckpt / "params").is_dir() and (ckpt / "config.json").is_file()
+    r = _cli("orbax-to-hf", f"--ckpt_dir={ckpt}", f"--hf_dir={out}", f"--base_hf_dir={src}",
+             "--max_shard_size=400KB", "--dtype=float32")
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("model-*.safetensors"))) > 1
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    # complete directory: transformers loads it and gives the same logits, bit for bit
+    tokens = np.random.default_rng(3).integers(0, 512, (2, 9))
+    np.testing.assert_array_equal(_hf_logits(out, tokens), _hf_logits(src, tokens))
+    r = _cli("verify", f"--hf_dir={out}", f"--ckpt_dir={ckpt}")
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    fields = dict(kv.split("=") for kv in last.split())
+    assert set(fields) == {"max_abs_err", "max_rel_err"}
+    assert float(fields["max_abs_err"]) <= 1e-4 and float(fields["max_rel_err"]) <= 1e-4
+
+
+def test_orbax_to_hf_reads_training_checkpoints(hf_dirs, tmp_path, capsys):
+    """A cure-train Checkpointer directory (params inside the train state) converts exactly."""
+    from flax import nnx
+
+    from cure_jax import checkpoint as ckpt_lib
+
+    src = hf_dirs[("qwen3", True)]
+    model = hf_io.load_model(src)
+    train_state = {"step": jnp.asarray(7, jnp.int32), "params": nnx.state(model).to_pure_dict(),
+                   "opt_state": {"mu": jnp.zeros((3,))}}
+    ck = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)
+    ck.save(3, {**train_state, "params": jax.tree.map(lambda x: x * 0, train_state["params"])})
+    ck.save(5, train_state)
+    ck.close()
+    out = tmp_path / "hf"
+    code, stdout, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={tmp_path / 'run'}",
+                                   f"--hf_dir={out}", f"--base_hf_dir={src}")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    original, again = _read_all(src), _read_all(out)
+    assert set(again) == set(original)
+    for k in original:
+        assert np.array_equal(_bits(again[k]), _bits(original[k])), k
+    # --step picks an older one (all zeros there)
+    code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={tmp_path / 'run' / 'checkpoints'}",
+                              f"--hf_dir={tmp_path / 'old'}", f"--base_hf_dir={src}", "--step=3")
+    assert code == 0, err
+    assert not _read_all(tmp_path / "old")["model.norm.weight"].any()
+    code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={tmp_path / 'run'}",
+                              f"--hf_dir={tmp_path / 'x'}", f"--base_hf_dir={src}", "--step=4")
+    assert code == 2 and "no step 4 (available: [3, 5])" in err
+
+
+def test_cli_errors_are_one_line(hf_dirs, tmp_path, capsys):
+    src = hf_dirs[("qwen2", False)]
+    code, _, err = _inprocess(capsys, "hf-to-orbax", f"--hf_dir={tmp_path / 'nope'}",
+                              f"--ckpt_dir={tmp_path / 'c'}")
+    assert code == 2 and err.count("\n") == 1 and f"{tmp_path / 'nope'}" in err
+    code, _, err = _inprocess(capsys, "hf-to-orbax", f"--hf_dir={src}")
+    assert code == 2 and "--ckpt_dir is required" in err
+    # params of one shape, config of another: the mismatched parameter is named
+    ckpt = tmp_path / "ckpt"
+    code, _, err = _inprocess(capsys, "hf-to-orbax", f"--hf_dir={src}", f"--ckpt_dir={ckpt}")
+    assert code == 0, err
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 384}))
+    code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={ckpt}",
+                              f"--hf_dir={tmp_path / 'o'}", f"--base_hf_dir={wide}")
+    assert code == 2 and "parameter 'layers/0/mlp/down_proj' has shape (256, 128), config " \
+        "expects (384, 128)" in err, err
+    code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={ckpt}",
+                              f"--hf_dir={tmp_path / 'o'}", f"--base_hf_dir={hf_dirs[('qwen3', True)]}")
+    assert code == 2 and "checkpoint has no parameter" in err, err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"],
+                                                 "model_type": "gpt2"}))
+    code, _, err = _inprocess(capsys, "hf-to-orbax", f"--hf_dir={bad}", f"--ckpt_dir={tmp_path / 'd'}")
+    assert code == 2 and "unknown architecture" in err and "GPT2LMHeadModel" in err
+    code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={tmp_path / 'empty'}",
+                              f"--hf_dir={tmp_path / 'e'}")
+    assert code == 2 and "checkpoint directory not found" in err
+    from absl import app
+    with pytest.raises(app.UsageError):
+        _inprocess(capsys, "hf-to-safetensors")

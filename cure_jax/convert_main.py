@@ -1,0 +1,333 @@
+"""cure-convert: move Qwen weights between Hugging Face directories and Orbax checkpoints.
+
+    cure-convert hf-to-orbax --hf_dir=D --ckpt_dir=C [--param_dtype=float32]
+    cure-convert orbax-to-hf --ckpt_dir=C --hf_dir=OUT [--base_hf_dir=D] [--dtype=bfloat16]
+                             [--max_shard_size=5GB] [--step=N]
+    cure-convert verify      --hf_dir=D [--ckpt_dir=C] [--atol=1e-3]
+
+Orbax layouts read by orbax-to-hf / verify:
+  * params-only (written by hf-to-orbax): C/params (an Orbax PyTree of the model state as a
+    nested dict with string keys) and C/config.json (the HF config of the model);
+  * training checkpoints of cure-train (cure_jax.checkpoint.Checkpointer): C/<step>/state with
+    the train state's `params` inside; C may be the run's checkpoints directory (newest step, or
+    --step), a run workdir holding checkpoints/, or one step directory. Only `params` is read.
+    The model config then comes from --base_hf_dir (or C/config.json when present).
+
+verify runs transformers in a subprocess (cure_jax never imports torch) on a few prompts,
+runs the Flax model on the same tokens and ends with `max_abs_err=<a> max_rel_err=<r>`,
+where r = max|ours - theirs| / max|theirs| over all non-padded positions; exit status 1 when
+a > --atol.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from absl import app, flags
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (input or output).")
+_CKPT_DIR = flags.DEFINE_string("ckpt_dir", None, "Orbax checkpoint directory.")
+_BASE_HF_DIR = flags.DEFINE_string("base_hf_dir", None,
+                                   "orbax-to-hf: HF directory to take config.json and tokenizer "
+                                   "files from.")
+_DTYPE = flags.DEFINE_string("dtype", "auto", "orbax-to-hf: dtype of the written safetensors "
+                             "(float32, bfloat16, float16; auto = the base config's torch_dtype, "
+                             "else the checkpoint's).")
+_PARAM_DTYPE = flags.DEFINE_string("param_dtype", "float32",
+                                   "hf-to-orbax / verify: dtype of the Flax parameters.")
+_MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "orbax-to-hf: safetensors file size cap.")
+_STEP = flags.DEFINE_integer("step", None, "orbax-to-hf / verify: training step to read "
+                             "(default: newest).")
+_ATOL = flags.DEFINE_float("atol", 1e-3, "verify: fail (exit 1) when max_abs_err exceeds this.")
+_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "verify: number of prompts.")
+
+COMMANDS = ("hf-to-orbax", "orbax-to-hf", "verify")
+
+
+class ConvertError(Exception):
+    """A user-facing problem with the inputs (printed as one line, exit status 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Orbax params checkpoints
+# ---------------------------------------------------------------------------------------------
+def _nested_from_state(state) -> dict[str, Any]:
+    from flax import nnx
+
+    out: dict[str, Any] = {}
+    for path, var in nnx.to_flat_state(state):
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(str(part), {})
+        node[str(path[-1])] = var.get_value() if hasattr(var, "get_value") else var
+    return out
+
+
+def _lookup(nested: dict[str, Any], path: tuple, where: str) -> Any:
+    node: Any = nested
+    for part in path:
+        try:
+            node = node[str(part)]
+        except (KeyError, TypeError, IndexError):
+            raise ConvertError(f"{where}: checkpoint has no parameter "
+                               f"{'/'.join(map(str, path))!r}") from None
+    return node
+
+
+def save_params_checkpoint(ckpt_dir: str | pathlib.Path, model_or_state, cfg) -> pathlib.Path:
+    """Write the params-only layout: ckpt_dir/params (Orbax) + ckpt_dir/config.json."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    ckpt = pathlib.Path(ckpt_dir).absolute()
+    if (ckpt / "params").exists():
+        raise ConvertError(f"{ckpt / 'params'}: already exists (choose an empty --ckpt_dir)")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(ckpt / "params", _nested_from_state(state))
+    checkpointer.wait_until_finished()
+    (ckpt / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+    return ckpt
+
+
+def _is_step_dir(p: pathlib.Path) -> bool:
+    return p.is_dir() and (p / "state").is_dir()
+
+
+def locate_params(ckpt_dir: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, tuple[str, ...]]:
+    """(Orbax PyTree directory, key prefix of the params inside it) for any supported layout."""
+    ckpt = pathlib.Path(ckpt_dir).absolute()
+    if not ckpt.is_dir():
+        raise ConvertError(f"{ckpt}: checkpoint directory not found")
+    if (ckpt / "params").is_dir() and step is None:
+        return ckpt / "params", ()
+    if _is_step_dir(ckpt):
+        return ckpt / "state", ("params",)
+    root = ckpt / "checkpoints" if (ckpt / "checkpoints").is_dir() else ckpt
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and _is_step_dir(p))
+    if not steps:
+        raise ConvertError(f"{ckpt}: no Orbax checkpoint here (expected params/, <step>/state/ "
+                           "or checkpoints/<step>/state/)")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ConvertError(f"{root}: no step {step} (available: {steps})")
+    return root / str(step) / "state", ("params",)
+
+
+def checkpoint_config(ckpt_dir: str | pathlib.Path, base_hf_dir: str | None):
+    """The model config: base_hf_dir/config.json when given, else the checkpoint's config.json."""
+    from cure_jax.models.qwen import QwenConfig
+
+    if base_hf_dir:
+        return QwenConfig.from_hf_dir(base_hf_dir)
+    ckpt = pathlib.Path(ckpt_dir).absolute()
+    for cand in (ckpt / "config.json", ckpt.parent / "config.json"):
+        if cand.is_file():
+            try:
+                return QwenConfig.from_hf_dir(cand)
+            except ValueError:
+                continue  # e.g. a cure-train run config.json: not a HF config
+    raise ConvertError(f"{ckpt}: no model config.json in the checkpoint; pass --base_hf_dir")
+
+
+def restore_params(ckpt_dir: str | pathlib.Path, cfg, *, step: int | None = None,
+                   param_dtype=None, mesh=None):
+    """Read only the model parameters of a checkpoint into an nnx.State of a Qwen for `cfg`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from cure_jax import hf_io, sharding
+
+    path, prefix = locate_params(ckpt_dir, step)
+    meta = ocp.PyTreeCheckpointer().metadata(path)
+    stored = getattr(meta, "item_metadata", None)
+    stored = meta if stored is None else stored
+    try:
+        for part in prefix:
+            stored = stored[part]
+    except (KeyError, TypeError):
+        raise ConvertError(f"{path}: no {'/'.join(prefix)!r} item in this checkpoint") from None
+    abstract = nnx.state(hf_io.abstract_model(cfg, param_dtype or jnp.float32))
+    shardings = sharding.state_shardings(abstract, mesh) if mesh is not None else None
+    flat_sh = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target: dict[str, Any] = {}
+    for p, var in nnx.to_flat_state(abstract):
+        have = _lookup(stored, p, str(path))
+        want_shape = tuple(var.get_value().shape)
+        if tuple(have.shape) != want_shape:
+            raise ConvertError(f"{path}: parameter {'/'.join(map(str, p))!r} has shape "
+                               f"{tuple(have.shape)}, config expects {want_shape}")
+        dtype = param_dtype or np.dtype(have.dtype)
+        shd = flat_sh[p].get_value() if p in flat_sh else default
+        node = target
+        for part in prefix + tuple(map(str, p[:-1])):
+            node = node.setdefault(part, {})
+        node[str(p[-1])] = jax.ShapeDtypeStruct(want_shape, dtype, sharding=shd)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    restored = ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                          partial_restore=True))
+    for part in prefix:
+        restored = restored[part]
+    leaves = {p: var.replace(_lookup(restored, p, str(path))) for p, var in nnx.to_flat_state(abstract)}
+    return nnx.from_flat_state(leaves)
+
+
+# ---------------------------------------------------------------------------------------------
+# verify: transformers in a subprocess
+# ---------------------------------------------------------------------------------------------
+_HF_REFERENCE_SCRIPT = r"""
+import json, sys
+import numpy as np
+import torch, transformers
+hf_dir, out_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.manual_seed(0)
+model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+texts = ["def add(a, b):\n    return a + b", "Write a function that reverses a string.",
+         "import sys\nprint(sum(map(int, sys.stdin.read().split())))", "assert f(3) == 9",
+         "class Stack:", "The quick brown fox"]
+texts = (texts * (n // len(texts) + 1))[:n]
+try:
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    ids = [tok(t)["input_ids"][:64] or [0] for t in texts]
+except Exception:
+    rng = np.random.default_rng(0)
+    ids = [list(rng.integers(0, model.config.vocab_size, 8 + 5 * i)) for i in range(n)]
+length = max(len(x) for x in ids)
+tokens = np.zeros((n, length), np.int64)
+mask = np.zeros((n, length), np.int64)
+for i, x in enumerate(ids):
+    tokens[i, :len(x)] = x
+    mask[i, :len(x)] = 1
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits
+np.savez(out_path, tokens=tokens, mask=mask, logits=logits.float().numpy())
+"""
+
+
+def hf_reference_logits(hf_dir: str, num_prompts: int) -> dict[str, Any]:
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "ref.npz")
+        proc = subprocess.run([sys.executable, "-c", _HF_REFERENCE_SCRIPT, hf_dir, out,
+                               str(num_prompts)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise ConvertError(f"{hf_dir}: transformers could not run the model ({tail})")
+        with np.load(out) as z:
+            return {k: z[k] for k in z.files}
+
+
+def compare_logits(ours, theirs, mask) -> tuple[float, float]:
+    import numpy as np
+
+    valid = mask.astype(bool)
+    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))[valid]
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(theirs[valid]).max()) if diff.size else 1.0
+    return max_abs, max_abs / max(scale, 1e-30)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+def _require(flag, name: str) -> str:
+    if not flag.value:
+        raise ConvertError(f"--{name} is required")
+    return flag.value
+
+
+def cmd_hf_to_orbax() -> None:
+    from cure_jax import hf_io
+
+    hf_dir, ckpt_dir = _require(_HF_DIR, "hf_dir"), _require(_CKPT_DIR, "ckpt_dir")
+    model = hf_io.load_model(hf_dir, param_dtype=hf_io.parse_dtype(_PARAM_DTYPE.value))
+    out = save_params_checkpoint(ckpt_dir, model, model.cfg)
+    print(f"wrote {out} ({model.cfg.architecture}, {model.cfg.num_params():,} parameters)")
+
+
+def cmd_orbax_to_hf() -> None:
+    import numpy as np
+
+    from cure_jax import hf_io
+
+    ckpt_dir, out_dir = _require(_CKPT_DIR, "ckpt_dir"), _require(_HF_DIR, "hf_dir")
+    locate_params(ckpt_dir, _STEP.value)  # fail early on a missing/odd checkpoint
+    cfg = checkpoint_config(ckpt_dir, _BASE_HF_DIR.value)
+    state = restore_params(ckpt_dir, cfg, step=_STEP.value)
+    if _DTYPE.value == "auto":
+        if _BASE_HF_DIR.value:
+            dtype = hf_io.parse_dtype(cfg.torch_dtype)
+        else:
+            import jax
+            dtype = np.dtype(jax.tree.leaves(state)[0].dtype)
+    else:
+        dtype = hf_io.parse_dtype(_DTYPE.value)
+    out = hf_io.save_hf_dir(state, out_dir, cfg=cfg, dtype=dtype,
+                            max_shard_size=_MAX_SHARD.value, base_hf_dir=_BASE_HF_DIR.value)
+    print(f"wrote {out} ({cfg.architecture}, dtype {np.dtype(dtype).name})")
+
+
+def cmd_verify() -> int:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from cure_jax import hf_io
+    from cure_jax.models.qwen import QwenConfig
+
+    hf_dir = _require(_HF_DIR, "hf_dir")
+    param_dtype = hf_io.parse_dtype(_PARAM_DTYPE.value)
+    if _CKPT_DIR.value:
+        cfg = QwenConfig.from_hf_dir(hf_dir)
+        state = restore_params(_CKPT_DIR.value, cfg, step=_STEP.value, param_dtype=param_dtype)
+        graphdef, _ = nnx.split(hf_io.abstract_model(cfg, param_dtype))
+        model = nnx.merge(graphdef, state)
+    else:
+        model = hf_io.load_model(hf_dir, param_dtype=param_dtype)
+    ref = hf_reference_logits(hf_dir, _NUM_PROMPTS.value)
+    tokens, mask = jnp.asarray(ref["tokens"], jnp.int32), jnp.asarray(ref["mask"], jnp.int32)
+    ours = nnx.jit(lambda m, t, a: m.logits(m(t, attention_mask=a)))(model, tokens, mask)
+    max_abs, max_rel = compare_logits(jax.device_get(ours), ref["logits"], ref["mask"])
+    print(f"prompts={tokens.shape[0]} max_len={tokens.shape[1]} tokens={int(ref['mask'].sum())}")
+    print(f"max_abs_err={max_abs:.6g} max_rel_err={max_rel:.6g}")
+    return 0 if max_abs <= _ATOL.value else 1
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: cure-convert {{{'|'.join(COMMANDS)}}} --flags ...")
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        if argv[1] == "hf-to-orbax":
+            cmd_hf_to_orbax()
+        elif argv[1] == "orbax-to-hf":
+            cmd_orbax_to_hf()
+        else:
+            sys.exit(cmd_verify())
+    except (ConvertError, ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"cure-convert: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
