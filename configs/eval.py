@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.engine = "vllm"  # "vllm" | "hf" | "api"
     c.model = ""  # HF directory, or an Orbax checkpoint from cure-train (converted on the fly)
     c.tokenizer = ""  # default: the model's own
+    c.base_model = ""  # for an Orbax training checkpoint: the HF dir it started from (config, tokenizer)
     c.engine_options = ml_collections.ConfigDict(dict(
         tensor_parallel_size=1,  # vllm: GPUs per engine
         data_parallel_size=1,  # vllm: engines (GPU groups) sharing the prompts
@@ -62,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
         engine="",
         model="",
         tokenizer="",
+        base_model="",
         api=ml_collections.ConfigDict(dict(base_url="", model="", key="", key_env="", rpm=0.0)),
     ))
 

@@ -69,10 +69,10 @@ def _api(section: Any, *, prefix: str, fallback: Any = None) -> ApiConfig:
 
 
 def _spec(engine: str, model: str, tokenizer: str, api: ApiConfig | None, options: dict,
-          prefix: str) -> ev.ModelSpec:
+          prefix: str, base_model: str = "") -> ev.ModelSpec:
     try:
         return ev.ModelSpec(engine=engine, model=model, api=api, tokenizer=tokenizer,
-                            options=options)
+                            options=options, base_model=base_model)
     except ValueError as e:
         raise ConfigError(f"config.{prefix}{e}") from None
 
@@ -81,12 +81,13 @@ def specs_from_config(cfg: Any) -> tuple[ev.ModelSpec, ev.ModelSpec | None]:
     """The coder's and (when configured) the separate tester's model specs."""
     options = dict(cfg.engine_options)
     coder = _spec(cfg.engine, cfg.model, cfg.tokenizer,
-                  _api(cfg.api, prefix="api") if cfg.engine == "api" else None, options, "")
+                  _api(cfg.api, prefix="api") if cfg.engine == "api" else None, options, "",
+                  cfg.base_model)
     t = cfg.tester
     if not t.engine:
         return coder, None
     api = _api(t.api, prefix="tester.api", fallback=cfg.api) if t.engine == "api" else None
-    return coder, _spec(t.engine, t.model, t.tokenizer, api, options, "tester.")
+    return coder, _spec(t.engine, t.model, t.tokenizer, api, options, "tester.", t.base_model)
 
 
 def build(cfg: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "plot_bon",
     "ensure_hf_model",
     "DataParallelEngine",
+    "summary_scalars",
     "default_engine_factory",
 ]
 
@@ -116,6 +118,7 @@ class ModelSpec:
     api: ApiConfig | None = None
     tokenizer: str = ""
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    base_model: str = ""  # HF dir an Orbax checkpoint was trained from (config, tokenizer)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -138,6 +141,8 @@ class ModelSpec:
             d.update(model=self.api.model)
         else:
             d.update(model=str(self.model), tokenizer=self.tokenizer)
+            if self.base_model:
+                d.update(base_model=str(self.base_model))
         return d
 
 
@@ -460,7 +465,7 @@ def default_engine_factory(spec: ModelSpec) -> Any:
     kv = opts.get("kv_cache_gb")
     if isinstance(kv, float) and kv.is_integer():
         opts["kv_cache_gb"] = int(kv)  # vLLM's CPU build parses VLLM_CPU_KVCACHE_SPACE as an int
-    opts.update(backend=spec.engine, model=ensure_hf_model(spec.model),
+    opts.update(backend=spec.engine, model=ensure_hf_model(spec.model, base_model=spec.base_model),
                 tokenizer=spec.tokenizer or None)
     try:
         from rollout.engines import EngineConfig, make_engine
@@ -595,35 +600,57 @@ class DataParallelEngine:
         self.conns, self.procs = [], []
 
 
+def _is_hf_dir(path: pathlib.Path) -> bool:
+    return (path / "config.json").exists() and (
+        any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")))
+
+
 def _is_orbax_checkpoint(path: pathlib.Path) -> bool:
-    if (path / "config.json").exists():
+    """cure-train / cure-convert layouts: params-only (``params/``), a run's checkpoints
+    directory (numbered steps), a run workdir (``checkpoints/``) or one step directory."""
+    if _is_hf_dir(path):
         return False
-    markers = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint")
+    markers = ("params", "state", "checkpoints", "_CHECKPOINT_METADATA", "_METADATA")
     return any((path / m).exists() for m in markers) or any(
-        (p / m).exists() for p in path.glob("*") if p.is_dir() for m in markers)
+        p.is_dir() and p.name.isdigit() for p in path.iterdir())
 
 
-def ensure_hf_model(model: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+def _convert_command() -> str | None:
+    exe = shutil.which("cure-convert")
+    if exe is None:  # not on PATH: the console script installed next to this interpreter
+        sibling = pathlib.Path(sys.executable).parent / "cure-convert"
+        exe = str(sibling) if sibling.exists() else None
+    return exe
+
+
+def ensure_hf_model(model: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                    base_model: str = "") -> str:
     """A HF model directory for ``model``: itself when it is one; an Orbax checkpoint from
     training is converted once with ``cure-convert orbax-to-hf`` (a subprocess, so no jax is
-    imported here) into ``<cache_dir or checkpoint>.hf``."""
+    imported here) into ``cache_dir`` (default ``<checkpoint>.hf``). ``base_model``: the HF
+    directory the model was trained from (its config and tokenizer), needed for training
+    checkpoints that carry no config.json."""
     path = pathlib.Path(model)
     if not path.exists():
         raise EvalError(f"model: {model} does not exist")
     if not path.is_dir() or not _is_orbax_checkpoint(path):
         return str(path)
     out = pathlib.Path(cache_dir) if cache_dir else path.with_name(path.name + ".hf")
-    if (out / "config.json").exists():
+    if _is_hf_dir(out):
         return str(out)
-    exe = shutil.which("cure-convert")
+    exe = _convert_command()
     if exe is None:
         raise EvalError(f"model: {model} is an Orbax checkpoint and converting it needs the "
                         "cure-convert command, which is not installed (pip install -e .)")
-    cmd = [exe, "orbax-to-hf", f"--checkpoint={path}", f"--out={out}"]
+    cmd = [exe, "orbax-to-hf", f"--ckpt_dir={path}", f"--hf_dir={out}"]
+    if base_model:
+        cmd.append(f"--base_hf_dir={base_model}")
+    log.info("converting Orbax checkpoint %s to a HF directory: %s", model, " ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise EvalError(f"model: converting Orbax checkpoint {model} failed: {tail[0]}")
+        lines = [x for x in (done.stderr + "\n" + done.stdout).strip().splitlines() if x.strip()]
+        raise EvalError(f"model: converting Orbax checkpoint {model} with cure-convert failed "
+                        f"(exit {done.returncode}): {lines[-1] if lines else 'no output'}")
     return str(out)
 
 
@@ -745,6 +772,20 @@ def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) 
         code_parsed=code_parsed, test_parsed=test_parsed)
 
 
+def summary_scalars(metrics: Mapping[str, dict], prefix: str = "eval") -> dict[str, float]:
+    """Flat ``{"<prefix>/<dataset>/<metric>": value}`` for TensorBoard (the training driver's
+    periodic evaluation); BoN entries become ``.../bon_NxM``; undefined (None) rates are left out."""
+    out: dict[str, float] = {}
+    for ds, r in metrics.items():
+        for k, v in r.items():
+            if k == "bon":
+                out.update({f"{prefix}/{ds}/bon_{nm}": float(a) for nm, a in v.items()
+                            if a is not None})
+            elif v is not None:
+                out[f"{prefix}/{ds}/{k}"] = float(v)
+    return out
+
+
 def dataset_metrics(tables: Iterable[dict]) -> dict:
     """The metrics.json entry of one dataset from its per-problem tables."""
     agg = cure_metrics.aggregate(tables)
@@ -808,6 +849,10 @@ def evaluate(
                     continue  # nothing to draw: the engine is not even started
                 key = json.dumps([spec.public(), spec.api and spec.api.url], sort_keys=True)
                 if key not in built:
+                    if spec.engine != "api":  # an Orbax checkpoint becomes a HF dir in out_dir
+                        spec = dataclasses.replace(spec, model=ensure_hf_model(
+                            spec.model, out / "converted" / pathlib.Path(spec.model).name,
+                            base_model=spec.base_model))
                     built[key] = (_ApiRole(spec, prompt_config, settings.gen_batch)
                                   if spec.engine == "api" else
                                   _LocalRole(spec, prompt_config, settings.gen_batch, engine_factory))

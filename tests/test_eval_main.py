@@ -111,20 +111,50 @@ def test_parse_bon():
         eval_main.parse_bon("4by4")
 
 
-def test_an_orbax_checkpoint_is_converted_or_a_clear_error(tmp_path, monkeypatch):
+def test_an_orbax_checkpoint_without_cure_convert_is_a_clear_error(tmp_path, monkeypatch):
     ckpt = tmp_path / "step_10"
-    ckpt.mkdir()
-    (ckpt / "_CHECKPOINT_METADATA").write_text("{}")
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    (ckpt / "params").mkdir(parents=True)
+    monkeypatch.setattr(ev, "_convert_command", lambda: None)
     with pytest.raises(ev.EvalError, match="Orbax checkpoint and converting it needs the "
                                            "cure-convert command"):
         ev.ensure_hf_model(str(ckpt))
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"")
     assert ev.ensure_hf_model(str(hf)) == str(hf)
     with pytest.raises(ev.EvalError, match="does not exist"):
         ev.ensure_hf_model(str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_an_orbax_checkpoint_is_converted_with_cure_convert(tmp_path):
+    """A real Orbax checkpoint (written by cure-convert hf-to-orbax) becomes a HF directory
+    holding the same weights; a broken checkpoint is a one-line error."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from tests.helpers.tiny_models import make_tiny_hf_dir
+
+    hf = make_tiny_hf_dir(tmp_path)
+    exe = ev._convert_command()
+    assert exe is not None, "cure-convert is not installed next to this interpreter"
+    ckpt = tmp_path / "ckpt"
+    r = subprocess.run([exe, "hf-to-orbax", f"--hf_dir={hf}", f"--ckpt_dir={ckpt}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = ev.ensure_hf_model(str(ckpt), tmp_path / "converted", base_model=str(hf))
+    assert out == str(tmp_path / "converted")
+    want = {k: v for f in hf.glob("*.safetensors") for k, v in load_file(f).items()}
+    got = {k: v for f in pathlib.Path(out).glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k].astype(np.float32), want[k].astype(np.float32))
+    assert ev.ensure_hf_model(str(ckpt), tmp_path / "converted") == out  # converted once
+    bad = tmp_path / "bad"
+    (bad / "params").mkdir(parents=True)
+    with pytest.raises(ev.EvalError, match=r"with cure-convert failed \(exit \d+\): "):
+        ev.ensure_hf_model(str(bad), tmp_path / "bad.hf")
 
 
 @pytest.mark.slow

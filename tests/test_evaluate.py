@@ -239,3 +239,22 @@ def test_datasets_resolve_embedded_paths_and_names(tmp_path):
         ev.resolve_datasets("livebench", data_dir=tmp_path, download=False)
     with pytest.raises(ev.EvalError, match="'nope' is not a file"):
         ev.resolve_datasets("nope")
+
+
+def test_summary_scalars_for_tensorboard():
+    got = ev.summary_scalars({"toy": dict(EXPECTED, unit_test_accuracy=None)}, prefix="eval")
+    assert got["eval/toy/code_accuracy"] == pytest.approx(0.25)
+    assert got["eval/toy/bon_4x4"] == pytest.approx(2 / 3)
+    assert "eval/toy/unit_test_accuracy" not in got and got["eval/toy/n_problems"] == 3.0
+
+
+def test_the_evaluation_modules_import_neither_jax_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, rollout.evaluate, rollout.eval_main, rollout.engines.api_engine; "
+            "bad = [m for m in ('jax', 'flax', 'torch', 'vllm', 'transformers') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
