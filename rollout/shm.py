@@ -57,9 +57,21 @@ except ImportError:  # pragma: no cover - exercised only without ml_dtypes
     BFLOAT16 = None
 
 __all__ = [
-    "ShmError", "WriterDiedError", "ReaderDiedError", "BufferFullError", "BufferClosedError",
-    "TornReadError", "Batch", "RolloutBuffer", "WeightChannel", "WeightSnapshot",
-    "cleanup_stale", "list_segments", "pid_alive", "segment_name", "BFLOAT16",
+    "BFLOAT16",
+    "Batch",
+    "BufferClosedError",
+    "BufferFullError",
+    "ReaderDiedError",
+    "RolloutBuffer",
+    "ShmError",
+    "TornReadError",
+    "WeightChannel",
+    "WeightSnapshot",
+    "WriterDiedError",
+    "cleanup_stale",
+    "list_segments",
+    "pid_alive",
+    "segment_name",
 ]
 
 SHM_DIR = "/dev/shm"
@@ -426,7 +438,7 @@ class RolloutBuffer:
     # -- construction
     @classmethod
     def create(cls, run_id: str, num_slots: int, slot_capacity: int,
-               kind: str = "buf") -> "RolloutBuffer":
+               kind: str = "buf") -> RolloutBuffer:
         """Create (and own) a ring of ``num_slots`` slots of ``slot_capacity`` payload bytes."""
         if num_slots < 1:
             raise ValueError(f"RolloutBuffer num_slots={num_slots}: must be >= 1")
@@ -441,7 +453,7 @@ class RolloutBuffer:
         return cls(seg)
 
     @classmethod
-    def attach(cls, name: str) -> "RolloutBuffer":
+    def attach(cls, name: str) -> RolloutBuffer:
         """Map an existing ring by segment name (see :attr:`name`)."""
         return cls(_Segment(name, None, create=False))
 
@@ -636,10 +648,10 @@ class RolloutBuffer:
         self._g = self._hdr = None  # type: ignore[assignment]
         self._seg.close()
 
-    def __enter__(self) -> "RolloutBuffer":
+    def __enter__(self) -> RolloutBuffer:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -711,7 +723,7 @@ class TensorInfo:
 class WeightSnapshot:
     """A pinned, published weight buffer: zero-copy numpy views by HF name."""
 
-    def __init__(self, channel: "WeightChannel", index: int, version: int, generation: int,
+    def __init__(self, channel: WeightChannel, index: int, version: int, generation: int,
                  manifest: list[TensorInfo]) -> None:
         self._ch, self.index, self.version, self._gen = channel, index, version, generation
         self.manifest = manifest
@@ -753,7 +765,7 @@ class WeightChannel:
         self._reader_slot: int | None = None
 
     @classmethod
-    def create(cls, run_id: str, capacity_bytes: int, kind: str = "weights") -> "WeightChannel":
+    def create(cls, run_id: str, capacity_bytes: int, kind: str = "weights") -> WeightChannel:
         """Create (and own) a channel whose two buffers hold ``capacity_bytes`` of tensors each."""
         if capacity_bytes <= 0:
             raise ValueError(f"WeightChannel capacity_bytes={capacity_bytes}: must be > 0")
@@ -767,7 +779,7 @@ class WeightChannel:
         return cls(seg)
 
     @classmethod
-    def attach(cls, name: str) -> "WeightChannel":
+    def attach(cls, name: str) -> WeightChannel:
         return cls(_Segment(name, None, create=False))
 
     @staticmethod
@@ -939,8 +951,8 @@ class WeightChannel:
         self._h = None  # type: ignore[assignment]
         self._seg.close()
 
-    def __enter__(self) -> "WeightChannel":
+    def __enter__(self) -> WeightChannel:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

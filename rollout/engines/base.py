@@ -112,7 +112,7 @@ class EngineConfig:
             raise ValueError(f"engine.max_model_len={self.max_model_len}: must be >= 1")
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any] | Any) -> "EngineConfig":
+    def from_mapping(cls, m: Mapping[str, Any] | Any) -> EngineConfig:
         """From a dict or ml_collections ConfigDict; an unknown field is a one-line error."""
         if isinstance(m, cls):
             return m
@@ -131,6 +131,8 @@ class EngineConfig:
 @runtime_checkable
 class Engine(Protocol):
     """What the rollout server needs from a backend."""
+
+    weights_version: int  # version of the last weights pushed (0: the model's own)
 
     def generate(self, prompts: Sequence[Prompt], n: int,
                  sampling: SamplingConfig) -> list[list[Sample]]: ...

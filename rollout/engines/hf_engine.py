@@ -11,8 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from rollout.engines.base import (EngineConfig, Prompt, Sample, SamplingConfig,
-                                  check_generate_args, truncate_at_stop)
+from rollout.engines.base import (
+    EngineConfig,
+    Prompt,
+    Sample,
+    SamplingConfig,
+    check_generate_args,
+    truncate_at_stop,
+)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -53,6 +59,7 @@ class HFEngine:
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                              else self.eos_token_ids[0])
+        self.weights_version = 0  # version of the last weights pushed (0: the model's own)
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -123,7 +130,7 @@ class HFEngine:
         eos = set(self.eos_token_ids)
         end = next((j for j, t in enumerate(toks) if t in eos), len(toks))
         body = toks[:end]
-        dec = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+        dec = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)
         text = dec(body)
         cut_text, hit = truncate_at_stop(text, sampling.stop) if sampling.stop else (text, False)
         if hit:

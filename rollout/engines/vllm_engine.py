@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from rollout import shm
-from rollout.engines.base import (EngineConfig, Prompt, Sample, SamplingConfig,
-                                  check_generate_args)
+from rollout.engines.base import EngineConfig, Prompt, Sample, SamplingConfig, check_generate_args
 from rollout.engines.hf_engine import as_torch
 from rollout.engines.vllm_worker import QUALNAME as WORKER_EXTENSION
 
@@ -53,6 +52,7 @@ class VLLMEngine:
         with _environ(env):
             self._build(config)
         self.tokenizer = self.llm.get_tokenizer()
+        self.weights_version = 0  # version of the last weights pushed (0: the model's own)
 
     def _build(self, config: EngineConfig) -> None:
         import vllm.envs
@@ -143,7 +143,8 @@ class VLLMEngine:
                                     f"versions {versions}; the channel was republished during "
                                     f"the load, load again")
         self.llm.reset_prefix_cache()
-        return int(versions[0])
+        self.weights_version = int(versions[0])
+        return self.weights_version
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
@@ -159,6 +160,8 @@ def push_from_channel(engine: Any, channel: shm.WeightChannel | str, min_version
                       timeout: float = 60.0) -> int:
     """Push the channel's published weights into a running engine in place; returns the version.
 
+    The version is also kept as ``engine.weights_version``, to stamp each sample's policy version.
+
     In-process vLLM (and the hf backend): the tensors are mapped here with zero copies and
     handed to ``engine.load_weights``. vLLM with worker processes: each worker maps the
     channel itself. Either way the prefix cache is reset afterwards.
@@ -171,6 +174,7 @@ def push_from_channel(engine: Any, channel: shm.WeightChannel | str, min_version
         ch.wait_version(min_version, timeout=timeout)
         with ch.read() as snap:
             engine.load_weights(snap.items())
+            engine.weights_version = snap.version
             return snap.version
     finally:
         if isinstance(channel, str):

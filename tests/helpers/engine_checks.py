@@ -31,3 +31,41 @@ def teacher_forced_logprobs(hf_engine, prompt_ids, token_ids, temperature: float
         logits = logits / temperature
     lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(token_ids)[:, None])[:, 0]
     return lp.numpy().astype(np.float32)
+
+
+_SHARED: dict = {}
+
+
+def shared_model_dir():
+    """One tiny random Qwen2 model (+ tokenizer) per test process, removed at exit."""
+    if "dir" not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        from tests.helpers.tiny_models import make_tiny_hf_dir
+
+        tmp = tempfile.mkdtemp(prefix="cure-engines-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        _SHARED["dir"] = make_tiny_hf_dir(tmp, family="qwen2", seed=0)
+    return _SHARED["dir"]
+
+
+def shared_hf_engine():
+    """The hf backend on :func:`shared_model_dir` (float32, CPU), built once per process."""
+    if "hf" not in _SHARED:
+        from rollout.engines import make_engine
+
+        _SHARED["hf"] = make_engine(dict(backend="hf", model=str(shared_model_dir()),
+                                         dtype="float32", device="cpu"))
+    return _SHARED["hf"]
+
+
+def shared_vllm_engine():
+    """The in-process vLLM engine on :func:`shared_model_dir`, built once per process
+    (it costs seconds); tests that push weights must restore the originals."""
+    if "vllm" not in _SHARED:
+        from rollout.engines import make_engine
+
+        _SHARED["vllm"] = make_engine(vllm_config(shared_model_dir()))
+    return _SHARED["vllm"]
