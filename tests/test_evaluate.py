@@ -258,3 +258,62 @@ def test_the_evaluation_modules_import_neither_jax_nor_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+def _matrix_problem(task: str, gen: np.ndarray, gt: np.ndarray, code_ok, test_ok):
+    """A problem plus scripted replies whose execution matrix is exactly (gen, gt): code j
+    looks its stdin up in a table and prints 1 where the matrix says "passes", else 0."""
+    n, m = gen.shape
+    problem = Problem(task_id=task, question=f"TASK={task}. Lookup.",
+                      test_input=tuple(f"t{l}\n" for l in range(gt.shape[1])),
+                      test_output=("1\n",) * gt.shape[1])
+    codes, tests = [], []
+    for j in range(n):
+        table = {f"g{k}": int(gen[j, k]) for k in range(m)}
+        table.update({f"t{l}": int(gt[j, l]) for l in range(gt.shape[1])})
+        codes.append(_fence(f"print({table!r}[input().strip()])") if code_ok[j] else "no code")
+    for k in range(m):
+        tests.append(_test(f"g{k}", "1") if test_ok[k] else "**Test Output:** 1")
+    return problem, codes, tests
+
+
+def test_pipeline_metrics_equal_the_cure_definitions_on_the_core_tables(tmp_path):
+    """The CURE core's hand-worked tables (tests/test_metrics.py) and random tables, realised
+    as programs and tests, run through samples -> sandbox -> records -> metrics: the result
+    equals rollout.metrics on the tables themselves."""
+    from rollout import metrics
+    from tests.test_metrics import GEN, GT
+
+    rng = np.random.default_rng(0)
+    cases = [("core", GEN, GT, [1, 1, 1, 1], [1] * 5),
+             ("core_unparsed", GEN, GT, [1, 1, 1, 0], [1, 0, 1, 1, 1])]
+    for i in range(4):
+        gen = rng.random((4, 5)) < 0.5
+        gt = rng.random((4, 3)) < 0.7
+        cases.append((f"rand{i}", gen, gt, rng.random(4) < 0.85, rng.random(5) < 0.85))
+    problems, script = [], {}
+    for task, gen, gt, cok, tok in cases:
+        p, codes, tests = _matrix_problem(task, np.asarray(gen), np.asarray(gt), cok, tok)
+        problems.append(p)
+        script[task] = (codes, tests)
+
+    def reply(body):
+        content = body["messages"][-1]["content"]
+        task = re.search(r"TASK=(\w+)", content).group(1)
+        return script[task][1 if "**Test Input:**" in content else 0][body["seed"]]
+
+    bon = [(4, 5), (4, 0), (1, 5), (2, 3), (3, 1)]
+    with FakeOpenAI(reply) as srv:
+        spec = ev.ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model="m",
+                                                        max_concurrency=8))
+        got = ev.evaluate({"tables": problems}, spec, tmp_path, sandbox_factory=_sandbox,
+                          settings=ev.EvalSettings(k_code=4, k_case=5, bon=tuple(bon)),
+                          progress=False, reports=False)["tables"]
+    want = metrics.aggregate(
+        metrics.evaluate_table(np.asarray(gen), np.asarray(gt), bon, code_parsed=np.asarray(cok, bool),
+                               test_parsed=np.asarray(tok, bool))
+        for _, gen, gt, cok, tok in cases)
+    assert got["n_problems"] == want["problems"] == len(cases)
+    for key in ("code_accuracy", "unit_test_accuracy", "p_01", "p_00", "code_parse_rate",
+                "test_parse_rate", "bon"):
+        assert got[key] == pytest.approx(want[key]), key
