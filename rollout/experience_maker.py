@@ -1,0 +1,409 @@
+r"""CURE experience for one training step: problems -> experience rows (the learner's batch).
+
+For a batch of problems::
+
+    code prompt  -> k_code samples      test prompt -> k_case samples        (one engine call each)
+    parse: last ```python block          parse: last Test Input / Test Output
+    sandbox (one run_matrices call over the whole batch):
+        parsed codes x (parsed generated tests + first max_gt_tests ground-truth tests)
+    execution matrix B per problem, unparsed rows/columns all False (rollout.rewards.mask_unparsed)
+    rollout.rewards.batch_rewards: raw CURE rewards -> per-problem normalised advantages
+    rows: one per response (codes then tests of problem 0, then problem 1, ...)
+
+Rows follow the experience contract of DESIGN.md: ``tokens`` int32 [N, L] (prompt then
+response, right-padded), ``prompt_len``, ``response_len`` int32 [N], ``rollout_logprobs``
+float32 [N, L] (log-prob of ``tokens[i, t]`` at response positions, 0 elsewhere),
+``advantage``, ``reward`` float32 [N], ``kind`` int8 [N] (0 code, 1 test), ``problem_id``,
+``policy_version`` int32 [N]; plus ``has_signal`` int8 [N]: 0 for a row whose group (its
+problem's codes, or its tests) carries no signal (advantage 0). Such rows are kept and marked,
+never silently dropped; whether the learner sees them is the driver's choice.
+
+A response longer than ``max_len - prompt_len`` tokens is truncated for training (the reference
+generates 10k tokens and trains on 8k); its reward still comes from the whole response.
+
+The same generate-parse-execute core serves evaluation (:meth:`ExperienceMaker.evaluate`), with
+the evaluation sampling and prompts and ``rollout.metrics`` for the numbers.
+
+No jax here; torch/vLLM are reached only through the engine object handed in.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rollout import metrics as cure_metrics
+from rollout.engines.base import Sample, SamplingConfig
+from rollout.parsing import ParsedCode, ParsedTest, parse_code, parse_test
+from rollout.problems import Problem
+from rollout.prompts import STOP_STRINGS, PromptBuilder
+from rollout.rewards import BatchRewards, RewardConfig, batch_rewards
+
+__all__ = [
+    "EXPERIENCE_FIELDS",
+    "EvalConfig",
+    "ExecutedBatch",
+    "ExperienceMaker",
+    "RolloutConfig",
+    "step_seed",
+]
+
+# name -> dtype of every array the maker returns (the contract plus has_signal).
+EXPERIENCE_FIELDS: dict[str, Any] = {
+    "tokens": np.int32, "prompt_len": np.int32, "response_len": np.int32,
+    "rollout_logprobs": np.float32, "advantage": np.float32, "kind": np.int8,
+    "problem_id": np.int32, "policy_version": np.int32, "reward": np.float32,
+    "has_signal": np.int8,
+}
+KIND_CODE, KIND_TEST = 0, 1
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of one training step (reference: k_code = k_case = 16, temperature 1, top_p 1,
+    at most 8 ground-truth tests, 10k new tokens, training on the first 8k).
+
+    max_len: longest row (prompt + response) handed to the learner; 0 = no cap.
+    seed: base of per-request seeds (step s uses :func:`step_seed`); < 0 = unseeded.
+    length_multiple: the row length L is rounded up to a multiple of this.
+    """
+
+    k_code: int = 16
+    k_case: int = 16
+    max_gt_tests: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 10240
+    max_len: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = STOP_STRINGS
+    show_example: bool = True
+    length_multiple: int = 8
+
+    def __post_init__(self) -> None:
+        p = "rollout"
+        object.__setattr__(self, "stop", tuple(self.stop))
+        _check(self.k_code >= 1, f"{p}.k_code", f"must be >= 1 (got {self.k_code})")
+        _check(self.k_case >= 1, f"{p}.k_case", f"must be >= 1 (got {self.k_case})")
+        _check(self.max_gt_tests >= 0, f"{p}.max_gt_tests", f"must be >= 0, 0 = all (got {self.max_gt_tests})")
+        _check(self.temperature > 0, f"{p}.temperature", f"must be > 0 for sampling (got {self.temperature})")
+        _check(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1] (got {self.top_p})")
+        _check(self.top_k >= 0, f"{p}.top_k", f"must be >= 0, 0 = off (got {self.top_k})")
+        _check(self.max_tokens >= 1, f"{p}.max_tokens", f"must be >= 1 (got {self.max_tokens})")
+        _check(self.max_len >= 0, f"{p}.max_len", f"must be >= 0, 0 = no cap (got {self.max_len})")
+        _check(self.length_multiple >= 1, f"{p}.length_multiple", f"must be >= 1 (got {self.length_multiple})")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "rollout") -> "RolloutConfig":
+        """From a dict; unknown keys are a one-line error naming them."""
+        return _from_mapping(cls, m, prefix)
+
+    def sampling(self, seed: int | None) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_tokens=self.max_tokens, stop=self.stop, seed=seed, logprobs=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Sampling of the periodic evaluation (the paper's: temperature 0.8, top_p 0.95, top_k 40,
+    no public example in the test prompt) and the BoN pairs to report."""
+
+    k_code: int = 16
+    k_case: int = 16
+    max_gt_tests: int = 0
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    max_tokens: int = 2048
+    seed: int = 12345
+    stop: tuple[str, ...] = STOP_STRINGS
+    bon: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
+
+    def __post_init__(self) -> None:
+        p = "eval"
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "bon", tuple(tuple(int(x) for x in b) for b in self.bon))
+        _check(self.k_code >= 1 and self.k_case >= 1, f"{p}.k_code/k_case", "must be >= 1")
+        _check(self.temperature >= 0, f"{p}.temperature", f"must be >= 0 (got {self.temperature})")
+        _check(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1] (got {self.top_p})")
+        _check(self.max_tokens >= 1, f"{p}.max_tokens", f"must be >= 1 (got {self.max_tokens})")
+        for b in self.bon:
+            _check(len(b) == 2 and 1 <= b[0] <= self.k_code and 0 <= b[1] <= self.k_case,
+                   f"{p}.bon", f"pair {b} needs 1 <= n <= k_code and 0 <= m <= k_case")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "eval") -> "EvalConfig":
+        return _from_mapping(cls, m, prefix)
+
+    def sampling(self, seed: int | None) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_tokens=self.max_tokens, stop=self.stop, seed=seed, logprobs=False)
+
+
+def _from_mapping(cls: type, m: Mapping[str, Any], prefix: str) -> Any:
+    if hasattr(m, "to_dict"):
+        m = m.to_dict()
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(m) - names)
+    if unknown:
+        raise ValueError(f"{prefix}.{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
+    return cls(**dict(m))
+
+
+def step_seed(base: int, step: int, kind: int) -> int | None:
+    """Seed of the first request of ``kind`` (0 code, 1 test) at training step ``step``:
+    distinct per step and kind, the same after a resume. None when ``base < 0``."""
+    if base < 0:
+        return None
+    return (base * 1_000_003 + step * 2 * 65_537 + kind * 65_537) % (2**31 - 1)
+
+
+# ----------------------------------------------------------------------------- core
+
+
+@dataclasses.dataclass
+class ExecutedBatch:
+    """Samples, parses and execution matrices of a batch of problems (one entry per problem)."""
+
+    problems: list[Problem]
+    codes: list[list[Sample]]
+    tests: list[list[Sample]]
+    parsed_codes: list[list[ParsedCode]]
+    parsed_tests: list[list[ParsedTest]]
+    gen_passed: list[np.ndarray]      # bool [k_code, k_case], unparsed rows/cols False
+    gt_passed: list[np.ndarray]       # bool [k_code, n_gt]
+    verdicts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def code_parsed(self, i: int) -> np.ndarray:
+        return np.array([p.ok for p in self.parsed_codes[i]], dtype=bool)
+
+    def test_parsed(self, i: int) -> np.ndarray:
+        return np.array([p.ok for p in self.parsed_tests[i]], dtype=bool)
+
+
+def _gt_tests(problem: Problem, max_gt: int) -> list[tuple[str, str]]:
+    tests = problem.private_tests()
+    return tests[:max_gt] if max_gt > 0 else tests
+
+
+def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
+                         problems: Sequence[Problem], *, k_code: int, k_case: int,
+                         code_sampling: SamplingConfig, test_sampling: SamplingConfig,
+                         max_gt_tests: int, show_example: bool) -> ExecutedBatch:
+    """Sample codes and tests for every problem, parse them and run the whole batch's matrices
+    in one ``sandbox.run_matrices`` call."""
+    from sandbox import TestCase, Verdict
+
+    t0 = time.perf_counter()
+    code_prompts = [builder.code_prompt(p) for p in problems]
+    test_prompts = [builder.test_prompt(p, show_example) for p in problems]
+    codes = engine.generate(code_prompts, k_code, code_sampling)
+    tests = engine.generate(test_prompts, k_case, test_sampling)
+    for what, got, k in (("code", codes, k_code), ("test", tests, k_case)):
+        if len(got) != len(problems) or any(len(s) != k for s in got):
+            raise RuntimeError(f"engine returned {[len(s) for s in got]} {what} samples for "
+                               f"{len(problems)} prompts, expected {k} each")
+    t1 = time.perf_counter()
+    parsed_codes = [[parse_code(s.text) for s in row] for row in codes]
+    parsed_tests = [[parse_test(s.text) for s in row] for row in tests]
+
+    groups, layout = [], []
+    for i, p in enumerate(problems):
+        rows = [j for j, pc in enumerate(parsed_codes[i]) if pc.ok]
+        cols = [k for k, pt in enumerate(parsed_tests[i]) if pt.ok]
+        gt = _gt_tests(p, max_gt_tests)
+        cases = [TestCase(parsed_tests[i][k].input, parsed_tests[i][k].output) for k in cols]
+        cases += [TestCase(a, b) for a, b in gt]
+        layout.append((rows, cols, len(gt)))
+        groups.append(([parsed_codes[i][j].code for j in rows], cases, p.test_time_limit))
+    live = [g for g, (progs, cases, _) in enumerate(groups) if progs and cases]
+    ran = sandbox.run_matrices([groups[g] for g in live]) if live else []
+    results: dict[int, Any] = dict(zip(live, ran))
+    t2 = time.perf_counter()
+
+    verdicts: collections.Counter = collections.Counter()
+    gen_passed, gt_passed = [], []
+    for g, (rows, cols, n_gt) in enumerate(layout):
+        gen = np.zeros((k_code, k_case), dtype=bool)
+        gtp = np.zeros((k_code, n_gt), dtype=bool)
+        res = results.get(g)
+        if res is not None:
+            v = res.verdicts
+            verdicts.update(Verdict(int(x)).name for x in v.ravel())
+            ok = res.passed
+            r = np.asarray(rows)
+            if cols:
+                gen[np.ix_(r, np.asarray(cols))] = ok[:, :len(cols)]
+            gtp[r, :] = ok[:, len(cols):]
+        gen_passed.append(gen)
+        gt_passed.append(gtp)
+    return ExecutedBatch(list(problems), codes, tests, parsed_codes, parsed_tests, gen_passed,
+                         gt_passed, verdicts, {"generate_s": t1 - t0, "sandbox_s": t2 - t1})
+
+
+def _describe(prefix: str, x: np.ndarray) -> dict[str, float]:
+    if x.size == 0:
+        return {}
+    return {f"{prefix}_mean": float(x.mean()), f"{prefix}_std": float(x.std()),
+            f"{prefix}_min": float(x.min()), f"{prefix}_max": float(x.max())}
+
+
+class ExperienceMaker:
+    """Turns problems into CURE experience rows with a given engine and sandbox."""
+
+    def __init__(self, engine: Any, sandbox: Any, config: RolloutConfig = RolloutConfig(),
+                 reward_config: RewardConfig = RewardConfig(),
+                 prompt_builder: PromptBuilder | None = None) -> None:
+        self.engine = engine
+        self.sandbox = sandbox
+        self.config = config
+        self.reward_config = reward_config
+        self.builder = prompt_builder or PromptBuilder(tokenizer=getattr(engine, "tokenizer", None))
+
+    # ------------------------------------------------------------------ training
+    def make(self, problems: Sequence[Problem], problem_ids: Sequence[int], *, step: int,
+             version: int) -> tuple[dict[str, np.ndarray], dict[str, Any], ExecutedBatch]:
+        """Experience rows for ``problems`` (``problem_ids``: their global ids) sampled with the
+        policy of ``version``. Returns (arrays, stats, executed batch)."""
+        cfg = self.config
+        if len(problems) != len(problem_ids):
+            raise ValueError(f"problem_ids: {len(problem_ids)} ids for {len(problems)} problems")
+        if not problems:
+            raise ValueError("problems: a training step needs at least one problem")
+        ex = generate_and_execute(
+            self.engine, self.builder, self.sandbox, problems, k_code=cfg.k_code,
+            k_case=cfg.k_case, code_sampling=cfg.sampling(step_seed(cfg.seed, step, KIND_CODE)),
+            test_sampling=cfg.sampling(step_seed(cfg.seed, step, KIND_TEST)),
+            max_gt_tests=cfg.max_gt_tests, show_example=cfg.show_example)
+        t0 = time.perf_counter()
+        P = len(problems)
+        code_len = [np.array([len(s.token_ids) for s in ex.codes[i]]) for i in range(P)]
+        test_len = [np.array([len(s.token_ids) for s in ex.tests[i]]) for i in range(P)]
+        br = batch_rewards(
+            ex.gen_passed, ex.gt_passed, self.reward_config,
+            code_parsed=[ex.code_parsed(i) for i in range(P)],
+            test_parsed=[ex.test_parsed(i) for i in range(P)],
+            code_lengths=code_len, test_lengths=test_len)
+        t1 = time.perf_counter()
+        arrays = self._rows(ex, br, problem_ids, version)
+        stats = self._stats(ex, br, arrays)
+        stats.update(ex.timings)
+        stats.update(rewards_s=t1 - t0, rows_s=time.perf_counter() - t1, step=step,
+                     version=version)
+        return arrays, stats, ex
+
+    def _rows(self, ex: ExecutedBatch, br: BatchRewards, problem_ids: Sequence[int],
+              version: int) -> dict[str, np.ndarray]:
+        cfg = self.config
+        samples: list[Sample] = []
+        kind, pid, adv, rew, sig = [], [], [], [], []
+        for i in range(len(ex.problems)):
+            for j, s in enumerate(ex.codes[i]):
+                samples.append(s)
+                kind.append(KIND_CODE)
+                pid.append(problem_ids[i])
+                k = br.code_offsets[i] + j
+                adv.append(br.code_advantage[k])
+                rew.append(br.code_raw[k])
+                sig.append(br.code_has_signal[k])
+            for j, s in enumerate(ex.tests[i]):
+                samples.append(s)
+                kind.append(KIND_TEST)
+                pid.append(problem_ids[i])
+                k = br.test_offsets[i] + j
+                adv.append(br.test_advantage[k])
+                rew.append(br.test_raw[k])
+                sig.append(br.test_has_signal[k])
+        n = len(samples)
+        plen = np.array([len(s.prompt_token_ids) for s in samples], dtype=np.int32)
+        if (plen < 1).any():
+            raise RuntimeError("engine returned a sample without its prompt token ids")
+        rlen = np.array([len(s.token_ids) for s in samples], dtype=np.int32)
+        if cfg.max_len:
+            rlen = np.minimum(rlen, np.maximum(cfg.max_len - plen, 0)).astype(np.int32)
+            plen = np.minimum(plen, cfg.max_len).astype(np.int32)
+        total = plen + rlen
+        m = cfg.length_multiple
+        L = max(m, -(-int(total.max(initial=1)) // m) * m)
+        tokens = np.zeros((n, L), np.int32)
+        logp = np.zeros((n, L), np.float32)
+        for r, s in enumerate(samples):
+            p, q = int(plen[r]), int(rlen[r])
+            tokens[r, :p] = s.prompt_token_ids[:p]
+            tokens[r, p:p + q] = s.token_ids[:q]
+            if s.logprobs is None:
+                raise RuntimeError("engine returned a sample without per-token log-probs")
+            logp[r, p:p + q] = s.logprobs[:q]
+        return {
+            "tokens": tokens, "prompt_len": plen, "response_len": rlen,
+            "rollout_logprobs": logp, "advantage": np.asarray(adv, np.float32),
+            "kind": np.asarray(kind, np.int8), "problem_id": np.asarray(pid, np.int32),
+            "policy_version": np.full(n, version, np.int32),
+            "reward": np.asarray(rew, np.float32), "has_signal": np.asarray(sig, np.int8),
+        }
+
+    def _stats(self, ex: ExecutedBatch, br: BatchRewards, arrays: Mapping[str, np.ndarray]
+               ) -> dict[str, Any]:
+        P = len(ex.problems)
+        tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i],
+                                              code_parsed=ex.code_parsed(i),
+                                              test_parsed=ex.test_parsed(i)) for i in range(P)]
+        agg = cure_metrics.aggregate(tables)
+        stats: dict[str, Any] = {k: v for k, v in br.stats.items()}
+        for k in ("code_accuracy", "unit_test_accuracy", "p_01", "p_00", "code_parse_rate",
+                  "test_parse_rate"):
+            stats[k] = agg[k]
+        kind = arrays["kind"]
+        rlen = arrays["response_len"]
+        sig = arrays["has_signal"] > 0
+        stats.update(_describe("code_reward", br.code_raw))
+        defined = br.test_raw[br.test_defined]
+        stats.update(_describe("test_reward", defined))
+        stats.update(_describe("code_advantage", br.code_advantage))
+        stats.update(_describe("test_advantage", br.test_advantage))
+        for name, k in (("code", KIND_CODE), ("test", KIND_TEST)):
+            lens = rlen[kind == k]
+            stats[f"{name}_len_mean"] = float(lens.mean()) if lens.size else 0.0
+            stats[f"{name}_len_max"] = float(lens.max()) if lens.size else 0.0
+        finish = [s.finish_reason for row in ex.codes + ex.tests for s in row]
+        stats["truncated_rate"] = float(np.mean([f == "length" for f in finish])) if finish else 0.0
+        stats["prompt_len_mean"] = float(arrays["prompt_len"].mean())
+        stats["rows"] = int(len(kind))
+        stats["rows_with_signal"] = int(sig.sum())
+        stats["code_rows_with_signal"] = int((sig & (kind == KIND_CODE)).sum())
+        stats["test_rows_with_signal"] = int((sig & (kind == KIND_TEST)).sum())
+        stats["verdicts"] = dict(sorted(ex.verdicts.items()))
+        stats["executions"] = int(sum(ex.verdicts.values()))
+        return stats
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, problems: Sequence[Problem], config: EvalConfig = EvalConfig()
+                 ) -> dict[str, Any]:
+        """Code/unit-test accuracy, BoN, p_01/p_00 and parse rates on ``problems`` with the
+        engine's current weights (rollout.metrics over one sampled table per problem)."""
+        if not problems:
+            raise ValueError("evaluate: no problems")
+        ex = generate_and_execute(
+            self.engine, self.builder, self.sandbox, problems, k_code=config.k_code,
+            k_case=config.k_case, code_sampling=config.sampling(config.seed),
+            test_sampling=config.sampling(None if config.seed < 0 else config.seed + 7919),
+            max_gt_tests=config.max_gt_tests, show_example=False)
+        tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i], config.bon,
+                                              code_parsed=ex.code_parsed(i),
+                                              test_parsed=ex.test_parsed(i))
+                  for i in range(len(problems))]
+        out = cure_metrics.aggregate(tables)
+        out.update(ex.timings)
+        out["verdicts"] = dict(sorted(ex.verdicts.items()))
+        return out

@@ -1,0 +1,272 @@
+"""The rollout server process: ``python -m rollout.server --spec=FILE --ctl-in=FD --ctl-out=FD``.
+
+cure-train (``cure_jax.driver``) starts it and talks to it over two inherited pipes carrying
+JSON lines (never stdout, which libraries write to). Commands, answered in order:
+
+    {"id": 3, "cmd": "rollout", "step": 7, "problem_ids": [...]}  -> experience into the buffer
+    {"id": 4, "cmd": "load_weights", "version": 8}                 -> WeightChannel -> engine
+    {"id": 5, "cmd": "evaluate", "split": "eval", "max_problems": 0} -> held-out metrics
+    {"id": 6, "cmd": "stop"}
+
+Replies: ``{"type": "ready", ...}`` once at start-up; per command ``{"type": "done", "id": ...}``
+or ``{"type": "error", "id": ..., "message": "<one line>"}``; ``{"type": "progress", "id",
+"phase"}`` while a command runs; and ``{"type": "heartbeat"}`` every ``heartbeat_s`` from a
+background thread, so the driver tells a dead or frozen server from a slow one.
+
+Experience (``rollout.experience_maker``) goes into the driver's RolloutBuffer with the step
+statistics as the slot's meta; weights come from the driver's WeightChannel and are pushed into
+the engine in place (``rollout.engines.push_from_channel``). Every row carries the version of
+the weights that produced it.
+
+The server dies with its parent (PR_SET_PDEATHSIG, and EOF on the command pipe).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["main", "load_split"]
+
+
+def load_split(spec: str) -> list:
+    """Problems of a data spec: ``embedded:<split>`` or a .json/.jsonl file or directory."""
+    from rollout.problems import embedded_problems, load_problems
+
+    if spec.startswith("embedded:"):
+        return embedded_problems(spec.split(":", 1)[1])
+    return load_problems(spec)
+
+
+class _Channel:
+    """JSON lines over two pipe fds; writes are serialised (the heartbeat thread shares it)."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self._in = os.fdopen(fd_in, "r", encoding="utf-8")
+        self._fd_out = fd_out
+        self._lock = threading.Lock()
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        data = (json.dumps(msg, default=_jsonable) + "\n").encode()
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd_out, view)
+                view = view[n:]
+
+    def recv(self) -> dict | None:
+        line = self._in.readline()
+        if not line:
+            return None
+        return json.loads(line)
+
+
+def _jsonable(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux), so no orphan server survives."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        pass
+    if os.getppid() == 1:
+        os._exit(3)
+
+
+class Server:
+    """Owns the engine, the sandbox and the shared-memory endpoints."""
+
+    def __init__(self, spec: Mapping[str, Any], chan: _Channel) -> None:
+        from rollout.experience_maker import EvalConfig, ExperienceMaker, RolloutConfig
+        from rollout.prompts import PromptBuilder, PromptConfig
+        from rollout.rewards import RewardConfig
+
+        self.spec = spec
+        self.chan = chan
+        self.version = -1
+        self.busy: str | None = None
+        t0 = time.perf_counter()
+        self.rollout_cfg = RolloutConfig.from_mapping(spec.get("rollout", {}))
+        self.eval_cfg = EvalConfig.from_mapping(spec.get("eval", {}))
+        reward_cfg = RewardConfig(**spec.get("rewards", {}))
+        prompt_cfg = PromptConfig(**spec.get("prompts", {}))
+        data = spec.get("data", {})
+        self.train = load_split(data.get("train", "embedded:train"))
+        self.splits = {"eval": data.get("eval", "embedded:eval")}
+
+        from rollout import shm
+        self.buffer = shm.RolloutBuffer.attach(spec["buffer"])
+        self.buffer.open_writer()
+        self.channel = shm.WeightChannel.attach(spec["channel"])
+
+        engine_cfg = dict(spec["engine"])
+        tiny = spec.get("tiny_model")
+        if tiny:
+            from rollout.tiny_model import ensure_tiny_hf_dir
+
+            ensure_tiny_hf_dir(tiny["dir"], tiny["hf_config"], int(tiny.get("seed", 0)))
+            engine_cfg["model"] = tiny["dir"]
+        from rollout.engines import make_engine
+
+        self.engine = make_engine(engine_cfg)
+        from sandbox import Limits, Sandbox
+
+        sb = dict(spec.get("sandbox", {}))
+        workers = int(sb.pop("workers", 0)) or None
+        isolation = sb.pop("isolation", "auto")
+        self.sandbox = Sandbox(workers=workers, limits=Limits(**sb), isolation=isolation)
+        builder = PromptBuilder(prompt_cfg, tokenizer=getattr(self.engine, "tokenizer", None))
+        self.maker = ExperienceMaker(self.engine, self.sandbox, self.rollout_cfg, reward_cfg,
+                                     builder)
+        self.startup_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ commands
+    def rollout(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        step = int(cmd["step"])
+        ids = [int(i) for i in cmd["problem_ids"]]
+        bad = [i for i in ids if not 0 <= i < len(self.train)]
+        if bad:
+            raise ValueError(f"problem_ids: {bad[0]} is out of range (the training split has "
+                             f"{len(self.train)} problems)")
+        self._progress(cmd, "generate")
+        arrays, stats, _ = self.maker.make([self.train[i] for i in ids], ids, step=step,
+                                           version=self.version)
+        self._progress(cmd, "write")
+        t0 = time.perf_counter()
+        seq = self.buffer.put(arrays, meta=stats, version=self.version,
+                              timeout=float(self.spec.get("put_timeout_s", 600.0)))
+        return {"seq": seq, "step": step, "version": self.version, "rows": int(len(arrays["kind"])),
+                "write_s": time.perf_counter() - t0}
+
+    def load_weights(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        from rollout.engines import push_from_channel
+
+        want = int(cmd["version"])
+        t0 = time.perf_counter()
+        got = push_from_channel(self.engine, self.channel, min_version=want,
+                                timeout=float(cmd.get("timeout_s", 60.0)))
+        self.version = got
+        return {"version": got, "load_s": time.perf_counter() - t0}
+
+    def evaluate(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        split = str(cmd.get("split", "eval"))
+        if split not in self.splits:
+            raise ValueError(f"evaluate: unknown split {split!r} (known: {sorted(self.splits)})")
+        problems = load_split(self.splits[split])
+        n = int(cmd.get("max_problems", 0))
+        if n > 0:
+            problems = problems[:n]
+        self._progress(cmd, "evaluate")
+        t0 = time.perf_counter()
+        metrics = self.maker.evaluate(problems, self.eval_cfg)
+        return {"metrics": metrics, "version": self.version, "eval_s": time.perf_counter() - t0}
+
+    def _progress(self, cmd: Mapping[str, Any], phase: str) -> None:
+        self.busy = phase
+        self.chan.send({"type": "progress", "id": cmd.get("id"), "phase": phase})
+
+    def close(self) -> None:
+        for name in ("sandbox", "engine"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001 - best effort at exit
+                    pass
+        for name in ("buffer", "channel"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+def _heartbeat(chan: _Channel, period: float, server_ref: list) -> None:
+    while True:
+        time.sleep(period)
+        srv = server_ref[0] if server_ref else None
+        try:
+            chan.send({"type": "heartbeat", "t": time.time(),
+                       "busy": getattr(srv, "busy", None)})
+        except OSError:
+            os._exit(4)  # the driver is gone
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rollout.server")
+    ap.add_argument("--spec", required=True, help="JSON file written by cure-train")
+    ap.add_argument("--ctl-in", type=int, required=True)
+    ap.add_argument("--ctl-out", type=int, required=True)
+    args = ap.parse_args(argv)
+    _die_with_parent()
+    with open(args.spec, encoding="utf-8") as f:
+        spec = json.load(f)
+    chan = _Channel(args.ctl_in, args.ctl_out)
+    ref: list = []
+    threading.Thread(target=_heartbeat, args=(chan, float(spec.get("heartbeat_s", 0.5)), ref),
+                     daemon=True, name="heartbeat").start()
+    try:
+        server = Server(spec, chan)
+    except Exception as e:  # noqa: BLE001 - reported to the driver as one line
+        traceback.print_exc()
+        chan.send({"type": "fatal", "message": f"start-up failed: {_one_line(e)}"})
+        return 1
+    ref.append(server)
+    chan.send({"type": "ready", "pid": os.getpid(), "n_train": len(server.train),
+               "startup_s": server.startup_s, "version": server.version})
+    handlers = {"rollout": server.rollout, "load_weights": server.load_weights,
+                "evaluate": server.evaluate}
+    try:
+        while True:
+            cmd = chan.recv()
+            if cmd is None:  # the driver closed the pipe: it is gone or done
+                return 0
+            name = cmd.get("cmd")
+            if name == "stop":
+                chan.send({"type": "done", "id": cmd.get("id"), "cmd": "stop"})
+                return 0
+            handler = handlers.get(name)
+            t0 = time.perf_counter()
+            try:
+                if handler is None:
+                    raise ValueError(f"unknown command {name!r}")
+                result = handler(cmd)
+            except Exception as e:  # noqa: BLE001 - the driver decides what an error means
+                traceback.print_exc()
+                chan.send({"type": "error", "id": cmd.get("id"), "cmd": name,
+                           "message": _one_line(e)})
+            else:
+                result.update(type="done", id=cmd.get("id"), cmd=name,
+                              seconds=time.perf_counter() - t0)
+                chan.send(result)
+            finally:
+                server.busy = None
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
