@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import io
 import json
 import os
@@ -61,6 +62,7 @@ class Worker:
         os.close(null)
         self.ns = False
         self.ns_error = ""
+        self._files: list[int] = []
         self.own_pidns = -1
         if self.want_ns:
             try:
@@ -127,23 +129,29 @@ class Worker:
             else:
                 protocol.write_frame(self.wfd, {"op": "error", "detail": f"unknown op {op!r}"})
 
+    def _fresh_files(self) -> list[int]:
+        """[stdin (rw), stdin (read-only, for the child), stdout, stderr, status r, status w]."""
+        fin = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        fin_ro = os.open(f"/proc/self/fd/{fin}", os.O_RDONLY | os.O_CLOEXEC)
+        fout = os.memfd_create("stdout", os.MFD_CLOEXEC)
+        ferr = os.memfd_create("stderr", os.MFD_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        return [fin, fin_ro, fout, ferr, status_r, status_w]
+
     def execute(self, req: dict, program: bytes, stdin: bytes) -> tuple[dict, bytes, bytes]:
-        out_cap = int(req["out_bytes"])
-        fds: list[int] = []
+        # The files are reused between executions only where no process of the previous
+        # program can have survived it (its PID namespace is gone, or its uid was swept).
+        reuse = self.ns or self.drop_uid
+        files = self._files if reuse and self._files else self._fresh_files()
+        fin, fin_ro, fout, ferr, status_r, status_w = files
         try:
-            fin = os.memfd_create("stdin", os.MFD_CLOEXEC)
-            fds.append(fin)
+            os.ftruncate(fin, 0)
             view = memoryview(stdin)
-            while view:
-                view = view[os.write(fin, view):]
-            fin_ro = os.open(f"/proc/self/fd/{fin}", os.O_RDONLY | os.O_CLOEXEC)
-            fds.append(fin_ro)
-            fout = os.memfd_create("stdout", os.MFD_CLOEXEC)
-            fds.append(fout)
-            ferr = os.memfd_create("stderr", os.MFD_CLOEXEC)
-            fds.append(ferr)
-            status_r, status_w = os.pipe2(os.O_CLOEXEC)
-            fds += [status_r, status_w]
+            off = 0
+            while off < len(view):
+                off += os.pwrite(fin, view[off:], off)
+            for fd in (fin_ro, fout, ferr):   # reused files: the child writes from offset 0
+                os.lseek(fd, 0, os.SEEK_SET)
             if self.ns:
                 self._enter_fresh_pidns()
             t0 = time.perf_counter()
@@ -165,12 +173,16 @@ class Worker:
                     os._exit(111)
             if self.ns:
                 self._leave_fresh_pidns()
-            os.close(status_w)
-            fds.remove(status_w)
-            return self._supervise(req, pid, t0, fout, ferr, status_r, out_cap)
+            return self._supervise(req, pid, t0, fout, ferr, status_r, int(req["out_bytes"]))
         finally:
-            for fd in fds:
-                os.close(fd)
+            if reuse:
+                self._files = files
+                os.ftruncate(fin, 0)
+                os.ftruncate(fout, 0)
+                os.ftruncate(ferr, 0)
+            else:
+                for fd in files:
+                    os.close(fd)
 
     def _supervise(self, req: dict, pid: int, t0: float, fout: int, ferr: int, status_r: int,
                    out_cap: int) -> tuple[dict, bytes, bytes]:
@@ -203,7 +215,10 @@ class Worker:
             if self.drop_uid:
                 self._kill_uid()   # and anything else running as the program's uid
             self._reap_orphans(block=self.drop_uid)
-        stage = os.read(status_r, 2)
+        try:
+            stage = os.read(status_r, 8)
+        except BlockingIOError:
+            stage = b""
         reply = {"op": "result", "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
                  "timed_out": timed_out, "maxrss_kb": ru.ru_maxrss, "stage": stage.decode() or ""}
         if os.WIFSIGNALED(status):
@@ -390,7 +405,10 @@ def _finalize(exit_code: int) -> int:
 
 def main() -> None:
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    Worker(config).serve()
+    worker = Worker(config)
+    gc.collect()
+    gc.freeze()  # children inherit a frozen heap: fewer copy-on-write faults after fork
+    worker.serve()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,180 @@
+"""Executions per second of the sandbox vs a fresh subprocess per execution and vs the
+reference's pattern (a multiprocessing.Process per execution running exec() with redirected
+stdio, no isolation), on the same programs and tests, in one run.
+
+Workloads: "trivial" (read a number, print it plus one) and "mix" (a few ms of CPU each; some
+wrong, some crashing, some timing out). Every method runs with the same parallelism (one worker
+or thread per CPU) and the same time limit; baselines use the real interpreter (not a venv shim).
+
+    python benchmarks/sandbox.py [--trivial N] [--mix-programs P] [--mix-tests T]
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import io
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sandbox import Limits, Sandbox, TestCase, outputs_match  # noqa: E402
+
+PYTHON = os.path.realpath(sys.executable)
+TRIVIAL = "print(int(input()) + 1)\n"
+MIX = {
+    "sort_ok": "n = int(input())\nxs = sorted((i * 7919) % 10007 for i in range(n))\n"
+               "print(sum(xs[::3]) % 1000003)\n",
+    "sort_wrong": "n = int(input())\nxs = sorted((i * 7919) % 10007 for i in range(n))\n"
+                  "print(sum(xs[::3]) % 1000003 + 1)\n",
+    "dp_ok": "n = int(input())\nf = [0] * (n + 1)\nf[1] = 1\nfor i in range(2, n + 1):\n"
+             "    f[i] = (f[i - 1] + f[i - 2]) % 1000000007\nprint(f[n])\n",
+    "crash": "n = int(input())\nxs = list(range(n))\nprint(xs[n])\n",
+    "timeout": "n = int(input())\nwhile True:\n    n += 1\n",
+}
+
+
+def mix_expected(name: str, n: int) -> str:
+    if name.startswith("sort"):
+        xs = sorted((i * 7919) % 10007 for i in range(n))
+        return str(sum(xs[::3]) % 1000003)
+    f = [0] * (n + 1)
+    f[1] = 1
+    for i in range(2, n + 1):
+        f[i] = (f[i - 1] + f[i - 2]) % 1000000007
+    return str(f[n])
+
+
+def workloads(n_trivial: int, n_mix_programs: int, n_mix_tests: int):
+    trivial = ([TRIVIAL] * 10, [TestCase(str(i), str(i + 1)) for i in range(n_trivial // 10)], None)
+    names = (["sort_ok", "dp_ok", "sort_wrong", "crash", "sort_ok", "dp_ok", "sort_ok",
+              "dp_ok", "crash", "timeout"] * n_mix_programs)[:n_mix_programs]
+    sizes = [20000 + 1000 * j for j in range(n_mix_tests)]
+    mix_tests = {name: [TestCase(str(n), mix_expected("sort" if name != "dp_ok" else "dp", n))
+                        for n in sizes] for name in set(names)}
+    # one group per program, so that every program has the tests of its own kind
+    mix = [([MIX[name]], mix_tests[name], None) for name in names]
+    return trivial, mix
+
+
+# ---------------------------------------------------------------------- baseline (a)
+def run_subprocess(program_path: str, stdin: str, expected: str, timeout: float) -> bool:
+    import subprocess
+    try:
+        r = subprocess.run([PYTHON, program_path], input=stdin, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0 and outputs_match(r.stdout, expected)
+
+
+# ---------------------------------------------------------------------- baseline (b)
+def _reference_child(source: str, stdin: str, conn) -> None:
+    sys.stdin = io.StringIO(stdin)
+    out = io.StringIO()
+    sys.stdout = out
+    try:
+        exec(compile(source, "<program>", "exec"), {"__name__": "__main__"})
+        conn.send((True, out.getvalue()))
+    except BaseException:
+        conn.send((False, out.getvalue()))
+
+
+def run_reference(source: str, stdin: str, expected: str, timeout: float) -> bool:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_reference_child, args=(source, stdin, child))
+    p.start()
+    child.close()
+    ok = False
+    if parent.poll(timeout):
+        try:
+            finished, out = parent.recv()
+            ok = finished and outputs_match(out, expected)
+        except EOFError:
+            pass
+    p.join(0.01)
+    if p.is_alive():
+        p.kill()
+        p.join()
+    parent.close()
+    return ok
+
+
+def run_baseline(kind: str, groups, threads: int, timeout: float) -> tuple[float, int, int]:
+    """(executions per second, executions, passes) of a baseline over (programs, tests) groups."""
+    tmp = tempfile.mkdtemp(prefix="sbx-bench-")
+    jobs = []
+    for g, (programs, tests, _) in enumerate(groups):
+        for i, prog in enumerate(programs):
+            path = os.path.join(tmp, f"p{g}_{i}.py")
+            with open(path, "w") as f:
+                f.write(prog)
+            for t in tests:
+                jobs.append((path, prog, t.input, t.output))
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as pool:
+        if kind == "subprocess":
+            futs = [pool.submit(run_subprocess, path, i, o, timeout) for path, _, i, o in jobs]
+        else:
+            futs = [pool.submit(run_reference, prog, i, o, timeout) for _, prog, i, o in jobs]
+        passes = sum(f.result() for f in futs)
+    dt = time.perf_counter() - t0
+    return len(jobs) / dt, len(jobs), passes
+
+
+def run_ours(sb: Sandbox, groups) -> tuple[float, int, int]:
+    t0 = time.perf_counter()
+    results = sb.run_matrices(groups)
+    dt = time.perf_counter() - t0
+    n = sum(r.verdicts.size for r in results)
+    return n / dt, n, int(sum(r.passed.sum() for r in results))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trivial", type=int, default=600, help="trivial executions per method")
+    ap.add_argument("--mix-programs", type=int, default=20)
+    ap.add_argument("--mix-tests", type=int, default=8)
+    ap.add_argument("--time-limit", type=float, default=0.25, help="CPU seconds per execution")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    trivial, mix = workloads(args.trivial, args.mix_programs, args.mix_tests)
+    tl = args.time_limit
+    limits = Limits(time_s=tl, wall_factor=2.0)
+    wall_timeout = tl * limits.wall_factor   # the baselines get the same wall-clock budget
+    print(f"machine: {os.cpu_count()} CPUs, {args.workers} workers/threads per method; "
+          f"interpreter {PYTHON}")
+
+    with Sandbox(workers=1, limits=limits) as one:
+        run_ours(one, [(["pass"], [TestCase("", "")] * 100, None)])   # warm-up
+        rate1, _, _ = run_ours(one, [(["pass"], [TestCase("", "")] * 400, None)])
+    print(f"ours, 1 worker, empty program: {rate1:.0f} exec/s = {1000 / rate1:.2f} ms per "
+          f"execution (the whole per-execution overhead)")
+
+    rows = {}
+    with Sandbox(workers=args.workers, limits=limits) as sb:
+        print(f"isolation: {sb.isolation}")
+        run_ours(sb, [trivial])   # warm-up
+        rows[("trivial", "ours")] = run_ours(sb, [trivial])
+        rows[("mix", "ours")] = run_ours(sb, mix)
+    for kind in ("subprocess", "reference"):
+        rows[("trivial", kind)] = run_baseline(kind, [trivial], args.workers, wall_timeout)
+        rows[("mix", kind)] = run_baseline(kind, mix, args.workers, wall_timeout)
+    for wl in ("trivial", "mix"):
+        for kind in ("ours", "subprocess", "reference"):
+            rate, n, passes = rows[(wl, kind)]
+            print(f"{wl:8s} {kind:11s} {rate:8.1f} exec/s  ({n} executions, {passes} passed)")
+    o, a, b = (rows[("trivial", k)][0] for k in ("ours", "subprocess", "reference"))
+    mo, ma, mb = (rows[("mix", k)][0] for k in ("ours", "subprocess", "reference"))
+    print(f"RESULT sandbox_mix ours={mo:.1f} baseline={ma:.1f} ratio={mo / ma:.2f}")
+    print(f"RESULT sandbox_mix_vs_reference ours={mo:.1f} baseline={mb:.1f} ratio={mo / mb:.2f}")
+    print(f"RESULT sandbox ours={o:.1f} baseline={a:.1f} ratio={o / a:.2f}")
+    print(f"RESULT sandbox_vs_reference ours={o:.1f} baseline={b:.1f} ratio={o / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
