@@ -22,8 +22,24 @@ from rollout.problems import ProblemFormatError
 from rollout.prompts import PromptConfig
 
 EXIT_ERROR = 2
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/eval.py",
-                                          help_string="evaluation config file (configs/eval.py)")
+_CONFIG: Any = None  # the --config flag, defined by run() (importing this module parses nothing)
+
+
+def default_config_path() -> str:
+    """configs/eval.py of the working directory, else the one beside the installed package."""
+    here = pathlib.Path("configs/eval.py")
+    if here.exists():
+        return str(here)
+    beside = pathlib.Path(__file__).resolve().parent.parent / "configs" / "eval.py"
+    return str(beside) if beside.exists() else str(here)
+
+
+def _define_flags() -> None:
+    global _CONFIG
+    if _CONFIG is None:
+        _CONFIG = config_flags.DEFINE_config_file(
+            "config", default=default_config_path(),
+            help_string="evaluation config file (default: configs/eval.py)")
 
 
 class ConfigError(ValueError):
@@ -174,6 +190,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point (``cure-eval``)."""
+    try:
+        _define_flags()
+    except (OSError, ImportError, SyntaxError, AttributeError, flags.Error) as e:
+        _fail(f"cannot load the default config {default_config_path()}: {e}")
     app.run(main, flags_parser=_parse_flags)
 
 

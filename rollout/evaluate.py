@@ -369,11 +369,16 @@ class _ApiRole:
                                              "response_tokens": c.completion_tokens,
                                              "attempts": c.attempts}))
                 if len(batch) >= self.flush_every or time.monotonic() - last >= flush_s:
-                    yield batch
-                    batch, last = [], time.monotonic()
-        finally:
-            if batch:  # finished before an error elsewhere: still kept
+                    out, batch, last = batch, [], time.monotonic()
+                    yield out
+        except GeneratorExit:
+            raise
+        except BaseException:  # an API error or Ctrl-C: what finished is still kept
+            if batch:
                 yield batch
+            raise
+        if batch:
+            yield batch
 
     def close(self) -> None:
         self.engine.close()
@@ -698,7 +703,8 @@ def _gt_tests(problem: Problem, max_gt: int) -> list[tuple[str, str]]:
 
 
 def _verdict_rows(verdicts: np.ndarray, rows: list[int], cols: list[int], n: int, m: int) -> list[str]:
-    """Full [n, m] verdict strings: digits of Verdict for executed cells, '-' elsewhere."""
+    """Full [n, m] verdict strings: the digit of ``sandbox.Verdict`` for executed cells (0 is
+    OK), ``-`` for cells never run (an unparsed code or test)."""
     grid = [[_NOT_RUN] * m for _ in range(n)]
     for a, r in enumerate(rows):
         for b, c in enumerate(cols):
@@ -711,7 +717,7 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
     """Runs codes x (generated + ground-truth tests) for each job and appends exec records."""
     if not jobs:
         return
-    from sandbox import TestCase
+    from sandbox import TestCase, Verdict
 
     with sandbox_factory() as sb, _progress(len(jobs), "execute", show) as bar:
         for start in range(0, len(jobs), settings.exec_batch):
@@ -734,13 +740,19 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
                 results[g] = r
             records = []
             for (ds, p, rows, cols, n_gt), res in zip(layout, results):
-                v = (np.asarray(res.verdicts).reshape(len(rows), len(cols) + n_gt) if res is not None
-                     else np.zeros((len(rows), len(cols) + n_gt), dtype=object))
+                shape = (len(rows), len(cols) + n_gt)
+                v = np.asarray(res.verdicts).reshape(shape) if res is not None else \
+                    np.full(shape, int(Verdict.SANDBOX_ERROR), dtype=object)  # (always empty)
+                errors = int(sum(int(x) == int(Verdict.SANDBOX_ERROR) for x in v.flat))
+                if errors:
+                    log.warning("%s/%s: %d executions failed inside the sandbox (SANDBOX_ERROR, "
+                                "counted as not passing)", ds, p.task_id, errors)
                 records.append({
                     "type": "exec", "dataset": ds, "task_id": p.task_id,
                     "n_codes": settings.k_code, "n_tests": settings.n_tests, "n_gt": n_gt,
                     "gen": _verdict_rows(v[:, :len(cols)], rows, cols, settings.k_code, settings.n_tests),
                     "gt": _verdict_rows(v[:, len(cols):], rows, list(range(n_gt)), settings.k_code, n_gt),
+                    "sandbox_errors": errors,
                 })
             slog.append(records)
             bar.update(len(chunk))

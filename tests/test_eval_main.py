@@ -59,6 +59,44 @@ def test_api_end_to_end_through_the_command_line(tmp_path):
         assert b"sk-cli-secret" not in f.read_bytes()
 
 
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    write_problems(PROBLEMS, tmp_path / "toy.json")
+    bon = "(" + ",".join(f"({n},{m})" for n, m in BON) + ")"
+    samples = tmp_path / "out" / "samples.jsonl"
+
+    def args(url):
+        return CURE_EVAL + ["--config=configs/eval.py", f"--config.dataset={tmp_path / 'toy.json'}",
+                            "--config.engine=api", f"--config.api.base_url={url}",
+                            "--config.api.model=scripted", "--config.api.max_concurrency=2",
+                            "--config.gen_batch=1", "--config.k_code=4", "--config.k_case=4",
+                            f"--config.bon={bon}", f"--config.out_dir={tmp_path / 'out'}",
+                            "--config.progress=false",
+                            f"--config.sandbox.isolation={SANDBOX_ISOLATION}"]
+
+    with FakeOpenAI(answer, delay_s=0.25) as srv:
+        proc = subprocess.Popen(args(srv.base_url), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+                not samples.exists() or len(samples.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "run the same command again to resume" in err
+    kept = len(samples.read_text().splitlines())
+    assert 3 <= kept < 24
+    with FakeOpenAI(answer) as srv:
+        r = subprocess.run(args(srv.base_url), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(srv.log) == 24 - kept
+    _close(json.loads((tmp_path / "out" / "metrics.json").read_text())["toy"], EXPECTED)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.model=/m", "--config.k_code=0"], "config.k_code: must be >= 1"),
     (["--config.model=/m", "--config.k_code=4"], "config.bon: (8, 16) needs 1 <= n <= k_code = 4"),
