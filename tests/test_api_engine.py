@@ -33,7 +33,7 @@ def test_request_body_and_key_from_environment(monkeypatch):
     with FakeOpenAI(lambda b: "echo:" + b["messages"][-1]["content"]) as srv:
         eng = _engine(srv, key_env="MY_TEST_KEY")
         sampling = dict(temperature=0.8, top_p=0.95, top_k=40, max_tokens=77, stop=["User:"])
-        out = eng.generate([list(MSG), [{"role": "user", "content": "two"}]], 2, sampling)
+        out = eng.generate([list(MSG), "two"], 2, sampling)
     assert [[c.text for c in row] for row in out] == [["echo:Say hi."] * 2, ["echo:two"] * 2]
     assert len(srv.log) == 4
     body = srv.log[0].body
@@ -43,7 +43,22 @@ def test_request_body_and_key_from_environment(monkeypatch):
     assert set(body["messages"][0]) == {"role", "content"}
     assert all(r.auth == "Bearer sk-secret-123" for r in srv.log)
     assert "sk-secret" not in repr(eng) and "sk-secret" not in repr(eng.config)
-    assert out[0][0].finish_reason == "stop" and out[0][0].attempts == 1
+    assert out[0][0].finish_reason == "stop" and out[0][0].token_ids == []
+    assert "seed" not in body
+
+
+def test_engine_interface_with_sampling_config_gives_each_sample_its_own_seed():
+    from rollout.engines.base import Engine, Sample, SamplingConfig
+
+    with FakeOpenAI(lambda b: f"seed={b['seed']}") as srv:
+        eng = _engine(srv)
+        assert isinstance(eng, Engine)
+        out = eng.generate(["a", "b"], 3, SamplingConfig(temperature=1.0, seed=100, top_k=0))
+    assert [[s.text for s in row] for row in out] == [
+        ["seed=100", "seed=101", "seed=102"], ["seed=103", "seed=104", "seed=105"]]
+    assert all(isinstance(s, Sample) and s.logprobs is None for row in out for s in row)
+    with pytest.raises(NotImplementedError, match="hosted model"):
+        eng.load_weights([])
 
 
 def test_top_k_is_sent_when_asked_and_no_auth_without_key(monkeypatch):

@@ -222,6 +222,7 @@ class ApiEngine:
     """
 
     name = "api"
+    weights_version = 0  # a hosted model's own weights, never replaced
 
     def __init__(self, config: ApiConfig, *, seed: int = 0,
                  urlopen: Callable[..., Any] = urllib.request.urlopen) -> None:
@@ -369,17 +370,35 @@ class ApiEngine:
         if error is not None:
             raise error
 
-    def generate(self, prompts: Sequence[Messages], n: int, sampling: Any) -> list[list[Completion]]:
-        """``n`` samples per chat prompt, in order (the engines-interface call).
+    def generate(self, prompts: Sequence[Messages | str], n: int, sampling: Any) -> list[list[Any]]:
+        """``n`` samples per prompt, in order: the engines-interface call
+        (:class:`rollout.engines.base.Engine`), returning :class:`rollout.engines.base.Sample`
+        objects with the text and finish reason (a hosted model gives no token ids or log-probs:
+        ``token_ids`` is empty and ``logprobs`` None).
 
-        ``sampling`` is any object with ``temperature``, ``top_p``, ``top_k``, ``max_tokens``
-        and optionally ``stop`` and ``seed`` attributes (or a mapping with those keys).
+        A prompt is a list of chat messages, or a string sent as one user message. ``sampling``
+        is a :class:`rollout.engines.base.SamplingConfig` or any object or mapping with
+        ``temperature``, ``top_p``, ``top_k``, ``max_tokens`` and optionally ``stop`` and
+        ``seed``; with a seed, sample ``k`` of the call (prompt-major order) is sent with
+        ``seed + k``, so no two samples share one.
         """
-        reqs = [chat_request(p, sampling, seed=None) for p in prompts for _ in range(n)]
-        out: list[Completion | None] = [None] * len(reqs)
+        from rollout.engines.base import Sample
+
+        if isinstance(prompts, (str, bytes)) or n < 1:
+            raise ValueError("generate: pass a list of prompts and n >= 1")
+        chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        base = _get(sampling, "seed", None)
+        reqs = [chat_request(c, sampling, seed=None if base is None else base + j * n + s)
+                for j, c in enumerate(chats) for s in range(n)]
+        out: list[Any] = [None] * len(reqs)
         for i, c in self.stream(reqs):
-            out[i] = c
-        return [out[j * n:(j + 1) * n] for j in range(len(prompts))]  # type: ignore[misc]
+            out[i] = Sample(token_ids=[], text=c.text, logprobs=None,
+                            finish_reason=c.finish_reason or "stop")
+        return [out[j * n:(j + 1) * n] for j in range(len(prompts))]
+
+    def load_weights(self, named_tensors: Any) -> None:
+        """A hosted model's weights cannot be replaced (evaluation only)."""
+        raise NotImplementedError("the api engine serves a hosted model: weights cannot be pushed")
 
     def close(self) -> None:
         """Nothing to release (connections are per request); present for the engine interface."""
