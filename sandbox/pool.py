@@ -10,6 +10,7 @@ may be called from several threads at once; each call waits for its own jobs onl
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import queue
@@ -30,6 +31,7 @@ __all__ = ["Sandbox", "SandboxStats", "IsolationUnavailable"]
 
 _STARTUP_TIMEOUT_S = 60.0
 _REPLY_SLACK_S = 10.0
+_PIPELINE_BYTES = 16 << 10
 _probe_cache: dict[str, tuple[bool, str]] = {}
 _probe_lock = threading.Lock()
 
@@ -92,12 +94,13 @@ class _WorkerHandle:
         except (protocol.ProtocolError, OSError) as e:
             raise _InfraError(f"worker reply unreadable: {e}") from None
 
-    def request(self, meta: dict, program: bytes, stdin: bytes, timeout: float
-                ) -> tuple[dict, bytes, bytes]:
+    def send(self, meta: dict, program: bytes, stdin: bytes) -> None:
         try:
             protocol.write_frame(self.wfd, meta, program, stdin)
         except (OSError, protocol.ProtocolError) as e:
             raise _InfraError(f"cannot send to worker: {e}") from None
+
+    def receive(self, timeout: float) -> tuple[dict, bytes, bytes]:
         reply = self._read(timeout)
         if reply[0].get("op") != "result":
             raise _InfraError(f"worker error: {reply[0]!r}")
@@ -141,6 +144,7 @@ class _Job:
     cpu_limit: float
     keep_output: bool
     done: Callable[[Execution], None]
+    attempts: int = 0
 
 
 class _Batch:
@@ -256,71 +260,120 @@ class Sandbox:
 
     # ------------------------------------------------------------------ driver threads
     def _drive(self, index: int) -> None:
+        """Driver of worker ``index``: keeps up to two requests in flight (the second only when
+        it fits the pipe buffer, so neither side can block on a full pipe), so the worker starts
+        the next execution while this thread judges the previous one."""
         try:
             self._handles[index] = self._start_worker(index)
         except Exception:
             self._handles[index] = None   # started lazily by the first job (and retried)
         self._started.wait()
+        inflight: collections.deque[_Job] = collections.deque()
+        pending: collections.deque[_Job] = collections.deque()   # retries and held-back jobs
+        stopping = False
         while True:
-            job = self._queue.get()
-            if job is None:
-                break
             try:
-                ex = self._execute(index, job)
+                while len(inflight) < 2:
+                    if pending:
+                        job = pending.popleft()
+                    elif stopping:
+                        break
+                    elif inflight:
+                        try:
+                            job = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                    else:
+                        job = self._queue.get()
+                    if job is None:
+                        stopping = True
+                        break
+                    if inflight and len(job.program) + len(job.stdin) > _PIPELINE_BYTES:
+                        pending.appendleft(job)
+                        break
+                    inflight.append(job)
+                    self._send(index, job)
+                if not inflight:
+                    if stopping and not pending:
+                        break
+                    continue
+                job = inflight[0]
+                ex = self._receive(index, job)
+                inflight.popleft()
+                job.done(ex)
+            except _InfraError as e:
+                self._infra_failure(index, inflight, pending, str(e))
             except Exception as e:  # a bug here must not hang callers
-                ex = _sandbox_error(f"internal error: {type(e).__name__}: {e}")
-            job.done(ex)
+                for job in inflight:
+                    job.done(_sandbox_error(f"internal error: {type(e).__name__}: {e}"))
+                inflight.clear()
         h = self._handles[index]
         if h is not None:
             h.close()
             self._handles[index] = None
 
-    def _execute(self, index: int, job: _Job) -> Execution:
+    def _infra_failure(self, index: int, inflight: collections.deque, pending: collections.deque,
+                       failure: str) -> None:
+        """Restart the worker; the job at the head is retried once (then SANDBOX_ERROR), the
+        job sent behind it is simply sent again."""
+        with self._stats_lock:
+            self.stats.infra_failures += 1
+        h = self._handles[index]
+        if h is not None:
+            h.kill()
+            self._handles[index] = None
+        jobs = list(inflight)
+        inflight.clear()
+        if not jobs:
+            return
+        head = jobs[0]
+        head.attempts += 1
+        if head.attempts >= 2:
+            with self._stats_lock:
+                self.stats.sandbox_errors += 1
+            head.done(_sandbox_error(failure))
+            jobs = jobs[1:]
+        for job in reversed(jobs):
+            pending.appendleft(job)
+
+    def _meta(self, job: _Job) -> dict:
         lim = self.limits
-        wall = job.cpu_limit * lim.wall_factor
-        meta = {"op": "run", "cpu_s": job.cpu_limit, "wall_s": wall,
+        return {"op": "run", "cpu_s": job.cpu_limit, "wall_s": job.cpu_limit * lim.wall_factor,
                 "mem_bytes": int(lim.memory_mb) << 20, "out_bytes": lim.output_bytes,
                 "nproc": int(lim.processes), "nofile": int(lim.open_files),
                 "tmp_bytes": int(lim.tmp_mb) << 20}
-        failure = ""
-        for _attempt in range(2):
-            try:
-                h = self._handles[index]
-                if h is None or h.proc.poll() is not None:
-                    if h is not None:
-                        h.kill()
-                    self._handles[index] = None
-                    h = self._handles[index] = self._start_worker(index)
-                reply, out, err = h.request(meta, job.program, job.stdin, wall + _REPLY_SLACK_S)
-                if not reply.get("stage"):
-                    raise _InfraError(f"execution set-up failed in the worker "
-                                      f"(exit {reply.get('exit_code')}, signal "
-                                      f"{reply.get('signal')}): "
-                                      f"{err.decode('utf-8', 'replace')[-300:]}")
-                if len(out) > lim.output_bytes or len(err) > 1 << 16:
-                    raise _InfraError("worker reply over its caps")
-            except _InfraError as e:
-                failure = str(e)
-                with self._stats_lock:
-                    self.stats.infra_failures += 1
-                h = self._handles[index]
-                if h is not None:
-                    h.kill()
-                    self._handles[index] = None
-                continue
-            with self._stats_lock:
-                self.stats.executions += 1
-            stdout = out.decode("utf-8", "replace")
-            stderr_tail = err.decode("utf-8", "replace")
-            verdict, detail = classify(reply, stdout, stderr_tail, job.expected, job.cpu_limit,
-                                       lim.float_tol)
-            return Execution(verdict=verdict, stdout=stdout if job.keep_output else "",
-                             stderr_tail=stderr_tail, exit_code=reply.get("exit_code"),
-                             signal=reply.get("signal"), wall_s=float(reply["wall_s"]),
-                             cpu_s=float(reply["cpu_s"]), detail=detail)
+
+    def _send(self, index: int, job: _Job) -> None:
+        h = self._handles[index]
+        if h is None or h.proc.poll() is not None:
+            if h is not None:
+                h.kill()
+            self._handles[index] = None
+            h = self._handles[index] = self._start_worker(index)
+        h.send(self._meta(job), job.program, job.stdin)
+
+    def _receive(self, index: int, job: _Job) -> Execution:
+        lim = self.limits
+        h = self._handles[index]
+        if h is None:
+            raise _InfraError("worker gone")
+        reply, out, err = h.receive(job.cpu_limit * lim.wall_factor + _REPLY_SLACK_S)
+        if not reply.get("stage"):
+            raise _InfraError(f"execution set-up failed in the worker (exit "
+                              f"{reply.get('exit_code')}, signal {reply.get('signal')}): "
+                              f"{err.decode('utf-8', 'replace')[-300:]}")
+        if len(out) > lim.output_bytes or len(err) > 1 << 16:
+            raise _InfraError("worker reply over its caps")
         with self._stats_lock:
-            self.stats.sandbox_errors += 1
-        return _sandbox_error(failure)
+            self.stats.executions += 1
+        stdout = out.decode("utf-8", "replace")
+        stderr_tail = err.decode("utf-8", "replace")
+        verdict, detail = classify(reply, stdout, stderr_tail, job.expected, job.cpu_limit,
+                                   lim.float_tol)
+        return Execution(verdict=verdict, stdout=stdout if job.keep_output else "",
+                         stderr_tail=stderr_tail, exit_code=reply.get("exit_code"),
+                         signal=reply.get("signal"), wall_s=float(reply["wall_s"]),
+                         cpu_s=float(reply["cpu_s"]), detail=detail)
 
     # ------------------------------------------------------------------ public API
     def _check_open(self) -> None:
