@@ -388,10 +388,11 @@ class _LocalRole:
     """A local model through rollout.engines (vllm or hf): rendered prompt strings, batched."""
 
     def __init__(self, spec: ModelSpec, prompt_cfg: PromptConfig, batch: int,
-                 engine_factory: Callable[[ModelSpec], Any]) -> None:
+                 engine_factory: Callable[[ModelSpec], Any], engine: Any = None) -> None:
         self.spec = spec
         self.batch = batch
-        self.engine = engine_factory(spec)
+        self.owns_engine = engine is None  # a running engine lent by the caller stays open
+        self.engine = engine_factory(spec) if engine is None else engine
         tokenizer = getattr(self.engine, "tokenizer", None)
         self.builder = PromptBuilder(prompt_cfg, tokenizer=tokenizer)
 
@@ -421,7 +422,7 @@ class _LocalRole:
 
     def close(self) -> None:
         close = getattr(self.engine, "close", None)
-        if callable(close):
+        if self.owns_engine and callable(close):
             close()
 
 
@@ -824,10 +825,17 @@ def evaluate(
     prompt_config: PromptConfig = PromptConfig(show_example_in_test_prompt=False),
     sandbox_factory: Callable[[], Any] | None = None,
     engine_factory: Callable[[ModelSpec], Any] = default_engine_factory,
+    engine: Any = None,
     progress: bool = True,
     reports: bool = True,
 ) -> dict[str, dict]:
-    """Runs (or resumes) the evaluation and returns {dataset: metrics}; see the module doc."""
+    """Runs (or resumes) the evaluation and returns {dataset: metrics}; see the module doc.
+
+    ``engine``: a running local engine (engines interface, with a ``tokenizer``) to use for
+    ``coder`` (and for the tester when it is the same spec) instead of building one; it is not
+    closed. The training driver evaluates the weights it holds this way, with ``reports=False``
+    and :func:`summary_scalars` for TensorBoard.
+    """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tester = tester or coder
@@ -861,13 +869,16 @@ def evaluate(
                     continue  # nothing to draw: the engine is not even started
                 key = json.dumps([spec.public(), spec.api and spec.api.url], sort_keys=True)
                 if key not in built:
-                    if spec.engine != "api":  # an Orbax checkpoint becomes a HF dir in out_dir
-                        spec = dataclasses.replace(spec, model=ensure_hf_model(
-                            spec.model, out / "converted" / pathlib.Path(spec.model).name,
-                            base_model=spec.base_model))
-                    built[key] = (_ApiRole(spec, prompt_config, settings.gen_batch)
-                                  if spec.engine == "api" else
-                                  _LocalRole(spec, prompt_config, settings.gen_batch, engine_factory))
+                    lent = engine if engine is not None and spec == coder else None
+                    if spec.engine == "api":
+                        built[key] = _ApiRole(spec, prompt_config, settings.gen_batch)
+                    else:
+                        if lent is None:  # an Orbax checkpoint becomes a HF dir in out_dir
+                            spec = dataclasses.replace(spec, model=ensure_hf_model(
+                                spec.model, out / "converted" / pathlib.Path(spec.model).name,
+                                base_model=spec.base_model))
+                        built[key] = _LocalRole(spec, prompt_config, settings.gen_batch,
+                                                engine_factory, engine=lent)
                 role = built[key]
                 wants = [_Want(ds, p, kind, role.prompt(p, kind, show_example), idx)
                          for ds, p, idx in missing]

@@ -317,3 +317,52 @@ def test_pipeline_metrics_equal_the_cure_definitions_on_the_core_tables(tmp_path
     for key in ("code_accuracy", "unit_test_accuracy", "p_01", "p_00", "code_parse_rate",
                 "test_parse_rate", "bon"):
         assert got[key] == pytest.approx(want[key]), key
+
+
+class ScriptedLocalEngine:
+    """A local engine (engines interface) answering from the scripted tables: the pipeline's
+    vllm/hf path without a model. Sample s of a prompt is reply ``first + s``, where the call's
+    seeds encode the first sample index (``seed + 100003 * first + i``)."""
+
+    tokenizer = None  # no chat template: the raw prompt template is used
+    weights_version = 0
+
+    def __init__(self):
+        self.calls = []
+        self.closed = False
+
+    def generate(self, prompts, n, sampling):
+        from rollout.engines.base import Sample
+
+        self.calls.append((list(prompts), n, sampling))
+        out = []
+        for i, prompt in enumerate(prompts):
+            first = (sampling.seed + i) // 100_003
+            task = re.search(r"TASK=(\w+)", prompt).group(1)
+            table = TESTS if "**Test Input:**" in prompt else CODES
+            out.append([Sample([1, 2], table[task][first + s], None, "stop") for s in range(n)])
+        return out
+
+    def load_weights(self, named_tensors):
+        raise AssertionError("not used")
+
+    def close(self):
+        self.closed = True
+
+
+def test_local_engine_path_with_a_lent_engine(tmp_path):
+    eng = ScriptedLocalEngine()
+    spec = ev.ModelSpec(engine="vllm", model="policy-v7")
+    kw = dict(engine=eng, sandbox_factory=_sandbox, progress=False)
+    ev.evaluate({"toy": PROBLEMS}, spec, tmp_path, settings=_settings(k_code=2, k_case=1, bon=((2, 1),)), **kw)
+    got = ev.evaluate({"toy": PROBLEMS}, spec, tmp_path, settings=_settings(), **kw)  # k grows
+    _close(got["toy"], EXPECTED)
+    assert not eng.closed  # lent, so left running
+    prompts, n, sampling = eng.calls[0]
+    assert prompts[0].startswith("User: ") and prompts[0].rstrip().endswith("Assistant:")
+    assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.8, 0.95, 40)
+    assert "User:" in sampling.stop and sampling.logprobs is False
+    # first run: codes n=2, tests n=1; second run: the missing codes 2-3 and tests 1-3 only
+    assert [(len(p), n) for p, n, _ in eng.calls] == [(3, 2), (3, 1), (3, 2), (3, 3)]
+    recs = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "sample" for r in recs) == 24
