@@ -208,3 +208,16 @@ def test_url_and_public_dict():
 def test_chat_messages_are_checked():
     with pytest.raises(ValueError, match="chat message"):
         chat_request([{"role": "user", "content": "x", "name": "bob"}], {}, seed=None)
+
+
+def test_the_key_never_reaches_logs_or_errors_on_retries(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="rollout.engines.api_engine")
+    with FakeOpenAI(faults=[500, 429, 500], echo_auth_in_errors=True) as srv:
+        eng = _engine(srv, key="sk-hidden-456", max_retries=1)
+        with pytest.raises(ApiRetriesExhausted) as info:
+            eng.complete(ChatRequest(MSG))
+    assert "retry 1/1" in caplog.text and "scripted 500" in caplog.text
+    assert "sk-hidden-456" not in caplog.text + str(info.value)
+    assert "<redacted>" in str(info.value)
