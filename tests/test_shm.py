@@ -412,3 +412,12 @@ def test_bf16_rounding_matches_ml_dtypes():
                                   3.4e38, 1e-40], np.float32)])
     np.testing.assert_array_equal(shm.f32_to_bf16_bits(x), x.astype(shm.BFLOAT16).view(np.uint16))
     assert np.isnan(shm.f32_to_bf16_bits(np.array([np.nan], np.float32)).view(shm.BFLOAT16)[0])
+
+
+def test_segment_larger_than_dev_shm_is_a_clear_error():
+    free = os.statvfs(shm.SHM_DIR)
+    too_big = free.f_bavail * free.f_frsize + (1 << 30)
+    run = _run_id()
+    with pytest.raises(shm.ShmError, match="MiB free"):
+        shm.RolloutBuffer.create(run, num_slots=1, slot_capacity=too_big)
+    assert shm.list_segments(run) == []
