@@ -16,8 +16,10 @@ carries a program and a stdin only. Per execution:
 from __future__ import annotations
 
 import atexit
+import collections
 import ctypes
 import gc
+import hashlib
 import io
 import json
 import os
@@ -39,6 +41,8 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 PR_SET_CHILD_SUBREAPER = 36
 STDERR_TAIL = 4096
+CODE_CACHE_SIZE = 512
+CODE_CACHE_MAX_PROGRAM = 256 << 10
 MAX_REQUEST_BLOB = 1 << 30
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -63,6 +67,8 @@ class Worker:
         self.ns = False
         self.ns_error = ""
         self._files: list[int] = []
+        self._code_cache: collections.OrderedDict[bytes, types.CodeType] = \
+            collections.OrderedDict()
         self.own_pidns = -1
         if self.want_ns:
             try:
@@ -173,7 +179,9 @@ class Worker:
                     os._exit(111)
             if self.ns:
                 self._leave_fresh_pidns()
-            return self._supervise(req, pid, t0, fout, ferr, status_r, int(req["out_bytes"]))
+            reply = self._supervise(req, pid, t0, fout, ferr, status_r, int(req["out_bytes"]))
+            self._remember_code(program, reply[0].get("stage", ""))
+            return reply
         finally:
             if reuse:
                 self._files = files
@@ -235,6 +243,23 @@ class Worker:
         start = max(0, err_size - STDERR_TAIL)
         err = os.pread(ferr, err_size - start, start)
         return reply, out, err
+
+    def _remember_code(self, program: bytes, stage: str) -> None:
+        """Cache the code object of a program that a child has just compiled successfully
+        (stage "SR": it compiled within the limits, so compiling it here is safe too);
+        later children inherit it through fork instead of compiling again."""
+        key = _program_key(program)
+        if key in self._code_cache:
+            self._code_cache.move_to_end(key)
+            return
+        if stage != "SR" or len(program) > CODE_CACHE_MAX_PROGRAM:
+            return
+        try:
+            self._code_cache[key] = compile(program, "main.py", "exec", dont_inherit=True)
+        except Exception:
+            return
+        while len(self._code_cache) > CODE_CACHE_SIZE:
+            self._code_cache.popitem(last=False)
 
     def _kill_uid(self) -> None:
         """Without namespaces: a helper with the program's uid sends SIGKILL to every process
@@ -306,7 +331,11 @@ class Worker:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.chdir("/tmp")
-        _run_program(program, status_w)
+        _run_program(program, status_w, self._code_cache.get(_program_key(program)))
+
+
+def _program_key(program: bytes) -> bytes:
+    return hashlib.blake2b(program, digest_size=16).digest()
 
 
 def _kill(pid: int) -> None:
@@ -323,8 +352,9 @@ def _killpg(pid: int) -> None:
         pass
 
 
-def _run_program(program: bytes, status_w: int) -> None:
-    """Compile and run ``program`` as ``python3 main.py`` would, then exit. Never returns."""
+def _run_program(program: bytes, status_w: int, code: types.CodeType | None = None) -> None:
+    """Compile (unless ``code`` is given) and run ``program`` as ``python3 main.py`` would,
+    then exit. Never returns."""
     sys.set_int_max_str_digits(0)
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(0, "rb", closefd=False)), encoding="utf-8")
@@ -335,7 +365,8 @@ def _run_program(program: bytes, status_w: int) -> None:
         errors="backslashreplace", line_buffering=True)
     os.write(status_w, b"S")
     try:
-        code = compile(program, "main.py", "exec", dont_inherit=True)
+        if code is None:
+            code = compile(program, "main.py", "exec", dont_inherit=True)
     except BaseException as e:  # SyntaxError, ValueError (NUL bytes), MemoryError, RecursionError
         sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
         sys.stderr.flush()
@@ -405,6 +436,7 @@ def _finalize(exit_code: int) -> int:
 
 def main() -> None:
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    sys.set_int_max_str_digits(0)  # so that compiling here matches compiling in a child
     worker = Worker(config)
     gc.collect()
     gc.freeze()  # children inherit a frozen heap: fewer copy-on-write faults after fork

@@ -263,3 +263,16 @@ def test_programs_never_run_as_root(mode):
         if box.isolation != "userns":      # userns maps the caller's own (non-root) uid
             assert uid != 0 and euid != 0 and gid != 0
         assert uid == euid
+
+
+def test_every_run_starts_from_a_fresh_interpreter_state(sb):
+    # the worker caches compiled code: state must still never leak from one run to the next
+    prog = ("import sys\nbox = sys.modules.setdefault('leak', [])\nbox.append(1)\n"
+            "import random\nprint(len(box), 'seen' if 'seen' in globals() else 'fresh')\n"
+            "seen = True\n")
+    outs = {sb.run(prog).stdout for _ in range(6)}
+    assert outs == {"1 fresh\n"}
+    other = "print('other')\n"
+    assert [sb.run(p).stdout for p in (prog, other, prog)] == ["1 fresh\n", "other\n", "1 fresh\n"]
+    big = "x = " + "7" * 5000 + "\nprint(len(str(x)))\n"   # over the default 4300-digit limit
+    assert sb.run(big, expected="5000").verdict == Verdict.OK
