@@ -303,6 +303,7 @@ class RolloutClient:
         self._w = cmd_w
         self._r = rep_r
         self._closed = False
+        self._broken = False
         try:
             ready = self._read_until(lambda m: m.get("type") == "ready", startup_timeout_s,
                                      "start-up", heartbeat_timeout_s=None)
@@ -321,6 +322,7 @@ class RolloutClient:
         return " | ".join(ln.strip()[:300] for ln in lines)
 
     def _died(self, what: str) -> RolloutServerError:
+        self._broken = True
         rc = self.proc.poll()
         how = (f"was killed by signal {signal.Signals(-rc).name}" if rc is not None and rc < 0
                else f"exited with status {rc}")
@@ -357,6 +359,7 @@ class RolloutClient:
                 raise RolloutServerError(f"rollout server (pid {self.pid}): no answer to {what} "
                                          f"within {timeout:.0f}s; log {self.log_path}")
             if heartbeat_timeout_s is not None and now - last > heartbeat_timeout_s:
+                self._broken = True
                 raise RolloutServerError(
                     f"rollout server (pid {self.pid}) sent no heartbeat for "
                     f"{now - last:.1f}s during {self._current} (frozen or stuck); log "
@@ -417,7 +420,7 @@ class RolloutClient:
             return
         self._closed = True
         tree = [self.pid] + descendants(self.pid)
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self._broken:
             try:
                 os.write(self._w, (json.dumps({"cmd": "stop", "id": 0}) + "\n").encode())
             except OSError:
