@@ -250,26 +250,36 @@ class SampleLog:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            log.warning("%s: dropping a partial last line (%d bytes) left by an interruption",
-                        self.path, len(data) - cut)
-            with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
-            data = data[:cut]
-        for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                self._index(rec)
-            except (ValueError, KeyError, TypeError) as e:
-                raise EvalError(f"{self.path}, line {lineno}: not a valid record ({e})") from None
+        with open(self.path, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":  # a crash mid-write: cut back to the last full line
+                    step, pos = 1 << 16, size
+                    while pos > 0:
+                        pos = max(0, pos - step)
+                        fh.seek(pos)
+                        cut = fh.read(min(step, size - pos)).rfind(b"\n")
+                        if cut >= 0:
+                            pos += cut + 1
+                            break
+                    log.warning("%s: dropping a partial last line (%d bytes) left by an "
+                                "interruption", self.path, size - pos)
+                    fh.truncate(pos)
+            fh.seek(0)
+            for lineno, line in enumerate(fh, 1):  # streamed: the file may be large
+                if not line.strip():
+                    continue
+                try:
+                    self._index(json.loads(line))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise EvalError(f"{self.path}, line {lineno}: not a valid record ({e})") from None
 
     def _index(self, rec: dict) -> None:
         if rec["type"] == "sample":
-            self.samples[(rec["dataset"], rec["task_id"], rec["kind"], int(rec["index"]))] = rec
+            # The response text stays on disk only; memory keeps what scoring needs.
+            slim = {k: v for k, v in rec.items() if k != "response"}
+            self.samples[(rec["dataset"], rec["task_id"], rec["kind"], int(rec["index"]))] = slim
         elif rec["type"] == "exec":
             self.execs[(rec["dataset"], rec["task_id"])] = rec
         else:

@@ -366,3 +366,17 @@ def test_local_engine_path_with_a_lent_engine(tmp_path):
     assert [(len(p), n) for p, n, _ in eng.calls] == [(3, 2), (3, 1), (3, 2), (3, 3)]
     recs = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert sum(r["type"] == "sample" for r in recs) == 24
+
+
+def test_sample_log_cuts_a_partial_last_line_longer_than_a_read_block(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    good = {"type": "exec", "dataset": "d", "task_id": "t", "n_codes": 1}
+    path.write_text(json.dumps(good) + "\n" + '{"type": "sample", "response": "' + "x" * 200_000)
+    with ev.SampleLog(path) as slog:
+        assert slog.execs == {("d", "t"): good} and not slog.samples
+        slog.append([{"type": "sample", "dataset": "d", "task_id": "t", "kind": "code",
+                      "index": 0, "response": "r", "code": "print(1)\n"}])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["response"] == "r"
+    with ev.SampleLog(path) as slog:
+        assert slog.samples[("d", "t", "code", 0)]["code"] == "print(1)\n"
