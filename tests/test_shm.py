@@ -63,7 +63,7 @@ buf = shm.RolloutBuffer.attach(sys.argv[1] if len(sys.argv) > 1 else NAME)
 
 def test_many_slots_through_processes_in_order():
     run = _run_id()
-    buf = shm.RolloutBuffer.create(run, num_slots=4, slot_capacity=64 << 10)
+    buf = shm.RolloutBuffer.create(run, num_slots=16, slot_capacity=64 << 10)
     total = 300
     p = _spawn(WRITER_SRC.replace("NAME", repr(buf.name)) + f"""
 for s in range({total}):
@@ -109,13 +109,14 @@ for s in range(6):
     print("put", s, flush=True)
 """)
     try:
-        time.sleep(1.5)  # writer fills both slots, then must block
+        assert [p.stdout.readline().strip() for _ in range(2)] == ["put 0", "put 1"]
+        time.sleep(0.7)  # the ring is full: the third put must still be blocked
         assert buf.pending() == 2
         assert p.poll() is None
         got = [buf.get(timeout=10).seq for _ in range(6)]
         assert got == list(range(6))
         assert p.wait(10) == 0
-        assert p.stdout.read().split("\n")[:6] == [f"put {s}" for s in range(6)]
+        assert p.stdout.read().split("\n")[:4] == [f"put {s}" for s in range(2, 6)]
     finally:
         p.kill()
         buf.close()
