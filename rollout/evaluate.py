@@ -976,6 +976,9 @@ def plot_bon(metrics: Mapping[str, dict], bon: Sequence[tuple[int, int]], path: 
             for g, pts in sorted(groups.items()):
                 pts.sort()
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{lname}={g}")
+            xs = sorted({p[0] for pts in groups.values() for p in pts})
+            if xs:
+                ax.set_xticks(xs)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("BoN accuracy (%)")
             ax.set_title(f"{d}: BoN over {xlabel.split()[0]}")
