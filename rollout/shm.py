@@ -27,6 +27,12 @@ bfloat16: arrays of ``ml_dtypes.bfloat16`` are stored as BF16 and read back as
 ``ml_dtypes.bfloat16`` views when ml_dtypes is installed (it is, with JAX), else as uint16
 views of the same bits; ``write(..., cast="BF16")`` converts float32 with round-to-nearest-even
 in plain numpy while copying.
+
+Limits: one writer and one reader per ring (use one ring per rollout server). Publication
+relies on ordered stores (x86-64 TSO; CPython's stores happen in program order), with an
+optional crc32 per slot (``buf.checksum = True`` on both sides) for weaker memory models.
+Liveness is by pid (zombies count as dead); a pid reused within the 0.2 s check is not
+detected.
 """
 from __future__ import annotations
 

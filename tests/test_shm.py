@@ -422,3 +422,36 @@ def test_segment_larger_than_dev_shm_is_a_clear_error():
     with pytest.raises(shm.ShmError, match="MiB free"):
         shm.RolloutBuffer.create(run, num_slots=1, slot_capacity=too_big)
     assert shm.list_segments(run) == []
+
+
+_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32,
+           np.float64, np.bool_]
+
+
+def test_any_arrays_round_trip_exactly():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    arrays = st.dictionaries(
+        st.text("abcdefgh_.", min_size=1, max_size=8),
+        st.sampled_from(_DTYPES).flatmap(lambda dt: hnp.arrays(
+            dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7))),
+        max_size=6)
+    meta = st.dictionaries(st.text(max_size=5), st.integers(-5, 5) | st.text(max_size=5),
+                           max_size=3)
+
+    with shm.RolloutBuffer.create(_run_id(), num_slots=3, slot_capacity=1 << 16) as buf:
+        @settings(max_examples=60, deadline=None)
+        @given(arrays, meta, st.booleans(), st.integers(0, 2**40))
+        def check(arrs, m, transpose, version):
+            if transpose:  # non-contiguous inputs are copied in C order
+                arrs = {k: v.T for k, v in arrs.items()}
+            buf.put(arrs, meta=m, version=version, timeout=1)
+            b = buf.get(timeout=1)
+            assert b.meta == m and b.version == version and list(b.arrays) == list(arrs)
+            for k, v in arrs.items():
+                assert b.arrays[k].dtype == v.dtype and b.arrays[k].shape == v.shape
+                np.testing.assert_array_equal(b.arrays[k], v)
+
+        check()
