@@ -64,7 +64,8 @@ class Limits:
     output_mb: float = 16.0        # cap on stdout and on stderr, each (enforced by the kernel)
     time_multiplier: float = 1.0
     wall_factor: float = 2.0
-    processes: int = 64            # RLIMIT_NPROC: processes + threads of the program
+    processes: int = 16            # RLIMIT_NPROC: processes + threads of the program (each
+    #                                process has its own RLIMIT_AS, so this also bounds memory)
     open_files: int = 64           # RLIMIT_NOFILE
     tmp_mb: int = 32               # size of the private /tmp (and /dev/shm) of one execution
     input_mb: float = 64.0         # largest stdin accepted

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import protocol  # noqa: E402
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
@@ -298,7 +299,9 @@ class Worker:
         os.setsid()
         if self.ns:
             tmp_opts = f"size={int(req['tmp_bytes'])},mode=1777".encode()
-            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            # private mounts, and a private SysV IPC / POSIX mqueue namespace so that no IPC
+            # object outlives the execution or reaches the next program of this worker
+            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
             _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
             for target in (b"/tmp", b"/dev/shm"):
                 _check(_libc.mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, tmp_opts),

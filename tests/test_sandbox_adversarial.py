@@ -240,3 +240,16 @@ def test_every_listed_program_in_one_matrix(sb):
     got = {n: r.verdicts[0, 0] for n, r in zip(names, res)}
     assert got == {n: PROGRAMS[n][3] for n in names}
     _assert_clean_after(sb, before)
+
+
+def test_sysv_ipc_does_not_outlive_an_execution(sb):
+    """A SysV shared-memory segment left by one program is not visible to the next one."""
+    if sb.isolation != "namespaces":
+        pytest.skip("per-execution IPC namespaces need the 'namespaces' isolation mode")
+    prog = ("import ctypes\nlibc = ctypes.CDLL(None)\nkey = 0x5B0C\n"
+            "found = libc.shmget(key, 4096, 0)\ncreated = libc.shmget(key, 4096, 0o1666)\n"
+            "print('found' if found >= 0 else 'absent', 'created' if created >= 0 else 'failed')\n")
+    before = descendants()
+    outs = [sb.run(prog).stdout.strip() for _ in range(4)]
+    assert outs == ["absent created"] * 4
+    _assert_clean_after(sb, before)
