@@ -30,7 +30,7 @@ in plain numpy while copying.
 
 Limits: one writer and one reader per ring (use one ring per rollout server). Publication
 relies on ordered stores (x86-64 TSO; CPython's stores happen in program order), with an
-optional crc32 per slot (``buf.checksum = True`` on both sides) for weaker memory models.
+optional crc32 per slot (``buf.checksum = True`` on the writer; readers verify it) for weaker memory models.
 Liveness is by pid (zombies count as dead); a pid reused within the 0.2 s check is not
 detected.
 """
@@ -581,7 +581,7 @@ class RolloutBuffer:
         h[_S_VERSION] = version
         h[_S_DESC] = len(desc)
         h[_S_TOTAL] = total
-        h[_S_CRC] = zlib.crc32(payload) if self.checksum else 0
+        h[_S_CRC] = zlib.crc32(payload) + 1 if self.checksum else 0  # 0: no checksum
         h[_S_STATE] = READY  # publish: the last store of the slot
         self._g[_G_HEAD] = seq + 1
         return seq
@@ -633,7 +633,8 @@ class RolloutBuffer:
         h = self._hdr[i]
         total, dlen = int(h[_S_TOTAL]), int(h[_S_DESC])
         payload = self._payload(i, total)
-        if self.checksum and zlib.crc32(payload) != int(h[_S_CRC]):
+        crc = int(h[_S_CRC])
+        if crc and zlib.crc32(payload) + 1 != crc:
             raise ShmError(f"RolloutBuffer {self.name}: checksum mismatch in slot {i} (seq {seq})")
         d = json.loads(payload[:dlen].tobytes())
         base = self._slot_off(i) + _S_WORDS * 8 + _align(dlen)

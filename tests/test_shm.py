@@ -87,6 +87,18 @@ buf.close_writer()
     assert shm.list_segments(run) == []
 
 
+def test_checksummed_slots_verify_on_read():
+    with shm.RolloutBuffer.create(_run_id(), num_slots=2, slot_capacity=4096) as buf:
+        buf.checksum = True
+        buf.put({"a": np.arange(6, dtype=np.int32)})
+        np.testing.assert_array_equal(buf.get(timeout=1).arrays["a"], np.arange(6))
+        buf.put({"a": np.arange(6, dtype=np.int32)})
+        total = int(buf._hdr[1][shm._S_TOTAL])
+        buf._payload(1, total)[-30:-26] ^= 0xFF  # corrupt the published data behind the ring's back
+        with pytest.raises(shm.ShmError, match="checksum mismatch in slot 1"):
+            buf.get(timeout=1)
+
+
 def test_zero_copy_read_frees_slot_after_block():
     run = _run_id()
     with shm.RolloutBuffer.create(run, num_slots=1, slot_capacity=4096) as buf:
