@@ -17,10 +17,12 @@ def _memory_failure(stderr_tail: str) -> bool:
 
 
 def classify(report: dict, stdout: str | None, stderr_tail: str, expected: str | None,
-             cpu_limit: float, float_tol: float | None = None) -> tuple[Verdict, str]:
+             cpu_limit: float, float_tol: float | None = None, oom: bool = False
+             ) -> tuple[Verdict, str]:
     """Verdict and a short reason, in this order of precedence:
     compile error, output limit, time limit (wall kill or CPU over the limit), abnormal exit
-    (memory if the program died of an allocation failure, runtime error otherwise), then the
+    (memory if the program died of an allocation failure or ``oom`` says the cgroup's OOM killer
+    struck during it, runtime error otherwise), then the
     comparison with ``expected`` (None: no comparison, a clean exit is OK)."""
     stage = report.get("stage", "")
     if stage.endswith("C"):
@@ -35,6 +37,8 @@ def classify(report: dict, stdout: str | None, stderr_tail: str, expected: str |
     sig = report.get("signal")
     code = report.get("exit_code")
     if sig is not None or code != 0:
+        if oom:
+            return Verdict.MEMORY_LIMIT, "killed by the OOM killer of its memory cgroup"
         if _memory_failure(stderr_tail):
             return Verdict.MEMORY_LIMIT, "allocation failed under the memory limit"
         if sig is not None:

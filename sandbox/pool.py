@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import isolation, protocol
+from .cgroups import WorkerCgroup
+from .procs import descendants
 from .judge import classify
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
 
@@ -56,9 +58,11 @@ class SandboxStats:
 class _WorkerHandle:
     """One worker process and its pipes."""
 
-    def __init__(self, mode: str, config: dict, max_blob: int) -> None:
+    def __init__(self, mode: str, config: dict, max_blob: int,
+                 cgroup: tuple[str, int, int] | None = None) -> None:
         self.mode = mode
         self.max_blob = max_blob
+        self.cgroup: WorkerCgroup | None = None
         self._errfile = tempfile.TemporaryFile()
         cmd = isolation.worker_command(mode, _json(config))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -77,6 +81,15 @@ class _WorkerHandle:
         if self.hello.get("refuse"):
             self.close()
             raise IsolationUnavailable(f"isolation mode {mode!r}: {self.hello['refuse']}")
+        if cgroup is not None:
+            self.cgroup = WorkerCgroup.create(*cgroup)
+            if self.cgroup is not None:
+                try:   # the worker is idle: nothing of a program runs yet
+                    for pid in [self.proc.pid] + sorted(descendants(self.proc.pid)):
+                        self.cgroup.add(pid)
+                except OSError as e:
+                    self.kill()
+                    raise _InfraError(f"cannot move the worker into its cgroup: {e}") from None
 
     def stderr_head(self) -> str:
         try:
@@ -120,6 +133,9 @@ class _WorkerHandle:
                 f.close()
             except OSError:
                 pass
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
 
     def close(self) -> None:
         """Polite shutdown: EOF on its stdin makes the worker exit."""
@@ -178,10 +194,13 @@ class Sandbox:
     ``workers``: number of worker processes (default: the number of CPUs).
     ``isolation``: "auto" (the strongest mode available, see ``sandbox.isolation``), or one of
     "namespaces", "userns", "rlimits" (falling back to "rlimits" is never silent: it is logged).
+    ``cgroups``: as root, put each worker in its own memory/pids cgroup where the host allows
+    it (``memory_cgroups`` says whether it did), bounding the total memory of a program's
+    processes and turning OOM kills into MEMORY_LIMIT.
     """
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None,
-                 isolation: str = "auto") -> None:
+                 isolation: str = "auto", cgroups: bool = True) -> None:
         self.limits = limits if limits is not None else Limits()
         if not isinstance(self.limits, Limits):
             raise TypeError(f"limits must be a sandbox.Limits, got {type(self.limits).__name__}")
@@ -191,6 +210,8 @@ class Sandbox:
         self.n_workers = n
         self.stats = SandboxStats()
         self._stats_lock = threading.Lock()
+        self.use_cgroups = bool(cgroups) and os.geteuid() == 0
+        self._cgroup_serial = 0
         self.isolation = self._choose_mode(isolation)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -252,8 +273,18 @@ class Sandbox:
         isolation.announce(mode, "; ".join(reasons))
         return mode
 
+    def _cgroup_spec(self, index: int) -> tuple[str, int, int]:
+        """(name, memory bytes, task limit) of a worker's cgroup: one program's memory limit
+        plus its private tmpfs, its captured output and stdin, and the worker itself."""
+        lim = self.limits
+        mb = lim.memory_mb + 2 * lim.tmp_mb + 2 * lim.output_mb + lim.input_mb + 64
+        self._cgroup_serial += 1
+        name = f"cure-sandbox-{os.getpid()}-{index}-{self._cgroup_serial}"
+        return name, int(mb * (1 << 20)), int(lim.processes) + 8
+
     def _start_worker(self, index: int) -> _WorkerHandle:
-        h = _WorkerHandle(self.isolation, self._worker_config(index), self._max_blob())
+        h = _WorkerHandle(self.isolation, self._worker_config(index), self._max_blob(),
+                          self._cgroup_spec(index) if self.use_cgroups else None)
         with self._stats_lock:
             self.stats.worker_starts += 1
         return h
@@ -358,6 +389,7 @@ class Sandbox:
         if h is None:
             raise _InfraError("worker gone")
         reply, out, err = h.receive(job.cpu_limit * lim.wall_factor + _REPLY_SLACK_S)
+        oom = h.cgroup is not None and h.cgroup.oom_since_last()
         if not reply.get("stage"):
             raise _InfraError(f"execution set-up failed in the worker (exit "
                               f"{reply.get('exit_code')}, signal {reply.get('signal')}): "
@@ -369,7 +401,7 @@ class Sandbox:
         stdout = out.decode("utf-8", "replace")
         stderr_tail = err.decode("utf-8", "replace")
         verdict, detail = classify(reply, stdout, stderr_tail, job.expected, job.cpu_limit,
-                                   lim.float_tol)
+                                   lim.float_tol, oom=oom)
         return Execution(verdict=verdict, stdout=stdout if job.keep_output else "",
                          stderr_tail=stderr_tail, exit_code=reply.get("exit_code"),
                          signal=reply.get("signal"), wall_s=float(reply["wall_s"]),
@@ -471,6 +503,12 @@ class Sandbox:
         """Uids the programs of this pool run as (empty when they keep the caller's uid)."""
         return {h.hello["uid"] for h in self._handles
                 if h is not None and h.hello.get("uid") != os.getuid()}
+
+    @property
+    def memory_cgroups(self) -> bool:
+        """Whether the live workers run in their own memory cgroups."""
+        live = [h for h in self._handles if h is not None]
+        return bool(live) and all(h.cgroup is not None for h in live)
 
     def worker_pids(self) -> list[int]:
         """Host pids of the live worker processes (bwrap or python)."""

@@ -308,6 +308,11 @@ class Worker:
                        "mount tmpfs")
             _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
                    "mount proc")
+        try:   # if memory runs out anywhere, the kernel kills programs first
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         os.dup2(fin, 0)
         os.dup2(fout, 1)
         os.dup2(ferr, 2)

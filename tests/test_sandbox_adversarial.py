@@ -253,3 +253,27 @@ def test_sysv_ipc_does_not_outlive_an_execution(sb):
     outs = [sb.run(prog).stdout.strip() for _ in range(4)]
     assert outs == ["absent created"] * 4
     _assert_clean_after(sb, before)
+
+
+def test_memory_of_all_processes_is_bounded_by_the_worker_cgroup():
+    """RLIMIT_AS is per process: four processes of 200 MB each fit it, but not the cgroup."""
+    limits = Limits(time_s=2.0, memory_mb=256, tmp_mb=8, output_mb=1, input_mb=1, processes=8)
+    with Sandbox(workers=1, limits=limits) as box:
+        if not box.memory_cgroups:
+            pytest.skip("memory cgroups unavailable (not root, or no writable memory controller)")
+        dirs = [d for h in box._handles if h is not None for d in h.cgroup.dirs]
+        prog = ("import os, time\nkids = []\nfor i in range(4):\n    pid = os.fork()\n"
+                "    if pid == 0:\n        x = bytearray(200 << 20)\n"
+                "        for j in range(0, len(x), 4096):\n            x[j] = 1\n"
+                "        time.sleep(1)\n        os._exit(0)\n    kids.append(pid)\n"
+                "codes = [os.waitpid(k, 0)[1] for k in kids]\nprint(codes)\n"
+                "raise SystemExit(1 if any(codes) else 0)\n")
+        before = descendants()
+        ex = box.run(prog)
+        assert ex.verdict == Verdict.MEMORY_LIMIT, ex
+        assert "OOM" in ex.detail
+        one = ("x = bytearray(150 << 20)\nfor j in range(0, len(x), 4096):\n    x[j] = 1\n"
+               "print(len(x))\n")
+        assert box.run(one, expected=str(150 << 20)).verdict == Verdict.OK
+        assert _settled_descendants(before) == before
+    assert not any(os.path.exists(d) for d in dirs), "cgroups left behind"
