@@ -88,6 +88,7 @@ class CureSettings:
     heartbeat_timeout_s: float = 30.0
     heartbeat_s: float = 0.5
     restarts: int = 0
+    devices: str = ""
 
 
 def _section(config: Any, name: str) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def cure_settings(config: Any) -> CureSettings:
     known_driver = {"source", "mode", "engine", "problems_per_step", "max_staleness",
                     "weights_dtype", "drop_zero_signal", "model_path", "engine_options",
                     "prompts", "startup_timeout_s", "step_timeout_s", "heartbeat_timeout_s",
-                    "heartbeat_s", "restarts", "synthetic"}
+                    "heartbeat_s", "restarts", "synthetic", "devices"}
     for k in r:
         if k not in known_driver and k not in SERVER_ROLLOUT_KEYS:
             fail(f"config.rollout.{k}", "unknown field (known: "
@@ -176,7 +177,8 @@ def cure_settings(config: Any) -> CureSettings:
         startup_timeout_s=float(r.get("startup_timeout_s", 600.0)),
         step_timeout_s=float(r.get("step_timeout_s", 3600.0)),
         heartbeat_timeout_s=float(r.get("heartbeat_timeout_s", 30.0)),
-        heartbeat_s=float(r.get("heartbeat_s", 0.5)), restarts=int(r.get("restarts", 0)))
+        heartbeat_s=float(r.get("heartbeat_s", 0.5)), restarts=int(r.get("restarts", 0)),
+        devices=str(r.get("devices", "")))
 
 
 def learner_view(config: Any) -> Any:
@@ -569,8 +571,11 @@ class CureLoop:
     def _start_server(self) -> RolloutClient:
         t0 = time.perf_counter()
         print(f"cure-train: starting the rollout server ({self.cure.engine})...", flush=True)
+        env = dict(os.environ)
+        if self.cure.devices:  # the GPUs of the rollout engine (the learner keeps the rest)
+            env["CUDA_VISIBLE_DEVICES"] = self.cure.devices
         client = RolloutClient(self.spec, self.workdir, startup_timeout_s=self.cure.startup_timeout_s,
-                               heartbeat_timeout_s=self.cure.heartbeat_timeout_s)
+                               heartbeat_timeout_s=self.cure.heartbeat_timeout_s, env=env)
         print(f"cure-train: rollout server pid {client.pid} ready in "
               f"{time.perf_counter() - t0:.1f}s ({client.ready['n_train']} training problems)",
               flush=True)

@@ -1,0 +1,27 @@
+"""CURE on Qwen2.5-14B-Instruct (-> ReasonFlux-Coder-14B): the 7B recipe (configs/qwen2_5_7b.py)
+at 14B. Same hyper-parameters; the learner shards over 4 GPUs with full rematerialisation and
+offloads the frozen reference to host memory, vLLM serves on the other 4 (tensor parallel 4).
+
+    CUDA_VISIBLE_DEVICES=0,1,2,3 cure-train --config=configs/qwen2_5_14b.py --workdir=runs/14b \
+        --config.rollout.model_path=<Qwen2.5-14B-Instruct dir> --config.model.init_checkpoint=ckpt/qwen2.5-14b
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(
+        "_cure_qwen2_5_7b", pathlib.Path(__file__).with_name("qwen2_5_7b.py"))
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.model.preset = "qwen2.5-14b-instruct"
+    c.model.remat_policy = "full"
+    c.learner.micro_batch_size = 4
+    c.learner.offload_reference = True
+    c.rollout.engine_options.gpu_memory_utilization = 0.9
+    return c

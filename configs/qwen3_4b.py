@@ -1,0 +1,36 @@
+"""CURE on Qwen3-4B with long chain of thought (-> ReasonFlux-Coder-4B).
+
+The 7B recipe (configs/qwen2_5_7b.py) plus the long-CoT unit-test reward of reference/cure.md:
+the sign of each test's reward, a length threshold T = median length of the positive responses
+clipped to [1000, 8000] tokens, positives rewarded for being shorter than T (efficient tests).
+Qwen3 has its own chat template (thinking); prompts use it.
+
+GPU layout (8 x 80 GB): learner on GPUs 0-3 (fsdp=4), vLLM on GPUs 4-7 with tensor parallel 2.
+
+    CUDA_VISIBLE_DEVICES=0,1,2,3 cure-train --config=configs/qwen3_4b.py --workdir=runs/4b \
+        --config.rollout.model_path=<Qwen3-4B dir> --config.model.init_checkpoint=ckpt/qwen3-4b
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(
+        "_cure_qwen2_5_7b", pathlib.Path(__file__).with_name("qwen2_5_7b.py"))
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.model.preset = "qwen3-4b"
+    c.cure.long_cot_tests = True
+    c.cure.long_cot_min_len = 1000.0
+    c.cure.long_cot_max_len = 8000.0
+    c.rollout.max_tokens = 16384
+    c.rollout.max_len = 9216
+    c.rollout.engine_options.tensor_parallel_size = 2
+    c.rollout.engine_options.max_model_len = 18432
+    c.eval.max_tokens = 16384
+    return c
