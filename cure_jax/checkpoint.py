@@ -112,7 +112,8 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                             enable_async_checkpointing=async_save)
-        self._mngr = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "driver"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "driver": ocp.JsonCheckpointHandler()}
+        self._mngr = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
 
     # -- queries
     def latest_step(self) -> int | None:

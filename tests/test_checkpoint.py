@@ -48,6 +48,10 @@ def test_round_trip_with_driver_state_and_sharding(tmp_path):
     # optax namedtuples keep their types
     assert type(got["opt_state"]) is type(st["opt_state"])
     c.close()
+    # a fresh manager (a new process) finds and restores it too
+    step, got2, _ = ckpt.Checkpointer(tmp_path / "ck").restore_latest(like)
+    assert step == 3
+    _assert_tree_equal(got2, st)
 
 
 def test_keep_n_and_latest(tmp_path):

@@ -1,0 +1,362 @@
+"""Train state and the sharded policy-gradient update of one experience batch.
+
+One `Learner.update(state, batch)`:
+  1. pads rows to the data-parallel size, orders rows by length and cuts micro-batches, each
+     trimmed to its own length bucket (so padding is not most of the compute);
+  2. computes reference log-probs (frozen initial params) and, when several optimizer updates
+     share the batch, the old log-probs, micro-batch by micro-batch (no gradients);
+  3. for each PPO epoch, shuffles rows into minibatches; for each minibatch accumulates exact
+     gradients over its micro-batches (numerator / minibatch denominator, see losses.py) and
+     applies one AdamW update.
+Every device function is `jax.jit` with explicit in/out shardings; the state and the gradient
+accumulator are donated. With one epoch and one minibatch the old log-probs are the current
+ones (`stop_gradient(logp)`), which is exact and saves a forward pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cure_jax import losses, sharding
+from cure_jax.config import LearnerConfig
+from cure_jax.experience import ExperienceBatch, place, process_rows
+from cure_jax.models.qwen import Qwen, QwenConfig
+from cure_jax.optim import learning_rate_schedule, make_optimizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an optimizer update changes: checkpointed as a whole."""
+    step: jax.Array        # int32 scalar, optimizer updates applied so far
+    params: Any            # nested dict of arrays (nnx state as a pure dict)
+    opt_state: Any         # optax state, persists across RL steps
+    rng: jax.Array         # uint32[2] PRNG key of the run
+
+
+def _path_key(path) -> tuple[str, ...]:
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+    return tuple(out)
+
+
+class Learner:
+    """Owns the model graph, the mesh, the shardings and the jitted device functions."""
+
+    def __init__(self, model_cfg: QwenConfig, cfg: LearnerConfig, mesh: Mesh, *,
+                 param_dtype: str = "float32", dtype: str = "float32", seed: int = 0):
+        self.model_cfg, self.cfg, self.mesh, self.seed = model_cfg, cfg, mesh, seed
+        self.param_dtype, self.dtype = DTYPES[param_dtype], DTYPES[dtype]
+        self.loss_cfg = cfg.loss_config()
+        self.optimizer = make_optimizer(cfg)
+        self.schedule = learning_rate_schedule(cfg)
+        abstract_model = nnx.eval_shape(lambda: self._build(seed))
+        self.graphdef, self._abstract_state = nnx.split(abstract_model)
+        self.param_shardings = nnx.to_pure_dict(sharding.state_shardings(self._abstract_state, mesh))
+        self.abstract_params = nnx.to_pure_dict(self._abstract_state)
+        self.batch_sharding = sharding.batch_sharding(mesh)
+        self.row_sharding = NamedSharding(mesh, P(self.batch_sharding.spec[0]))
+        self.replicated = NamedSharding(mesh, P())
+        abstract_opt = jax.eval_shape(self.optimizer.init, self.abstract_params)
+        self.opt_shardings = self._opt_shardings(abstract_opt)
+        self.state_shardings = TrainState(step=self.replicated, params=self.param_shardings,
+                                          opt_state=self.opt_shardings, rng=self.replicated)
+        self.ref_memory_kind = None
+        if cfg.offload_reference:
+            self.ref_memory_kind = "pinned_host"
+        self.ref_shardings = jax.tree.map(
+            lambda s: s.with_memory_kind(self.ref_memory_kind) if self.ref_memory_kind else s,
+            self.param_shardings)
+        self.dp_size = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+        self._compile()
+
+    # ------------------------------------------------------------------ model plumbing
+    def _build(self, seed: int) -> Qwen:
+        return Qwen(self.model_cfg, rngs=nnx.Rngs(seed), param_dtype=self.param_dtype, dtype=self.dtype)
+
+    def model(self, params: Any) -> Qwen:
+        """The nnx model with `params` (a pure dict) plugged in; usable inside jit."""
+        state = jax.tree.map(lambda x: x, self._abstract_state)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+    def _opt_shardings(self, abstract_opt: Any) -> Any:
+        """Optimizer moments take their parameter's sharding (matched by path suffix), scalars replicate."""
+        by_path = {}
+        for path, sh in jax.tree_util.tree_flatten_with_path(self.param_shardings)[0]:
+            by_path[_path_key(path)] = sh
+        shapes = {_path_key(p): leaf.shape
+                  for p, leaf in jax.tree_util.tree_flatten_with_path(self.abstract_params)[0]}
+
+        def pick(path, leaf):
+            key = _path_key(path)
+            for i in range(len(key)):
+                suf = key[i:]
+                if suf in by_path and shapes[suf] == leaf.shape:
+                    return by_path[suf]
+            return self.replicated
+        return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+    # ------------------------------------------------------------------ state
+    def init_state(self) -> TrainState:
+        """Random-init params (seeded) on the mesh, fresh optimizer state."""
+        def init():
+            params = nnx.to_pure_dict(nnx.state(self._build(self.seed)))
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=self.optimizer.init(params),
+                              rng=jax.random.PRNGKey(self.seed))
+        return jax.jit(init, out_shardings=self.state_shardings)()
+
+    def state_from_params(self, params: Any) -> TrainState:
+        """A fresh train state around given params (e.g. converted HF weights)."""
+        params = jax.device_put(params, self.param_shardings)
+        opt = jax.jit(self.optimizer.init, in_shardings=(self.param_shardings,),
+                      out_shardings=self.opt_shardings)(params)
+        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), self.replicated), params=params,
+                          opt_state=opt, rng=jax.device_put(jax.random.PRNGKey(self.seed), self.replicated))
+
+    def reference_params(self, params: Any) -> Any:
+        """A frozen copy of `params` (optionally in pinned host memory) for the KL reference."""
+        return jax.jit(lambda p: jax.tree.map(jnp.copy, p), in_shardings=(self.param_shardings,),
+                       out_shardings=self.ref_shardings)(params)
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs with shardings: the restore target of a checkpoint."""
+        concrete = jax.eval_shape(lambda: TrainState(
+            step=jnp.zeros((), jnp.int32), params=self.abstract_params,
+            opt_state=jax.eval_shape(self.optimizer.init, self.abstract_params),
+            rng=jax.random.PRNGKey(0)))
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            concrete, self.state_shardings)
+
+    # ------------------------------------------------------------------ device functions
+    def _logprobs(self, params, tokens):
+        from cure_jax.logprobs import token_logprobs
+        model = self.model(params)
+        return token_logprobs(model, tokens, None, chunk_size=self.cfg.logprob_chunk,
+                              return_entropy=True, temperature=self.cfg.temperature)
+
+    def _loss(self, params, mb, denom, self_old: bool):
+        logp, entropy = self._logprobs(params, mb["tokens"])
+        mask = mb["loss_mask"]
+        if self.cfg_objective == "sft":
+            numer = losses.aggregate_numerator(losses.cross_entropy_per_token(logp), mask,
+                                               self.loss_cfg.agg_mode, self.loss_cfg.norm_constant)
+            maskf = mask.astype(jnp.float32)
+            sums = {k: jnp.zeros(()) for k in losses.METRIC_KEYS}
+            sums["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy) * maskf)
+            sums["pg_loss"] = jnp.sum(jax.lax.stop_gradient(-logp) * maskf)
+            return numer / denom, sums
+        old = jax.lax.stop_gradient(logp) if self_old else mb["old_logp"]
+        if self.loss_cfg.entropy_coef == 0.0:
+            entropy = jax.lax.stop_gradient(entropy)
+        numer, sums = losses.policy_loss_numerator(
+            self.loss_cfg, logp=logp, old_logp=old, advantage=mb["advantage"], mask=mask,
+            ref_logp=mb.get("ref_logp"), rollout_logp=mb.get("rollout_logp"), entropy=entropy)
+        return numer / denom, sums
+
+    cfg_objective = "policy_gradient"
+
+    def _compile(self) -> None:
+        bs, rs, rep = self.batch_sharding, self.row_sharding, self.replicated
+        ps = self.param_shardings
+
+        def logprobs_fn(params, tokens):
+            if self.ref_memory_kind:
+                params = jax.device_put(params, jax.tree.map(lambda s: s.with_memory_kind("device"), ps))
+            logp, ent = self._logprobs(params, tokens)
+            return logp, ent
+        self._logprobs_ref_jit = jax.jit(logprobs_fn, in_shardings=(self.ref_shardings, bs),
+                                         out_shardings=(bs, bs))
+        self._logprobs_jit = jax.jit(lambda p, t: self._logprobs(p, t), in_shardings=(ps, bs),
+                                     out_shardings=(bs, bs))
+
+        def mb_shardings(keys):
+            return {k: (rs if k == "advantage" else bs) for k in keys}
+        self._mb_shardings = mb_shardings
+        self._accum_cache: dict[Any, Any] = {}
+
+        def apply_fn(state: TrainState, grads):
+            grad_norm = optax.global_norm(grads)
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            lr = self.schedule(state.step)
+            return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+                    {"grad_norm": grad_norm, "lr": jnp.asarray(lr, jnp.float32)})
+        self._apply_jit = jax.jit(apply_fn, in_shardings=(self.state_shardings, ps),
+                                  out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
+        self._zeros_jit = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p), in_shardings=(ps,),
+                                  out_shardings=ps)
+
+    def _accum_fn(self, keys: tuple[str, ...], self_old: bool):
+        key = (keys, self_old)
+        if key not in self._accum_cache:
+            ps, rep = self.param_shardings, self.replicated
+
+            def accum(params, acc, metric_acc, mb, denom):
+                (_, sums), grads = jax.value_and_grad(self._loss, has_aux=True)(params, mb, denom, self_old)
+                acc = jax.tree.map(jnp.add, acc, grads)
+                metric_acc = {k: metric_acc[k] + sums[k] for k in metric_acc}
+                return acc, metric_acc
+            self._accum_cache[key] = jax.jit(
+                accum, in_shardings=(ps, ps, rep, self._mb_shardings(keys), rep),
+                out_shardings=(ps, rep), donate_argnums=(1, 2))
+        return self._accum_cache[key]
+
+    # ------------------------------------------------------------------ host orchestration
+    def _micro_batches(self, batch: ExperienceBatch, rows: np.ndarray) -> list[np.ndarray]:
+        """Rows ordered by length and cut into micro-batches of `micro_batch_size` rows."""
+        order = rows[np.argsort(batch.total_len()[rows], kind="stable")]
+        size = self.cfg.micro_batch_size or len(order)
+        size = max(self.dp_size * jax.process_count(), size)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def _host_mb(self, batch: ExperienceBatch, rows: np.ndarray, extra: dict[str, np.ndarray]) -> tuple[dict, int]:
+        """numpy arrays of one micro-batch, trimmed to its length bucket and padded to the dp size."""
+        sub = batch.select(rows)
+        mult = self.dp_size * jax.process_count()
+        pad = (-len(rows)) % mult
+        sub = sub.pad_rows(mult).bucketed(self.cfg.length_bucket)
+        length = sub.length
+        d = {"tokens": sub.tokens, "loss_mask": sub.response_mask(), "advantage": sub.advantage,
+             "rollout_logp": sub.rollout_logprobs}
+        for k, v in extra.items():
+            vv = v[rows][:, :length]
+            if vv.shape[1] < length:
+                vv = np.pad(vv, ((0, 0), (0, length - vv.shape[1])))
+            d[k] = np.concatenate([vv, np.zeros((pad, length), vv.dtype)]) if pad else vv
+        return d, sub.num_rows
+
+    def _to_device(self, d: dict[str, np.ndarray], rows: int) -> dict[str, jax.Array]:
+        sl = process_rows(rows)
+        return place({k: v[sl] for k, v in d.items()}, self.batch_sharding, rows)
+
+    def _fill_logprobs(self, fn, params, batch: ExperienceBatch) -> np.ndarray:
+        """Per-token log-probs [N, L] of the whole batch under `params`, micro-batch by micro-batch."""
+        out = np.zeros((batch.num_rows, batch.length), np.float32)
+        for rows in self._micro_batches(batch, np.arange(batch.num_rows)):
+            d, n = self._host_mb(batch, rows, {})
+            dev = self._to_device({"tokens": d["tokens"]}, n)
+            with jax.set_mesh(self.mesh):
+                logp, _ = fn(params, dev["tokens"])
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                logp = multihost_utils.process_allgather(logp, tiled=True)
+            logp = np.asarray(jax.device_get(logp))[: len(rows)]
+            w = min(logp.shape[1], batch.length)
+            out[rows, :w] = logp[:, :w]
+        return out
+
+    def _minibatch_grads(self, params, batch: ExperienceBatch, rows_in: np.ndarray,
+                         extra: dict[str, np.ndarray], keys: tuple[str, ...], accum):
+        """Exact gradient of the minibatch loss, accumulated over its micro-batches.
+
+        Returns (grads, metric sums, response-token count, padded tokens processed)."""
+        mask = batch.response_mask()[rows_in]
+        denom = float(np.asarray(losses.aggregate_denominator(mask, self.loss_cfg.agg_mode)))
+        ntok = max(float(mask.sum()), 1.0)
+        acc = self._zeros_jit(params)
+        macc = {k: jnp.zeros((), jnp.float32) for k in losses.METRIC_KEYS}
+        processed = 0
+        for rows in self._micro_batches(batch, rows_in):
+            d, n = self._host_mb(batch, rows, extra)
+            dev = self._to_device({k: d[k] for k in keys}, n)
+            processed += d["tokens"].size
+            with jax.set_mesh(self.mesh):
+                acc, macc = accum(params, acc, macc, dev, jnp.float32(denom))
+        return acc, macc, ntok, processed
+
+    def _prepare(self, params, batch: ExperienceBatch, ref_params: Any | None, n_updates: int):
+        """Reference/old log-probs the loss needs, the micro-batch keys and the jitted accumulator."""
+        cfg = self.cfg
+        extra: dict[str, np.ndarray] = {}
+        use_kl = self.loss_cfg.kl_coef > 0 and self.cfg_objective != "sft"
+        if use_kl:
+            if ref_params is None:
+                raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
+            extra["ref_logp"] = self._fill_logprobs(self._logprobs_ref_jit, ref_params, batch)
+        self_old = False
+        if cfg.old_logprobs == "rollout":
+            extra["old_logp"] = batch.rollout_logprobs
+        elif n_updates > 1:
+            extra["old_logp"] = self._fill_logprobs(self._logprobs_jit, params, batch)
+        else:
+            self_old = True
+        keys = tuple(sorted(["tokens", "loss_mask", "advantage"]
+                            + (["rollout_logp"] if self.loss_cfg.tis_cap else [])
+                            + list(extra)))
+        return extra, keys, self._accum_fn(keys, self_old)
+
+    def gradients(self, params: Any, batch: ExperienceBatch, ref_params: Any | None = None
+                  ) -> tuple[Any, dict[str, float]]:
+        """Gradient of the loss of the whole batch taken as one minibatch (no update), and
+        its token-mean metrics; accumulated over micro-batches exactly as `update` does."""
+        extra, keys, accum = self._prepare(params, batch, ref_params, 1)
+        acc, macc, ntok, _ = self._minibatch_grads(params, batch, np.arange(batch.num_rows), extra, keys, accum)
+        grads = jax.tree.map(np.asarray, jax.device_get(acc))
+        return grads, {k: float(v) / ntok for k, v in jax.device_get(macc).items()}
+
+    def update(self, state: TrainState, batch: ExperienceBatch, ref_params: Any | None = None,
+               ) -> tuple[TrainState, dict[str, float]]:
+        """All PPO epochs/minibatches of one experience batch. Returns (new state, metrics)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        n_updates = cfg.ppo_epochs * cfg.minibatches
+        extra, keys, accum = self._prepare(state.params, batch, ref_params, n_updates)
+        t_prep = time.perf_counter() - t0
+        seed_words = [int(x) for x in np.asarray(jax.device_get(state.rng)).ravel()]
+        step0 = int(jax.device_get(state.step))
+        perm_rng = np.random.default_rng(seed_words + [step0])
+        totals: dict[str, float] = {k: 0.0 for k in losses.METRIC_KEYS}
+        totals.update(grad_norm=0.0, lr=0.0)
+        tokens_processed = 0
+        n_rows = batch.num_rows
+        for _ in range(cfg.ppo_epochs):
+            perm = perm_rng.permutation(n_rows) if n_updates > 1 else np.arange(n_rows)
+            for mbatch_rows in np.array_split(perm, cfg.minibatches):
+                acc, macc, ntok, ptok = self._minibatch_grads(state.params, batch, mbatch_rows, extra,
+                                                              keys, accum)
+                tokens_processed += ptok
+                with jax.set_mesh(self.mesh):
+                    state, upd = self._apply_jit(state, acc)
+                got = jax.device_get((macc, upd))
+                for k, v in got[0].items():
+                    totals[k] += float(v) / ntok / n_updates
+                totals["grad_norm"] += float(got[1]["grad_norm"]) / n_updates
+                totals["lr"] += float(got[1]["lr"]) / n_updates
+        t_total = time.perf_counter() - t0
+        totals.update({"time/prep_s": t_prep, "time/update_s": t_total - t_prep,
+                       "perf/tokens_per_s": tokens_processed * 1.0 / max(t_total - t_prep, 1e-9),
+                       "perf/padded_tokens": float(tokens_processed),
+                       "perf/response_tokens": float(batch.response_mask().sum()) * cfg.ppo_epochs})
+        return state, totals
+
+    def logprobs(self, params: Any, batch: ExperienceBatch) -> np.ndarray:
+        """Host helper: [N, L] token log-probs of `batch` under `params` (row order kept)."""
+        return self._fill_logprobs(self._logprobs_jit, params, batch)
+
+
+def make_learner(model_cfg: QwenConfig, cfg: LearnerConfig, mesh: Mesh, *, objective: str = "policy_gradient",
+                 **kw) -> Learner:
+    """Learner for `objective` 'policy_gradient' (default) or 'sft' (cross-entropy warm start)."""
+    if objective not in ("policy_gradient", "sft"):
+        raise ValueError(f"objective: unknown {objective!r}")
+    learner = Learner(model_cfg, cfg, mesh, **kw)
+    learner.cfg_objective = objective
+    return learner

@@ -1,0 +1,109 @@
+"""Config validation: bad fields/values give one line naming the dotted field; presets validate."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from cure_jax.config import ConfigError, validate_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tiny():
+    return _load("tiny").get_config()
+
+
+def test_tiny_config_validates():
+    s = validate_config(tiny())
+    assert s.rollout_source == "synthetic"
+    qc = s.model.qwen_config()
+    assert qc.family == "qwen2" and qc.head_dim >= 32
+    assert s.learner.loss_config().tis_cap == 2.0
+
+
+def test_reference_faithful_preset():
+    presets = _load("learner_presets")
+    s = validate_config(presets.get_config("reference-faithful"))
+    lc = s.learner
+    assert (lc.lr, lc.lr_schedule, lc.b1, lc.b2, lc.weight_decay, lc.grad_clip) == (1e-6, "constant", 0.9, 0.95, 0.0, 1.0)
+    assert (lc.clip_low, lc.clip_high, lc.kl_coef, lc.kl_estimator, lc.kl_reference) == (0.2, 0.2, 0.01, "k3", "initial")
+    assert lc.entropy_coef == 0.0 and lc.agg_mode == "token-mean"
+    assert s.model.dtype == "bfloat16" and s.model.param_dtype == "float32"
+    with pytest.raises(ValueError, match="unknown learner preset"):
+        presets.apply_preset(tiny(), "nope")
+
+
+@pytest.mark.parametrize("section,field,value,expected", [
+    ("learner", "lrr", 1.0, r"^config\.learner\.lrr: unknown field \(known: "),
+    ("learner", "lr", -1.0, r"^config\.learner\.lr: must be > 0 \(got -1\.0\)$"),
+    ("learner", "agg_mode", "mean", r"^config\.learner\.agg_mode: must be one of"),
+    ("learner", "kl_estimator", "k9", r"^config\.learner\.kl_estimator: must be one of"),
+    ("learner", "dual_clip", 0.5, r"^config\.learner\.dual_clip: must be 0 \(off\) or > 1"),
+    ("learner", "ppo_epochs", 0, r"^config\.learner\.ppo_epochs: must be >= 1"),
+    ("learner", "lr", "fast", r"^config\.learner\.lr: must be a number \(got 'fast'\)$"),
+    ("mesh", "tp", 0, r"^config\.mesh\.tp: must be >= 1 or -1 \(got 0\)$"),
+    ("train", "keep_checkpoints", 0, r"^config\.train\.keep_checkpoints: must be >= 1"),
+    ("train", "num_step", 3, r"^config\.train\.num_step: unknown field"),
+])
+def test_bad_field_or_value_is_one_line_naming_it(section, field, value, expected):
+    d = tiny().to_dict()
+    d[section][field] = value
+    with pytest.raises(ConfigError, match=expected) as ei:
+        validate_config(d)
+    assert "\n" not in str(ei.value)
+
+
+def test_bad_nested_fields():
+    d = tiny().to_dict()
+    d["model"]["arch"]["hidden_sise"] = 3
+    with pytest.raises(ConfigError, match=r"^config\.model\.arch\.hidden_sise: unknown field"):
+        validate_config(d)
+    d = tiny().to_dict()
+    d["model"]["arch"]["num_key_value_heads"] = 3
+    with pytest.raises(ConfigError, match=r"^config\.model\.arch\.num_key_value_heads: 3 does not divide"):
+        validate_config(d)
+    d = tiny().to_dict()
+    d["rollout"]["synthetic"]["group_size"] = 0
+    with pytest.raises(ConfigError, match=r"^config\.rollout\.synthetic\.group_size: must be >= 1"):
+        validate_config(d)
+    d = tiny().to_dict()
+    d["rollout"]["source"] = "magic"
+    with pytest.raises(ConfigError, match=r"^config\.rollout\.source: must be one of"):
+        validate_config(d)
+    d = tiny().to_dict()
+    d["trainer"] = {}
+    with pytest.raises(ConfigError, match=r"^config\.trainer: unknown section"):
+        validate_config(d)
+
+
+def _cli(*args, cwd=ROOT):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run([sys.executable, "-m", "cure_jax.train_main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_value_one_line_before_any_work(tmp_path):
+    wd = tmp_path / "run"
+    r = _cli("--config=configs/tiny.py", f"--workdir={wd}", "--config.learner.lr=-0.5")
+    assert r.returncode == 2, r.stderr
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert err[-1] == "cure-train: error: config.learner.lr: must be > 0 (got -0.5)", r.stderr
+    assert not wd.exists()  # validated before any work
+
+
+def test_cli_unknown_override_field_is_named(tmp_path):
+    r = _cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.learner.nope=1")
+    assert r.returncode != 0
+    assert "learner.nope" in r.stderr
