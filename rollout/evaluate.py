@@ -421,8 +421,15 @@ class _LocalRole:
                 # Seeds differ per prompt and per first sample index, so the samples drawn
                 # when k grows are new draws, not repeats of the ones already on disk.
                 seed = None if sampling.seed < 0 else sampling.seed + 100_003 * first + start
-                outs = _engine_generate(self.engine, [wants[w].prompt for w in chunk], n,
-                                        sampling, seed)
+                try:
+                    outs = _engine_generate(self.engine, [wants[w].prompt for w in chunk], n,
+                                            sampling, seed)
+                except Exception as e:  # noqa: BLE001 - re-raised unless it is the known one
+                    if "does not use offset" in str(e):
+                        raise EvalError("vLLM's CPU build cannot seed requests whose prompts are "
+                                        "prefilled in chunks; use --config.sampling.seed=-1 "
+                                        f"(unseeded) on CPU ({e})") from None
+                    raise
                 batch = []
                 for w, samples in zip(chunk, outs):
                     for i, s in zip(wants[w].indices, samples):
