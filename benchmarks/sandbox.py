@@ -104,15 +104,16 @@ def run_reference(source: str, stdin: str, expected: str, timeout: float) -> boo
     return ok
 
 
-def run_baseline(kind: str, groups, threads: int, timeout: float) -> tuple[float, int, int]:
-    """(executions per second, executions, passes) of a baseline over (programs, tests) groups."""
-    tmp = tempfile.mkdtemp(prefix="sbx-bench-")
+def run_baseline(kind: str, groups, threads: int, timeout: float, tmp: str
+                 ) -> tuple[float, int, int]:
+    """(seconds, executions, passes) of a baseline over (programs, tests, _) groups."""
     jobs = []
-    for g, (programs, tests, _) in enumerate(groups):
-        for i, prog in enumerate(programs):
-            path = os.path.join(tmp, f"p{g}_{i}.py")
-            with open(path, "w") as f:
-                f.write(prog)
+    for programs, tests, _ in groups:
+        for prog in programs:
+            path = os.path.join(tmp, f"p{abs(hash(prog))}.py")
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(prog)
             for t in tests:
                 jobs.append((path, prog, t.input, t.output))
     t0 = time.perf_counter()
@@ -122,8 +123,7 @@ def run_baseline(kind: str, groups, threads: int, timeout: float) -> tuple[float
         else:
             futs = [pool.submit(run_reference, prog, i, o, timeout) for _, prog, i, o in jobs]
         passes = sum(f.result() for f in futs)
-    dt = time.perf_counter() - t0
-    return len(jobs) / dt, len(jobs), passes
+    return time.perf_counter() - t0, len(jobs), passes
 
 
 def run_ours(sb: Sandbox, groups) -> tuple[float, int, int]:
@@ -131,7 +131,17 @@ def run_ours(sb: Sandbox, groups) -> tuple[float, int, int]:
     results = sb.run_matrices(groups)
     dt = time.perf_counter() - t0
     n = sum(r.verdicts.size for r in results)
-    return n / dt, n, int(sum(r.passed.sum() for r in results))
+    return dt, n, int(sum(r.passed.sum() for r in results))
+
+
+def chunks(groups, rounds: int, split_tests: bool):
+    """Split a workload into ``rounds`` slices (by tests or by groups)."""
+    if split_tests:
+        (programs, tests, tl), = groups
+        size = -(-len(tests) // rounds)
+        return [[(programs, tests[k:k + size], tl)] for k in range(0, len(tests), size)]
+    size = -(-len(groups) // rounds)
+    return [groups[k:k + size] for k in range(0, len(groups), size)]
 
 
 def main() -> None:
@@ -141,6 +151,7 @@ def main() -> None:
     ap.add_argument("--mix-tests", type=int, default=8)
     ap.add_argument("--time-limit", type=float, default=0.25, help="CPU seconds per execution")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=6, help="alternations of the methods")
     args = ap.parse_args()
     trivial, mix = workloads(args.trivial, args.mix_programs, args.mix_tests)
     tl = args.time_limit
@@ -151,19 +162,30 @@ def main() -> None:
 
     with Sandbox(workers=1, limits=limits) as one:
         run_ours(one, [(["pass"], [TestCase("", "")] * 100, None)])   # warm-up
-        rate1, _, _ = run_ours(one, [(["pass"], [TestCase("", "")] * 400, None)])
+        dt, n, _ = run_ours(one, [(["pass"], [TestCase("", "")] * 400, None)])
+        rate1 = n / dt
     print(f"ours, 1 worker, empty program: {rate1:.0f} exec/s = {1000 / rate1:.2f} ms per "
           f"execution (the whole per-execution overhead)")
 
-    rows = {}
+    # The methods alternate in rounds over slices of each workload (in a rotating order), so
+    # that a change of machine load during the run affects all of them alike.
+    rows = {(wl, k): [0.0, 0, 0] for wl in ("trivial", "mix")
+            for k in ("ours", "subprocess", "reference")}
+    tmp = tempfile.mkdtemp(prefix="sbx-bench-")
     with Sandbox(workers=args.workers, limits=limits) as sb:
-        print(f"isolation: {sb.isolation}")
+        print(f"isolation: {sb.isolation}, memory cgroups: {sb.memory_cgroups}")
         run_ours(sb, [trivial])   # warm-up
-        rows[("trivial", "ours")] = run_ours(sb, [trivial])
-        rows[("mix", "ours")] = run_ours(sb, mix)
-    for kind in ("subprocess", "reference"):
-        rows[("trivial", kind)] = run_baseline(kind, [trivial], args.workers, wall_timeout)
-        rows[("mix", kind)] = run_baseline(kind, mix, args.workers, wall_timeout)
+        for wl, groups in (("trivial", [trivial]), ("mix", mix)):
+            for r, part in enumerate(chunks(groups, args.rounds, wl == "trivial")):
+                kinds = ["ours", "subprocess", "reference"]
+                for kind in kinds[r % 3:] + kinds[:r % 3]:
+                    if kind == "ours":
+                        got = run_ours(sb, part)
+                    else:
+                        got = run_baseline(kind, part, args.workers, wall_timeout, tmp)
+                    for i in range(3):
+                        rows[(wl, kind)][i] += got[i]
+    rows = {key: (n / dt, n, passes) for key, (dt, n, passes) in rows.items()}
     for wl in ("trivial", "mix"):
         for kind in ("ours", "subprocess", "reference"):
             rate, n, passes = rows[(wl, kind)]
