@@ -33,59 +33,59 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ""  # HF directory, or an Orbax checkpoint from cure-train (converted on the fly)
     c.tokenizer = ""  # default: the model's own
     c.base_model = ""  # for an Orbax training checkpoint: the HF dir it started from (config, tokenizer)
-    c.engine_options = ml_collections.ConfigDict(dict(
-        tensor_parallel_size=1,  # vllm: GPUs per engine
-        data_parallel_size=1,  # vllm: engines (GPU groups) sharing the prompts
-        gpu_memory_utilization=0.85,
-        max_model_len=0,  # 0: the model's own
-        dtype="auto",
-        enforce_eager=False,
-        enable_prefix_caching=True,
-        in_process=False,  # vllm: run the model in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
-        distributed_executor_backend="",  # vllm: "" (its choice) | "uni" | "mp" | "ray"
-        kv_cache_gb=0.0,  # vllm CPU build: KV cache size; 0: the default
-        device="auto",  # hf: "auto" | "cpu" | "cuda" | "cuda:1"
-    ))
-    c.api = ml_collections.ConfigDict(dict(
-        base_url="https://api.openai.com/v1",
-        model="",
-        key="",  # prefer key_env: a key in a config file ends up in shell history
-        key_env="OPENAI_API_KEY",
-        rpm=0.0,  # requests per minute, 0: no limit
-        max_concurrency=8,
-        max_retries=6,
-        timeout_s=300.0,
-        send_top_k=False,  # vLLM's server accepts top_k; OpenAI rejects it
-    ))
+    c.engine_options = ml_collections.ConfigDict({
+        "tensor_parallel_size": 1,  # vllm: GPUs per engine
+        "data_parallel_size": 1,  # vllm: engines (GPU groups) sharing the prompts
+        "gpu_memory_utilization": 0.85,
+        "max_model_len": 0,  # 0: the model's own
+        "dtype": "auto",
+        "enforce_eager": False,
+        "enable_prefix_caching": True,
+        "in_process": False,  # vllm: run the model in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+        "distributed_executor_backend": "",  # vllm: "" (its choice) | "uni" | "mp" | "ray"
+        "kv_cache_gb": 0.0,  # vllm CPU build: KV cache size; 0: the default
+        "device": "auto",  # hf: "auto" | "cpu" | "cuda" | "cuda:1"
+    })
+    c.api = ml_collections.ConfigDict({
+        "base_url": "https://api.openai.com/v1",
+        "model": "",
+        "key": "",  # prefer key_env: a key in a config file ends up in shell history
+        "key_env": "OPENAI_API_KEY",
+        "rpm": 0.0,  # requests per minute, 0: no limit
+        "max_concurrency": 8,
+        "max_retries": 6,
+        "timeout_s": 300.0,
+        "send_top_k": False,  # vLLM's server accepts top_k; OpenAI rejects it
+    })
     # A separate tester model; engine "" means the coder also writes the tests. Empty api.*
     # fields inherit from the coder's api section (except model).
-    c.tester = ml_collections.ConfigDict(dict(
-        engine="",
-        model="",
-        tokenizer="",
-        base_model="",
-        api=ml_collections.ConfigDict(dict(base_url="", model="", key="", key_env="", rpm=0.0)),
-    ))
+    c.tester = ml_collections.ConfigDict({
+        "engine": "",
+        "model": "",
+        "tokenizer": "",
+        "base_model": "",
+        "api": ml_collections.ConfigDict({"base_url": "", "model": "", "key": "", "key_env": "", "rpm": 0.0}),
+    })
 
     c.k_code = 16
     c.k_case = 16
     c.bon = ((1, 16), (4, 16), (8, 16), (16, 16), (16, 1), (16, 4), (16, 8))
     c.single_eval = False  # code only: no tests sampled, code accuracy and BoN(n, 0)
-    c.sampling = ml_collections.ConfigDict(dict(
-        temperature=0.8, top_p=0.95, top_k=40, max_tokens=4096, seed=0))
-    c.prompts = ml_collections.ConfigDict(dict(
-        mode="auto",  # "auto" | "chat" | "raw" (local engines; the API always gets chat messages)
-        code_template="", test_template="", raw_template="",  # your own Jinja files
-        system_prompt="",
-        show_example_in_test_prompt=False,  # the paper's evaluation shows none
-    ))
-    c.sandbox = ml_collections.ConfigDict(dict(
-        workers=0,  # 0: one per CPU
-        isolation="auto",
-        time_multiplier=1.0,
-        memory_mb=1024,
-        max_gt_tests=0,  # 0: every ground-truth test
-    ))
+    c.sampling = ml_collections.ConfigDict({
+        "temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 4096, "seed": 0})
+    c.prompts = ml_collections.ConfigDict({
+        "mode": "auto",  # "auto" | "chat" | "raw" (local engines; the API always gets chat messages)
+        "code_template": "", "test_template": "", "raw_template": "",  # your own Jinja files
+        "system_prompt": "",
+        "show_example_in_test_prompt": False,  # the paper's evaluation shows none
+    })
+    c.sandbox = ml_collections.ConfigDict({
+        "workers": 0,  # 0: one per CPU
+        "isolation": "auto",
+        "time_multiplier": 1.0,
+        "memory_mb": 1024,
+        "max_gt_tests": 0,  # 0: every ground-truth test
+    })
     c.gen_batch = 64  # prompts per local engine call / API samples per fsync
     c.exec_batch = 8  # problems per sandbox call
     c.progress = True

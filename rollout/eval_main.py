@@ -70,8 +70,8 @@ def _api(section: Any, *, prefix: str, fallback: Any = None) -> ApiConfig:
             return fallback.get(name)
         return v
 
-    kw = dict(base_url=get("base_url"), model=get("model"), key=get("key") or None,
-              key_env=get("key_env") or "OPENAI_API_KEY", rpm=float(get("rpm") or 0.0))
+    kw = {"base_url": get("base_url"), "model": get("model"), "key": get("key") or None,
+              "key_env": get("key_env") or "OPENAI_API_KEY", "rpm": float(get("rpm") or 0.0)}
     for name in ("max_concurrency", "max_retries", "timeout_s", "send_top_k"):
         v = get(name)
         if v is not None:
@@ -146,8 +146,8 @@ def build(cfg: Any) -> dict[str, Any]:
         Limits(time_multiplier=sb.time_multiplier, memory_mb=sb.memory_mb)
     except ValueError as e:
         raise ConfigError(f"config.sandbox.{str(e).removeprefix('Limits.')}") from None
-    return dict(coder=coder, tester=tester, settings=settings, sampling=sampling,
-                prompt_config=prompts, sandbox_factory=sandbox_factory)
+    return {"coder": coder, "tester": tester, "settings": settings, "sampling": sampling,
+                "prompt_config": prompts, "sandbox_factory": sandbox_factory}
 
 
 def _fail(message: str) -> None:

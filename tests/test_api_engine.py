@@ -1,6 +1,7 @@
 """The OpenAI-compatible API engine against a real HTTP server on loopback."""
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -32,7 +33,7 @@ def test_request_body_and_key_from_environment(monkeypatch):
     monkeypatch.setenv("MY_TEST_KEY", "sk-secret-123")
     with FakeOpenAI(lambda b: "echo:" + b["messages"][-1]["content"]) as srv:
         eng = _engine(srv, key_env="MY_TEST_KEY")
-        sampling = dict(temperature=0.8, top_p=0.95, top_k=40, max_tokens=77, stop=["User:"])
+        sampling = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 77, "stop": ["User:"]}
         out = eng.generate([list(MSG), "two"], 2, sampling)
     assert [[c.text for c in row] for row in out] == [["echo:Say hi."] * 2, ["echo:two"] * 2]
     assert len(srv.log) == 4
@@ -126,7 +127,7 @@ def test_rpm_limit_spaces_request_starts():
         eng = _engine(srv, rpm=rpm, max_concurrency=4)
         eng.generate([list(MSG)], 8, {})
     times = sorted(r.t for r in srv.log)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 8
     assert min(gaps) >= 0.1 - 0.03, gaps  # loopback jitter only
     assert times[-1] - times[0] >= 0.7 - 0.03
@@ -137,7 +138,7 @@ def test_rpm_limit_counts_retries():
         eng = _engine(srv, rpm=300)  # 0.2 s apart, retries included
         eng.complete(ChatRequest(MSG))
     times = [r.t for r in srv.log]
-    assert len(times) == 3 and min(b - a for a, b in zip(times, times[1:])) >= 0.2 - 0.03
+    assert len(times) == 3 and min(b - a for a, b in itertools.pairwise(times)) >= 0.2 - 0.03
 
 
 def test_concurrency_limit_holds():
@@ -185,14 +186,14 @@ def test_rate_limiter_with_a_fake_clock():
 
 
 @pytest.mark.parametrize("field, kw", [
-    ("base_url", dict(base_url="localhost:8000")),
-    ("model", dict(model="")),
-    ("max_concurrency", dict(max_concurrency=0)),
-    ("max_retries", dict(max_retries=-1)),
-    ("timeout_s", dict(timeout_s=0)),
+    ("base_url", {"base_url": "localhost:8000"}),
+    ("model", {"model": ""}),
+    ("max_concurrency", {"max_concurrency": 0}),
+    ("max_retries", {"max_retries": -1}),
+    ("timeout_s", {"timeout_s": 0}),
 ])
 def test_config_validation_names_the_field(field, kw):
-    args = dict(base_url="http://127.0.0.1:1/v1", model="m") | kw
+    args = {"base_url": "http://127.0.0.1:1/v1", "model": "m"} | kw
     with pytest.raises(ValueError, match=rf"^api\.{field}:"):
         ApiConfig(**args)
 

@@ -13,7 +13,14 @@ from rollout import eval_main
 from rollout import evaluate as ev
 from rollout.problems import write_problems
 from tests.helpers.fake_openai import FakeOpenAI
-from tests.test_evaluate import BON, EXPECTED, PROBLEMS, SANDBOX_ISOLATION, _close, answer
+from tests.test_evaluate import (
+    BON,
+    EXPECTED,
+    PROBLEMS,
+    SANDBOX_ISOLATION,
+    _close,
+    answer,
+)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CURE_EVAL = [sys.executable, "-c", "from rollout.eval_main import run; run()"]
@@ -35,7 +42,7 @@ def _config(**overrides):
 
 def _cli(args, env=None, timeout=120):
     return subprocess.run(CURE_EVAL + ["--config=configs/eval.py"] + args, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
+                          capture_output=True, text=True, timeout=timeout, check=False,
                           env=dict(os.environ, **(env or {})))
 
 
@@ -85,13 +92,14 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(tmp_path):
                 not samples.exists() or len(samples.read_text().splitlines()) < 3):
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "run the same command again to resume" in err
     kept = len(samples.read_text().splitlines())
     assert 3 <= kept < 24
     with FakeOpenAI(answer) as srv:
-        r = subprocess.run(args(srv.base_url), cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(args(srv.base_url), cwd=REPO, capture_output=True, text=True,
+                           timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(srv.log) == 24 - kept
     _close(json.loads((tmp_path / "out" / "metrics.json").read_text())["toy"], EXPECTED)
@@ -179,15 +187,15 @@ def test_an_orbax_checkpoint_is_converted_with_cure_convert(tmp_path):
     assert exe is not None, "cure-convert is not installed next to this interpreter"
     ckpt = tmp_path / "ckpt"
     r = subprocess.run([exe, "hf-to-orbax", f"--hf_dir={hf}", f"--ckpt_dir={ckpt}"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     out = ev.ensure_hf_model(str(ckpt), tmp_path / "converted", base_model=str(hf))
     assert out == str(tmp_path / "converted")
     want = {k: v for f in hf.glob("*.safetensors") for k, v in load_file(f).items()}
     got = {k: v for f in pathlib.Path(out).glob("*.safetensors") for k, v in load_file(f).items()}
     assert set(got) == set(want)
-    for k in want:
-        np.testing.assert_array_equal(got[k].astype(np.float32), want[k].astype(np.float32))
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k].astype(np.float32), v.astype(np.float32))
     assert ev.ensure_hf_model(str(ckpt), tmp_path / "converted") == out  # converted once
     bad = tmp_path / "bad"
     (bad / "params").mkdir(parents=True)

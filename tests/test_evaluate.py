@@ -138,9 +138,9 @@ def test_resume_after_interruption_redoes_nothing(tmp_path):
     with FakeOpenAI(answer) as srv:
         full = _run(srv, tmp_path / "ref")
     # Interrupted run: the server starts refusing (401) after 10 answers.
-    with FakeOpenAI(answer, fail_after=(10, 401)) as srv:
-        with pytest.raises(ApiFatalError, match="HTTP 401"):
-            _run(srv, tmp_path / "run")
+    with FakeOpenAI(answer, fail_after=(10, 401)) as srv, \
+            pytest.raises(ApiFatalError, match="HTTP 401"):
+        _run(srv, tmp_path / "run")
     done = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert 0 < len(done) <= 10 and all(r["type"] == "sample" for r in done)
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -255,7 +255,7 @@ def test_the_evaluation_modules_import_neither_jax_nor_torch():
     code = ("import sys, rollout.evaluate, rollout.eval_main, rollout.engines.api_engine; "
             "bad = [m for m in ('jax', 'flax', 'torch', 'vllm', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                        cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
 
@@ -353,12 +353,12 @@ class ScriptedLocalEngine:
 def test_local_engine_path_with_a_lent_engine(tmp_path):
     eng = ScriptedLocalEngine()
     spec = ev.ModelSpec(engine="vllm", model="policy-v7")
-    kw = dict(engine=eng, sandbox_factory=_sandbox, progress=False)
+    kw = {"engine": eng, "sandbox_factory": _sandbox, "progress": False}
     ev.evaluate({"toy": PROBLEMS}, spec, tmp_path, settings=_settings(k_code=2, k_case=1, bon=((2, 1),)), **kw)
     got = ev.evaluate({"toy": PROBLEMS}, spec, tmp_path, settings=_settings(), **kw)  # k grows
     _close(got["toy"], EXPECTED)
     assert not eng.closed  # lent, so left running
-    prompts, n, sampling = eng.calls[0]
+    prompts, _n, sampling = eng.calls[0]
     assert prompts[0].startswith("User: ") and prompts[0].rstrip().endswith("Assistant:")
     assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.8, 0.95, 40)
     assert "User:" in sampling.stop and sampling.logprobs is False

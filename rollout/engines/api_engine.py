@@ -283,7 +283,7 @@ class ApiEngine:
                 raise _Retryable(f"HTTP {status}{detail}", _retry_after(e.headers)) from None
             raise ApiFatalError(f"API request to {where} failed with HTTP {status}{detail}",
                                 status) from None
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise _Retryable(f"timed out after {self.config.timeout_s:g} s ({e})") from None
         except (urllib.error.URLError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -433,7 +433,7 @@ def _error_detail(e: urllib.error.HTTPError) -> str:
         body = e.read()[:2000]
         msg = json.loads(body).get("error", {})
         msg = msg.get("message") if isinstance(msg, dict) else msg
-    except Exception:
+    except (OSError, ValueError, AttributeError):  # no body, not JSON, not an object
         return ""
     if not msg:
         return ""

@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ class FakeOpenAI:
         self._server: http.server.ThreadingHTTPServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> Self:
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -55,7 +55,7 @@ class FakeOpenAI:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 fake._handle(self)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -63,7 +63,7 @@ class FakeOpenAI:
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
