@@ -89,4 +89,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.gen_batch = 64  # prompts per local engine call / API samples per fsync
     c.exec_batch = 8  # problems per sandbox call
     c.progress = True
+    c.tensorboard_dir = ""  # also write the metrics as TensorBoard scalars here
+    c.tensorboard_step = 0  # ... at this step (e.g. the checkpoint's training step)
     return c

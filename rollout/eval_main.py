@@ -172,6 +172,9 @@ def main(argv: Sequence[str]) -> None:
     except (ConfigError, ev.EvalError, ApiError, ProblemFormatError, FileNotFoundError) as e:
         _fail(str(e))
     out = pathlib.Path(cfg.out_dir)
+    if cfg.tensorboard_dir:
+        n = ev.write_summaries(result, cfg.tensorboard_dir, cfg.tensorboard_step)
+        print(f"wrote {n} scalars to {cfg.tensorboard_dir} at step {cfg.tensorboard_step}")
     print((out / ev.TABLE_FILE).read_text(), end="")
     print(f"wrote {out / ev.METRICS_FILE}, {out / ev.TABLE_FILE}, {out / ev.PLOT_FILE} "
           f"({sum(r['n_problems'] for r in result.values())} problems)")

@@ -61,6 +61,7 @@ __all__ = [
     "render_table",
     "resolve_datasets",
     "summary_scalars",
+    "write_summaries",
     "write_reports",
 ]
 
@@ -816,6 +817,22 @@ def summary_scalars(metrics: Mapping[str, dict], prefix: str = "eval") -> dict[s
             elif v is not None:
                 out[f"{prefix}/{ds}/{k}"] = float(v)
     return out
+
+
+def write_summaries(metrics: Mapping[str, dict], logdir: str | os.PathLike[str], step: int,
+                    prefix: str = "eval") -> int:
+    """Appends :func:`summary_scalars` at ``step`` to TensorBoard event files in ``logdir``
+    (tensorboardX: no TensorFlow needed). Returns the number of scalars written."""
+    from tensorboardX import SummaryWriter
+
+    scalars = summary_scalars(metrics, prefix)
+    writer = SummaryWriter(str(logdir))
+    try:
+        for tag, value in sorted(scalars.items()):
+            writer.add_scalar(tag, value, global_step=step)
+    finally:
+        writer.close()
+    return len(scalars)
 
 
 def dataset_metrics(tables: Iterable[dict]) -> dict:

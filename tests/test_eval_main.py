@@ -55,9 +55,17 @@ def test_api_end_to_end_through_the_command_line(tmp_path):
                   "--config.api.key_env=CURE_TEST_KEY", "--config.api.rpm=6000",
                   "--config.k_code=4", "--config.k_case=4", f"--config.bon={bon}",
                   f"--config.out_dir={tmp_path / 'out'}", "--config.progress=false",
-                  f"--config.sandbox.isolation={SANDBOX_ISOLATION}"],
+                  f"--config.sandbox.isolation={SANDBOX_ISOLATION}",
+                  f"--config.tensorboard_dir={tmp_path / 'tb'}", "--config.tensorboard_step=120"],
                  env={"CURE_TEST_KEY": "sk-cli-secret"})
     assert r.returncode == 0, r.stderr[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("eval/toy/bon_4x4")
+    assert [(e.step, round(e.value, 6)) for e in events] == [(120, round(2 / 3, 6))]
+    assert acc.Scalars("eval/toy/code_accuracy")[0].value == pytest.approx(0.25)
     assert {x.auth for x in srv.log} == {"Bearer sk-cli-secret"}
     _close(json.loads((tmp_path / "out" / "metrics.json").read_text())["toy"], EXPECTED)
     assert "| scripted | 62.5/25.0/66.7 |" in r.stdout and "wrote " in r.stdout
