@@ -61,8 +61,8 @@ __all__ = [
     "render_table",
     "resolve_datasets",
     "summary_scalars",
-    "write_summaries",
     "write_reports",
+    "write_summaries",
 ]
 
 log = logging.getLogger(__name__)
