@@ -99,8 +99,9 @@ class _WorkerHandle:
             return ""
 
     def _read(self, timeout: float) -> tuple[dict, bytes, bytes]:
-        ready, _, _ = select.select([self.rfd], [], [], timeout)
-        if not ready:
+        poller = select.poll()   # not select(): the caller may hold over 1024 descriptors
+        poller.register(self.rfd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if not poller.poll(max(0, int(timeout * 1000))):
             raise _InfraError(f"no reply from worker within {timeout:.1f}s")
         try:
             return protocol.read_frame(self.rfd, self.max_blob)
