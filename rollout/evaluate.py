@@ -217,7 +217,10 @@ def resolve_datasets(spec: str, *, data_dir: str | os.PathLike[str] = "data",
                 if not download:
                     raise EvalError(f"dataset {info.name}: {path} not found "
                                     f"(run: cure-data download --dataset={info.name} --out={data_dir})")
-                path = hub.download_dataset(info.name, data_dir).path
+                try:
+                    path = hub.download_dataset(info.name, data_dir).path
+                except hub.DatasetDownloadError as e:
+                    raise EvalError(f"dataset {info.name}: {e}") from None
             problems = load_problems(path)
         if not problems:
             raise EvalError(f"dataset {item!r} holds no problems")

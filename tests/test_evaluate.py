@@ -241,6 +241,30 @@ def test_datasets_resolve_embedded_paths_and_names(tmp_path):
         ev.resolve_datasets("nope")
 
 
+def test_a_hub_dataset_is_downloaded_once_into_data_dir(tmp_path, monkeypatch):
+    from rollout import hub
+    from rollout.problems import write_problems
+
+    calls = []
+
+    def fake_download(name, out_dir):
+        calls.append(name)
+        if name != "MBPP":
+            raise hub.HubUnreachableError("cannot reach the hub (offline)")
+        path = tmp_path / "data" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_problems(PROBLEMS, path)
+        return hub.DownloadResult(path, len(PROBLEMS), hub.HubFile("Gen-Verse/MBPP", "x"), name)
+
+    monkeypatch.setattr(hub, "download_dataset", fake_download)
+    got = ev.resolve_datasets("mbpp-ReasonFlux", data_dir=tmp_path / "data")
+    assert list(got) == ["MBPP"] and len(got["MBPP"]) == 3
+    ev.resolve_datasets("MBPP", data_dir=tmp_path / "data")  # found on disk now
+    assert calls == ["MBPP"]
+    with pytest.raises(ev.EvalError, match=r"^dataset LiveBench: cannot reach the hub"):
+        ev.resolve_datasets("LiveBench", data_dir=tmp_path / "data")
+
+
 def test_summary_scalars_for_tensorboard():
     got = ev.summary_scalars({"toy": dict(EXPECTED, unit_test_accuracy=None)}, prefix="eval")
     assert got["eval/toy/code_accuracy"] == pytest.approx(0.25)
