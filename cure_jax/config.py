@@ -20,7 +20,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 OLD_LOGPROBS = ("recompute", "rollout")
 KL_REFERENCES = ("initial", "none")
-ROLLOUT_SOURCES = ("synthetic", "server")
+ROLLOUT_SOURCES = ("synthetic", "cure")  # "cure": the rollout server loop of cure_jax.driver
 
 
 class ConfigError(ValueError):

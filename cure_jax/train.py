@@ -71,8 +71,32 @@ def _sample_text(batch, rows: int = 2) -> str:
     return "\n\n".join(lines)
 
 
+def rollout_source(config: Any) -> str:
+    r = config.get("rollout") if hasattr(config, "get") else None
+    return (r.get("source") if r is not None and hasattr(r, "get") else None) or "synthetic"
+
+
+def validate(config: Any) -> None:
+    """Check the whole config before any work (ConfigError naming the field).
+
+    With `rollout.source = "cure"` the CURE loop (cure_jax.driver) owns the config's rollout
+    and train-loop fields and validates them together with the learner's sections."""
+    if rollout_source(config) == "cure":
+        from cure_jax.driver import cure_settings, learner_view
+        validate_config(learner_view(config))
+        cure_settings(config)
+    else:
+        validate_config(config)
+
+
 def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
-    """Validate `config`, then train (resuming from `workdir`); returns the final train state."""
+    """Validate `config`, then train (resuming from `workdir`); returns the final train state.
+
+    `rollout.source = "cure"` runs the CURE loop with its rollout server (cure_jax.driver);
+    `"synthetic"` runs the learner on the seeded synthetic source below."""
+    if rollout_source(config) == "cure":
+        from cure_jax.driver import train_cure
+        return train_cure(config, workdir)
     settings = validate_config(config)
     distributed.initialize()
     workdir = pathlib.Path(workdir)
@@ -81,8 +105,6 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
         (workdir / "config.json").write_text(json.dumps(
             config.to_dict() if hasattr(config, "to_dict") else dict(config), indent=1, default=str))
     learner, _ = build(settings)
-    if settings.rollout_source != "synthetic":
-        raise NotImplementedError("config.rollout.source: only 'synthetic' is wired into cure-train yet")
     from cure_jax.synthetic_rollout import SyntheticRollout
     source = SyntheticRollout(settings.synthetic, learner, settings.seed)
 

@@ -21,7 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, Ten
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from cure_jax.config import ConfigError, validate_config
+    from cure_jax.config import ConfigError
+    from cure_jax.train import validate
     config = _CONFIG.value
     if config is None:
         print("cure-train: error: --config is required", file=sys.stderr)
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> None:
         print("cure-train: error: --workdir is required", file=sys.stderr)
         sys.exit(2)
     try:
-        validate_config(config)
+        validate(config)
     except ConfigError as e:
         print(f"cure-train: error: {e}", file=sys.stderr)
         sys.exit(2)
