@@ -1,7 +1,6 @@
 """The OpenAI-compatible API engine against a real HTTP server on loopback."""
 from __future__ import annotations
 
-import itertools
 import random
 import time
 
@@ -121,16 +120,21 @@ def test_auth_and_missing_model_fail_fast_with_one_line(status, words):
     assert len(srv.log) == 1 and info.value.status == status
 
 
+def _max_in_window(times, width):
+    return max(sum(1 for u in times if t <= u < t + width) for t in times)
+
+
 def test_rpm_limit_spaces_request_starts():
     rpm = 600  # one request per 0.1 s
     with FakeOpenAI() as srv:
         eng = _engine(srv, rpm=rpm, max_concurrency=4)
-        eng.generate([list(MSG)], 8, {})
+        eng.generate([list(MSG)], 10, {})
     times = sorted(r.t for r in srv.log)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(times) == 8
-    assert min(gaps) >= 0.1 - 0.03, gaps  # loopback jitter only
-    assert times[-1] - times[0] >= 0.7 - 0.03
+    assert len(times) == 10
+    # Nominally 3 starts in any 0.25 s window (0.1 s apart); one more allowed for the arrival
+    # jitter of a loaded machine. Without the limit all 4 concurrent requests arrive at once.
+    assert _max_in_window(times, 0.25) <= 4, times
+    assert times[-1] - times[0] >= 0.9 - 0.05
 
 
 def test_rpm_limit_counts_retries():
@@ -138,7 +142,7 @@ def test_rpm_limit_counts_retries():
         eng = _engine(srv, rpm=300)  # 0.2 s apart, retries included
         eng.complete(ChatRequest(MSG))
     times = [r.t for r in srv.log]
-    assert len(times) == 3 and min(b - a for a, b in itertools.pairwise(times)) >= 0.2 - 0.03
+    assert len(times) == 3 and times[-1] - times[0] >= 0.4 - 0.05
 
 
 def test_concurrency_limit_holds():
