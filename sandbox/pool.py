@@ -258,6 +258,9 @@ class Sandbox:
         if requested not in ("auto",) + isolation.MODES:
             raise ValueError(f"isolation must be 'auto' or one of {isolation.MODES}, "
                              f"got {requested!r}")
+        if requested == "userns" and os.geteuid() == 0:
+            raise ValueError("isolation 'userns' is for non-root callers (as root, the mapped "
+                             "uid would be root outside); use 'namespaces' or 'auto'")
         mode = isolation.default_mode() if requested == "auto" else requested
         reasons = []
         while True:

@@ -163,6 +163,9 @@ def test_limits_validation():
         Sandbox(workers=0)
     with pytest.raises(ValueError, match="isolation"):
         Sandbox(workers=1, isolation="none")
+    if os.geteuid() == 0:
+        with pytest.raises(ValueError, match="non-root"):
+            Sandbox(workers=1, isolation="userns")
     with pytest.raises(TypeError, match="TestCase.input"):
         TestCase(1, "1")  # type: ignore[arg-type]
 
