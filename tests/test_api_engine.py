@@ -81,13 +81,13 @@ def test_retries_on_429_500_and_garbage_then_succeeds():
 
 
 def test_retries_on_a_stalled_server():
-    with FakeOpenAI(faults=["stall"], stall_s=1.5) as srv:
+    with FakeOpenAI(faults=["stall"], stall_s=3.0) as srv:
         eng = _engine(srv, timeout_s=0.3)
         t0 = time.monotonic()
         c = eng.complete(ChatRequest(MSG))
         took = time.monotonic() - t0
     assert c.text == "hello" and c.attempts == 2
-    assert 0.3 <= took < 1.4  # gave up on the stalled reply instead of waiting for it
+    assert 0.3 <= took < 2.5  # gave up on the stalled reply instead of waiting 3 s for it
 
 
 def test_retry_budget_is_enforced():
