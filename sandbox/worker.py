@@ -86,7 +86,7 @@ class Worker:
             self.uid = 65534
         self.drop_uid = os.getuid() == 0
         self.refuse = ""
-        if self.drop_uid and not self.ns and not self._uid_can_run_python():
+        if self.drop_uid and not self._uid_can_run_python():
             # e.g. the interpreter lives under /root (0700) on a host without bubblewrap:
             # programs cannot drop root, and a program running as root is never acceptable.
             self.refuse = ("programs cannot run unprivileged: an unprivileged uid cannot read "
@@ -131,7 +131,10 @@ class Worker:
             if op == "ping":
                 protocol.write_frame(self.wfd, {"op": "pong"})
             elif op == "run":
-                reply, out, err = self.execute(meta, program, stdin)
+                try:
+                    reply, out, err = self.execute(meta, program, stdin)
+                except OSError as e:   # e.g. fork() failed: an infrastructure failure
+                    reply, out, err = {"op": "error", "detail": f"worker: {e}"}, b"", b""
                 protocol.write_frame(self.wfd, reply, out, err)
             else:
                 protocol.write_frame(self.wfd, {"op": "error", "detail": f"unknown op {op!r}"})
