@@ -279,3 +279,11 @@ def test_every_run_starts_from_a_fresh_interpreter_state(sb):
     assert [sb.run(p).stdout for p in (prog, other, prog)] == ["1 fresh\n", "other\n", "1 fresh\n"]
     big = "x = " + "7" * 5000 + "\nprint(len(str(x)))\n"   # over the default 4300-digit limit
     assert sb.run(big, expected="5000").verdict == Verdict.OK
+
+
+def test_float_tolerance_is_opt_in_per_sandbox():
+    prog = "print(0.1 + 0.2)\n"      # 0.30000000000000004
+    with Sandbox(workers=1) as exact, Sandbox(workers=1, limits=Limits(float_tol=1e-6)) as tol:
+        assert exact.run(prog, expected="0.3").verdict == Verdict.WRONG_ANSWER
+        assert tol.run(prog, expected="0.3").verdict == Verdict.OK
+        assert tol.run("print(3)", expected="4").verdict == Verdict.WRONG_ANSWER
