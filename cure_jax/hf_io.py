@@ -1,12 +1,13 @@
 """Hugging Face <-> Flax weights: streamed safetensors import onto shardings, export in HF layout.
 
-Import reads each tensor lazily from memory-mapped safetensors (single file or sharded with an
-index json), turns it into Flax layout as a numpy view (cure_jax.models.qwen.params) and builds
-each device's shard with `jax.make_array_from_callback`, so only the bytes of one shard are copied
-at a time and the model is never held twice in host memory.
+Our parameters keep HF's element order (cure_jax.models.qwen.params: at most a reshape), so
+import reads each tensor lazily from memory-mapped safetensors (single file or sharded with an
+index json) and builds each device's shard with `jax.make_array_from_callback` from just that
+slice of the map; a dtype cast (bf16 file -> fp32 master weights) runs on the devices. Host
+memory holds at most one shard's bytes at a time, never the model twice.
 
-Export walks the same table the other way and yields HF-named, HF-layout numpy arrays one
-parameter at a time; `save_hf_dir` streams them into size-sharded safetensors plus config and
+Export walks the same table the other way (cast on device when asked, one copy to host) and
+yields HF-named, HF-layout numpy arrays one parameter at a time; `save_hf_dir` streams them into size-sharded safetensors plus config and
 tokenizer files, a directory that transformers and vLLM load.
 
 The safetensors format is small enough to read and write directly (8-byte little-endian header
@@ -15,6 +16,7 @@ through ml_dtypes where the numpy backend of the safetensors package has none.
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
@@ -30,8 +32,8 @@ from flax import nnx
 from cure_jax import sharding as sharding_lib
 from cure_jax.models.qwen.config import QwenConfig
 from cure_jax.models.qwen.model import Qwen
-from cure_jax.models.qwen.params import (ParamSpec, flax_to_hf, hf_to_flax_view,
-                                         ignorable_hf_tensor, param_table)
+from cure_jax.models.qwen.params import (ParamSpec, flax_to_hf, hf_to_flax, ignorable_hf_tensor,
+                                         param_table)
 
 # Files copied from a base HF directory next to converted weights.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -239,22 +241,37 @@ def load_hf_params(hf_dir: str | pathlib.Path, target: nnx.Module | nnx.State,
         if tuple(hf.shape) != spec.hf_shape:
             raise ValueError(f"{reader.file_of(spec.hf_name)}: tensor {spec.hf_name!r} has shape "
                              f"{tuple(hf.shape)}, config expects {spec.hf_shape}")
-        view = hf_to_flax_view(spec, hf)
         var = flat[spec.flax_path]
         leaf = _leaf_value(var)
-        dtype = np.dtype(leaf.dtype)
         if spec.flax_path in flat_shardings:
             shd = _leaf_value(flat_shardings[spec.flax_path])
         else:
             shd = getattr(leaf, "sharding", None) or default
-        arr = jax.make_array_from_callback(
-            spec.flax_shape, shd,
-            lambda idx, view=view, dtype=dtype: np.ascontiguousarray(view[idx]).astype(dtype, copy=False))
+        arr = _place(spec, hf, shd, np.dtype(leaf.dtype))
         new_leaves[spec.flax_path] = var.replace(arr)
     new_state = nnx.from_flat_state(new_leaves)
     if isinstance(target, nnx.Module):
         nnx.update(target, new_state)
     return new_state
+
+
+@functools.lru_cache(maxsize=64)
+def _cast_fn(dtype: str, out: jax.sharding.Sharding | None):
+    return jax.jit(lambda x: x.astype(dtype), out_shardings=out)
+
+
+def _place(spec: ParamSpec, hf: np.ndarray, target: jax.sharding.Sharding,
+           dtype: np.dtype) -> jax.Array:
+    """One HF tensor -> Flax-layout array on `target`: each device copies only its slice of the
+    memory-mapped file (in the file's dtype); a cast, when needed, runs on the devices."""
+    src = hf_to_flax(spec, hf)
+    # Copy out of the map: the CPU backend would otherwise alias the file's pages, and the
+    # "loaded" weights would change (or fault) when the file is rewritten.
+    staged = jax.make_array_from_callback(src.shape, target,
+                                          lambda idx: np.array(src[idx], copy=True, order="C"))
+    if staged.dtype == dtype:
+        return staged
+    return _cast_fn(np.dtype(dtype).name, target)(staged)
 
 
 def abstract_model(cfg: QwenConfig, param_dtype=jnp.float32, dtype=jnp.float32) -> Qwen:
@@ -291,8 +308,13 @@ def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
         if spec.flax_path not in flat:
             raise ValueError(f"model state has no parameter {'/'.join(map(str, spec.flax_path))} "
                              f"(needed for {spec.hf_name})")
-        x = _to_numpy(_leaf_value(flat[spec.flax_path]))
-        yield spec.hf_name, flax_to_hf(spec, x).astype(out_dtype, copy=False)
+        x = _leaf_value(flat[spec.flax_path])
+        if np.dtype(x.dtype) != out_dtype:
+            x = _cast_fn(out_dtype.name, None)(x)        # cast on device: fast, one pass
+            host = _to_numpy(x)                          # a fresh buffer: safe to hand out
+        else:
+            host = np.array(_to_numpy(x), copy=True)     # never alias a (donatable) device buffer
+        yield spec.hf_name, flax_to_hf(spec, host)
 
 
 def export_hf_arrays(model: nnx.Module | nnx.State, dtype: Any = np.float32, *,

@@ -1,9 +1,9 @@
 """Per-token log-probabilities and entropies without materialising [batch, length, vocab] logits.
 
-For a sequence x_0..x_{L-1} and final hidden states h_t, with head W (E^T when tied) and
+For a sequence x_0..x_{L-1} and final hidden states h_t, with head W [V, H] (E when tied) and
 temperature T:
 
-    z_t      = W^T h_{t-1} / T                       (float32)
+    z_t      = W h_{t-1} / T                         (float32)
     logp_t   = z_t[x_t] - logsumexp(z_t)             t >= 1,   logp_0 = 0
     H_t      = logsumexp(z_t) - sum_v softmax(z_t)_v z_t,v
 
@@ -22,8 +22,8 @@ from cure_jax import sharding
 
 def _chunk_stats(h: jax.Array, targets: jax.Array, w: jax.Array, temperature: float,
                  want_entropy: bool) -> tuple[jax.Array, jax.Array]:
-    """h [B, C, H], targets [B, C], w [H, V] -> (logp [B, C], entropy [B, C]) in float32."""
-    logits = jnp.einsum("bch,hv->bcv", h, w, preferred_element_type=jnp.float32)
+    """h [B, C, H], targets [B, C], w [V, H] -> (logp [B, C], entropy [B, C]) in float32."""
+    logits = jnp.einsum("bch,vh->bcv", h, w, preferred_element_type=jnp.float32)
     logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
     if temperature != 1.0:
         logits = logits / temperature
@@ -42,7 +42,7 @@ def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
                          attention_mask: jax.Array | None = None, *, chunk_size: int = 256,
                          return_entropy: bool = True, temperature: float = 1.0
                          ) -> tuple[jax.Array, jax.Array | None]:
-    """Chunked log p(tokens[:, t] | tokens[:, :t]) from hidden [B, L, H] and head [H, V]."""
+    """Chunked log p(tokens[:, t] | tokens[:, :t]) from hidden [B, L, H] and head [V, H]."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if temperature <= 0:

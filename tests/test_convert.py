@@ -45,6 +45,19 @@ def test_round_trip_is_bit_exact(hf_dirs, family, tie):
         assert np.array_equal(_bits(exported[name]), _bits(arr)), name
 
 
+def test_loaded_params_do_not_alias_the_file(hf_dirs, tmp_path):
+    """Overwriting the checkpoint after loading leaves the loaded parameters unchanged."""
+    import shutil
+
+    src = tmp_path / "copy"
+    shutil.copytree(hf_dirs[("qwen2", True)], src)
+    model = hf_io.load_model(src)
+    before = np.array(model.embed_tokens[...])
+    hf_io.save_hf_dir(hf_io.load_model(src, param_dtype=jnp.bfloat16), src, dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(model.embed_tokens[...]), before)
+    assert not np.array_equal(_read_all(src)["model.embed_tokens.weight"], before)
+
+
 def test_safetensors_reader_matches_library(hf_dirs):
     from safetensors.numpy import load_file
 
@@ -112,10 +125,10 @@ def test_load_onto_mesh_places_shards(hf_dirs):
     mesh = sharding.make_mesh(data=1, fsdp=2, tp=4)
     model = hf_io.load_model(hf_dir, mesh=mesh)
     q = model.layers[0].self_attn.q_proj[...]
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tp", None)
-    assert q.addressable_shards[0].data.shape == (64, 1, 32)
+    assert q.sharding.spec == jax.sharding.PartitionSpec("tp", None, "fsdp")
+    assert q.addressable_shards[0].data.shape == (1, 32, 64)
     ref = _read_all(hf_dir)["model.layers.0.self_attn.q_proj.weight"]
-    np.testing.assert_array_equal(np.asarray(q), ref.T.reshape(128, 4, 32))
+    np.testing.assert_array_equal(np.asarray(q), ref.reshape(4, 32, 128))
 
 
 def _corrupt(hf_dir: pathlib.Path, out: pathlib.Path, drop=None, reshape=None, add=None):
@@ -295,8 +308,8 @@ def test_cli_errors_are_one_line(hf_dirs, tmp_path, capsys):
     (wide / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 384}))
     code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={ckpt}",
                               f"--hf_dir={tmp_path / 'o'}", f"--base_hf_dir={wide}")
-    assert code == 2 and "parameter 'layers/0/mlp/down_proj' has shape (256, 128), config " \
-        "expects (384, 128)" in err, err
+    assert code == 2 and "parameter 'layers/0/mlp/down_proj' has shape (128, 256), config " \
+        "expects (128, 384)" in err, err
     code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={ckpt}",
                               f"--hf_dir={tmp_path / 'o'}", f"--base_hf_dir={hf_dirs[('qwen3', True)]}")
     assert code == 2 and "checkpoint has no parameter" in err, err

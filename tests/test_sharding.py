@@ -91,11 +91,12 @@ def test_7b_shardings_by_config_alone():
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
     shardings = sharding.state_shardings(nnx.state(abstract), mesh)
     flat = dict(nnx.to_flat_state(shardings))
-    assert flat[("layers", 0, "self_attn", "q_proj")].get_value().spec == P("fsdp", "tp", None)
-    assert flat[("layers", 0, "self_attn", "k_proj")].get_value().spec == P("fsdp", "tp", None)
+    assert flat[("layers", 0, "self_attn", "q_proj")].get_value().spec == P("tp", None, "fsdp")
+    assert flat[("layers", 0, "self_attn", "k_proj")].get_value().spec == P("tp", None, "fsdp")
+    assert flat[("layers", 0, "self_attn", "o_proj")].get_value().spec == P("fsdp", "tp", None)
     assert flat[("layers", 0, "self_attn", "q_bias")].get_value().spec == P("tp", None)
-    assert flat[("layers", 0, "mlp", "down_proj")].get_value().spec == P("tp", "fsdp")
-    assert flat[("lm_head",)].get_value().spec == P("fsdp", "tp")
+    assert flat[("layers", 0, "mlp", "down_proj")].get_value().spec == P("fsdp", "tp")
+    assert flat[("lm_head",)].get_value().spec == P("tp", "fsdp")
     assert flat[("norm", "scale")].get_value().spec == P(None)
 
 

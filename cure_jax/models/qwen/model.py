@@ -6,8 +6,11 @@
     h'  = a + W_down(silu(W_gate x) * W_up x),  x = RMSNorm(a)
     out = RMSNorm(h_L)                    logits = out @ E^T (tied) or out @ W_lm
 
-Kernels are stored [in, out] and attention kernels keep the head axis apart
-([embed, heads, head_dim]) so tensor parallelism can shard heads; every parameter carries
+Kernels keep Hugging Face's [out, in] layout (a torch Linear weight), with the head axis of the
+attention projections split out by a free reshape (q: [heads, head_dim, embed], o: [embed, heads,
+head_dim]), so import and export are pure copies and tensor parallelism can shard heads; the
+matmuls contract the `in` axis where it lies (XLA's dot_general needs no transpose). Every
+parameter carries
 `logical_axes` metadata that cure_jax.sharding maps onto the mesh. Parameters live in
 `param_dtype` (fp32 master weights) and are cast to `dtype` (e.g. bf16) for compute; norms,
 softmax statistics and RoPE run in float32.
@@ -78,10 +81,10 @@ class Attention(nnx.Module):
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.cfg = cfg
         self.dtype = dtype
-        self.q_proj = _param(rngs, (h, n, d), ("embed", "q_heads", "head_dim"), param_dtype)
-        self.k_proj = _param(rngs, (h, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
-        self.v_proj = _param(rngs, (h, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
-        self.o_proj = _param(rngs, (n, d, h), ("q_heads", "head_dim", "embed"), param_dtype)
+        self.q_proj = _param(rngs, (n, d, h), ("q_heads", "head_dim", "embed"), param_dtype)
+        self.k_proj = _param(rngs, (k, d, h), ("kv_heads", "head_dim", "embed"), param_dtype)
+        self.v_proj = _param(rngs, (k, d, h), ("kv_heads", "head_dim", "embed"), param_dtype)
+        self.o_proj = _param(rngs, (h, n, d), ("embed", "q_heads", "head_dim"), param_dtype)
         if cfg.attention_bias:
             self.q_bias = _param(rngs, (n, d), ("q_heads", "head_dim"), param_dtype, init="zeros")
             self.k_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), param_dtype, init="zeros")
@@ -92,7 +95,7 @@ class Attention(nnx.Module):
 
     def _proj(self, x: Array, name: str) -> Array:
         w = getattr(self, f"{name}_proj")[...].astype(self.dtype)
-        y = jnp.einsum("bld,dnh->blnh", x, w)
+        y = jnp.einsum("ble,nde->blnd", x, w)
         if self.cfg.attention_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
         return y
@@ -110,7 +113,7 @@ class Attention(nnx.Module):
             q, k, v, mask=mask, is_causal=True, scale=cfg.head_dim ** -0.5, implementation=impl)
         out = sharding.constrain(out, ("batch", "length", "act_heads", None))
         w_o = self.o_proj[...].astype(self.dtype)
-        return jnp.einsum("blnh,nhd->bld", out, w_o)
+        return jnp.einsum("blnd,end->ble", out, w_o)
 
 
 class MLP(nnx.Module):
@@ -119,15 +122,15 @@ class MLP(nnx.Module):
     def __init__(self, cfg: QwenConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         h, f = cfg.hidden_size, cfg.intermediate_size
         self.dtype = dtype
-        self.gate_proj = _param(rngs, (h, f), ("embed", "mlp"), param_dtype)
-        self.up_proj = _param(rngs, (h, f), ("embed", "mlp"), param_dtype)
-        self.down_proj = _param(rngs, (f, h), ("mlp", "embed"), param_dtype)
+        self.gate_proj = _param(rngs, (f, h), ("mlp", "embed"), param_dtype)
+        self.up_proj = _param(rngs, (f, h), ("mlp", "embed"), param_dtype)
+        self.down_proj = _param(rngs, (h, f), ("embed", "mlp"), param_dtype)
 
     def __call__(self, x: Array) -> Array:
-        gate = x @ self.gate_proj[...].astype(self.dtype)
-        up = x @ self.up_proj[...].astype(self.dtype)
+        gate = jnp.einsum("ble,fe->blf", x, self.gate_proj[...].astype(self.dtype))
+        up = jnp.einsum("ble,fe->blf", x, self.up_proj[...].astype(self.dtype))
         act = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return act @ self.down_proj[...].astype(self.dtype)
+        return jnp.einsum("blf,ef->ble", act, self.down_proj[...].astype(self.dtype))
 
 
 class DecoderLayer(nnx.Module):
@@ -168,7 +171,7 @@ class Qwen(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+            self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                                   param_dtype)
 
     def __call__(self, tokens: Array, positions: Array | None = None,
@@ -208,13 +211,12 @@ class Qwen(nnx.Module):
         return hidden_to_logits(self, hidden)
 
     def head_weight(self) -> Array:
-        """The [H, V] output projection (E^T when tied), in compute dtype."""
-        if self.cfg.tie_word_embeddings:
-            return self.embed_tokens[...].astype(self.dtype).T
-        return self.lm_head[...].astype(self.dtype)
+        """The [V, H] output projection (the embedding table when tied), in compute dtype."""
+        w = self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
+        return w[...].astype(self.dtype)
 
 
 def hidden_to_logits(model: Qwen, hidden: Array) -> Array:
     w = model.head_weight()
-    return jnp.einsum("...h,hv->...v", hidden.astype(model.dtype), w,
+    return jnp.einsum("...h,vh->...v", hidden.astype(model.dtype), w,
                       preferred_element_type=jnp.float32)
