@@ -1,0 +1,193 @@
+"""cure-train end to end on configs/tiny.py: real rollout server (vLLM CPU build), real sandbox,
+real JAX learner, Orbax checkpoints and TensorBoard event files read back.
+
+Each test launches ``python -m cure_jax.train_main`` as a subprocess (as a user would), with one
+JAX CPU device. Runs: sync 2 steps; async killed (SIGKILL) after its first checkpoint then
+resumed; the rollout server killed mid-run (the driver must fail fast and leave nothing behind).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rollout import shm
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "tiny.py"
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one CPU device: the fastest for the tiny model
+    return env
+
+
+def cure_train(workdir, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "cure_jax.train_main", f"--config={CONFIG}",
+            f"--workdir={workdir}", *flags]
+
+
+def _start(workdir, *flags) -> subprocess.Popen:
+    return subprocess.Popen(cure_train(workdir, *flags), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=str(ROOT))
+
+
+def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"{needle!r} not printed; output so far: {''.join(lines)[-2000:]}; "
+                         f"stderr: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+
+
+def _server_pid(line: str) -> int:
+    return int(line.split("rollout server pid ")[1].split()[0])
+
+
+def _scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(pathlib.Path(workdir) / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def _gone(pids, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if shm.pid_alive(p)]
+        time.sleep(0.1)
+    return alive
+
+
+def _segments_of(pid: int) -> list[str]:
+    return [n for n in shm.list_segments() if n.endswith(f"-{pid}")]
+
+
+CURE_TAGS = ("cure/code_accuracy", "cure/code_parse_rate", "cure/test_parse_rate",
+             "code/reward_mean", "batch/rows", "batch/rows_with_signal", "length/code_mean",
+             "time/generate_s", "time/sandbox_s", "time/rewards_s", "time/learn_s",
+             "time/sync_s", "loss/pg", "loss/kl", "policy/version")
+
+
+def test_sync_run_writes_cure_metrics_and_restorable_checkpoints(tmp_path):
+    wd = tmp_path / "sync"
+    done = subprocess.run(cure_train(wd, "--config.train.steps=2", "--config.train.eval_every=2",
+                                     "--config.train.checkpoint_every=1"),
+                          capture_output=True, text=True, env=_env(), cwd=str(ROOT), timeout=480)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step 1/2 v1" in done.stdout and "step 2/2 v2" in done.stdout, done.stdout
+    sc = _scalars(wd)
+    missing = [t for t in CURE_TAGS if t not in sc]
+    assert not missing, f"missing tags {missing}; have {sorted(sc)}"
+    assert [s for s, _ in sc["policy/version"]] == [0, 1]
+    assert [v for _, v in sc["policy/version"]] == [1.0, 2.0]
+    assert all(v == 16.0 for _, v in sc["batch/rows"])  # 2 problems x (4 codes + 4 tests)
+    assert 0.0 <= sc["cure/code_parse_rate"][0][1] <= 1.0
+    assert [s for s, _ in sc["eval/code_accuracy"]] == [2]
+    assert "eval/bon_2x2" in sc
+    assert all(v > 0 for _, v in sc["time/generate_s"])
+
+    # Checkpoints restore into the learner's state; the driver state has cursor and version.
+    import ml_collections  # noqa: F401
+    from cure_jax import checkpoint as ckpt_lib
+    from cure_jax.config import validate_config
+    from cure_jax.driver import learner_view
+    from cure_jax.train import build
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_tiny_cfg", CONFIG)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    learner, _ = build(validate_config(learner_view(mod.get_config())))
+    ck = ckpt_lib.Checkpointer(wd / "checkpoints")
+    try:
+        assert ck.all_steps() == [1, 2]
+        state1, drv1 = ck.restore(1, learner.abstract_state())
+        state2, drv2 = ck.restore(2, learner.abstract_state())
+    finally:
+        ck.close()
+    assert (drv1["cursor"], drv1["version"], drv2["cursor"], drv2["version"]) == (1, 1, 2, 2)
+    assert drv2["source"] == "cure" and drv2["mode"] == "sync"
+    assert int(state2.step) > int(state1.step) > 0
+    assert _segments_of(os.getpid()) == []
+
+
+def test_async_killed_then_resumed(tmp_path):
+    wd = tmp_path / "async"
+    flags = ("--config.train.steps=3", "--config.rollout.mode=async",
+             "--config.train.checkpoint_every=1", "--config.train.eval_every=0")
+    proc = _start(wd, *flags)
+    lines: list[str] = []
+    try:
+        server = _server_pid(_read_until(proc, "rollout server pid", lines, 300))
+        _read_until(proc, "step 1/3", lines, 300)
+        deadline = time.monotonic() + 60
+        while not (wd / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # let the (async) checkpoint finish
+        from cure_jax.driver import descendants
+
+        tree = [server] + descendants(server)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The driver was SIGKILLed: its server dies with it and its janitor unlinks the segments.
+    assert _gone(tree) == []
+    deadline = time.monotonic() + 10
+    while _segments_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _segments_of(proc.pid) == []
+
+    done = subprocess.run(cure_train(wd, *flags), capture_output=True, text=True, env=_env(),
+                          cwd=str(ROOT), timeout=480)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from checkpoint step" in done.stdout, done.stdout
+    assert "step 3/3" in done.stdout
+    sc = _scalars(wd)
+    versions = dict(sc["policy/version"])
+    assert versions[2] == 3.0  # three updates in all, across the kill
+    assert all(0 <= v <= 1 for _, v in sc["policy/staleness"])  # bounded staleness
+
+
+def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
+    wd = tmp_path / "crash"
+    proc = _start(wd, "--config.train.steps=3", "--config.rollout.engine=hf",
+                  "--config.train.eval_every=0", "--config.train.checkpoint_every=0")
+    lines: list[str] = []
+    try:
+        server = _server_pid(_read_until(proc, "rollout server pid", lines, 300))
+        _read_until(proc, "step 1/3", lines, 300)  # the rollout of step 2 is under way
+        from cure_jax.driver import descendants
+
+        tree = [server] + descendants(server)
+        os.kill(server, signal.SIGKILL)
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert elapsed < 15, elapsed
+    assert f"rollout server (pid {server}) was killed by signal SIGKILL" in err, err[-3000:]
+    assert "step 3/3" not in out
+    assert _gone(tree) == []
+    assert _segments_of(proc.pid) == []
