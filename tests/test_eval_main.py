@@ -46,6 +46,7 @@ def _cli(args, env=None, timeout=120):
                           env=dict(os.environ, **(env or {})))
 
 
+@pytest.mark.slow
 def test_api_end_to_end_through_the_command_line(tmp_path):
     write_problems(PROBLEMS, tmp_path / "toy.json")
     bon = "(" + ",".join(f"({n},{m})" for n, m in BON) + ")"
