@@ -282,8 +282,10 @@ class Sandbox:
         plus its private tmpfs, its captured output and stdin, and the worker itself."""
         lim = self.limits
         mb = lim.memory_mb + 2 * lim.tmp_mb + 2 * lim.output_mb + lim.input_mb + 64
-        self._cgroup_serial += 1
-        name = f"cure-sandbox-{os.getpid()}-{index}-{self._cgroup_serial}"
+        with self._stats_lock:
+            self._cgroup_serial += 1
+            serial = self._cgroup_serial
+        name = f"cure-sandbox-{os.getpid()}-{index}-{serial}"
         return name, int(mb * (1 << 20)), int(lim.processes) + 8
 
     def _start_worker(self, index: int) -> _WorkerHandle:
