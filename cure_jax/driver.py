@@ -666,6 +666,7 @@ class CureLoop:
             print(f"cure-train: {err}; restarting the rollout server ({restarts_left} restarts "
                   f"left)", flush=True)
             client.close()
+            pending_loads.clear()  # answers from the dead server will never come
             while buffer.pending():
                 buffer.get(timeout=1.0)
             client = self._start_server()
@@ -749,6 +750,9 @@ class CureLoop:
                 writer.scalars(step, scalars)
                 if tc.histogram_every and step % tc.histogram_every == 0 and keep.any():
                     writer.histogram(step, "dist/advantage", arrays["advantage"][keep])
+                if tc.text_every and step % tc.text_every == 0:
+                    writer.text(step, "samples/code", str(stats.get("sample_code", "")))
+                    writer.text(step, "samples/test", str(stats.get("sample_test", "")))
                 if eval_metrics is not None:
                     ev = {f"eval/{k}": v for k, v in eval_metrics.items()
                           if isinstance(v, (int, float)) and v is not None}

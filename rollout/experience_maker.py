@@ -385,6 +385,9 @@ class ExperienceMaker:
         stats["test_rows_with_signal"] = int((sig & (kind == KIND_TEST)).sum())
         stats["verdicts"] = dict(sorted(ex.verdicts.items()))
         stats["executions"] = int(sum(ex.verdicts.values()))
+        # One response of each kind, for a text summary (what the policy writes right now).
+        stats["sample_code"] = ex.codes[0][0].text[:2000]
+        stats["sample_test"] = ex.tests[0][0].text[:2000]
         return stats
 
     # ------------------------------------------------------------------ evaluation
