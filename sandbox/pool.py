@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import queue
 import select
@@ -36,6 +37,7 @@ _REPLY_SLACK_S = 10.0
 _PIPELINE_BYTES = 16 << 10
 _probe_cache: dict[str, tuple[bool, str]] = {}
 _probe_lock = threading.Lock()
+_cgroup_serial = itertools.count(1)   # process-wide: several Sandboxes may live at once
 
 
 class _InfraError(Exception):
@@ -212,7 +214,6 @@ class Sandbox:
         self.stats = SandboxStats()
         self._stats_lock = threading.Lock()
         self.use_cgroups = bool(cgroups) and os.geteuid() == 0
-        self._cgroup_serial = 0
         self.isolation = self._choose_mode(isolation)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -282,10 +283,7 @@ class Sandbox:
         plus its private tmpfs, its captured output and stdin, and the worker itself."""
         lim = self.limits
         mb = lim.memory_mb + 2 * lim.tmp_mb + 2 * lim.output_mb + lim.input_mb + 64
-        with self._stats_lock:
-            self._cgroup_serial += 1
-            serial = self._cgroup_serial
-        name = f"cure-sandbox-{os.getpid()}-{index}-{serial}"
+        name = f"cure-sandbox-{os.getpid()}-{index}-{next(_cgroup_serial)}"   # unique here
         return name, int(mb * (1 << 20)), int(lim.processes) + 8
 
     def _start_worker(self, index: int) -> _WorkerHandle:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sandbox import IsolationUnavailable, Limits, Sandbox, TestCase, Verdict
+from sandbox.cgroups import WorkerCgroup
 from sandbox.procs import descendants, process_table
 
 pytestmark = pytest.mark.timeout(120)
@@ -258,7 +259,12 @@ def test_sysv_ipc_does_not_outlive_an_execution(sb):
 def test_memory_of_all_processes_is_bounded_by_the_worker_cgroup():
     """RLIMIT_AS is per process: four processes of 200 MB each fit it, but not the cgroup."""
     limits = Limits(time_s=2.0, memory_mb=256, tmp_mb=8, output_mb=1, input_mb=1, processes=8)
-    with Sandbox(workers=1, limits=limits) as box:
+    with Sandbox(workers=1, limits=limits) as box, Sandbox(workers=1, limits=limits) as other:
+        assert box.memory_cgroups == other.memory_cgroups   # two pools get distinct cgroups
+        probe = WorkerCgroup.create(f"cure-sandbox-{os.getpid()}-probe", 64 << 20, 8)
+        if probe is not None:
+            probe.remove()
+            assert box.memory_cgroups, "cgroups work on this host but the pool has none"
         if not box.memory_cgroups:
             pytest.skip("memory cgroups unavailable (not root, or no writable memory controller)")
         dirs = [d for h in box._handles if h is not None for d in h.cgroup.dirs]
