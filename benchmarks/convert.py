@@ -24,19 +24,19 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from cure_jax import hf_io  # noqa: E402
-from cure_jax.models.qwen import QwenConfig  # noqa: E402
-from cure_jax.models.qwen.params import param_table  # noqa: E402
+from cure_jax import hf_io
+from cure_jax.models.qwen import QwenConfig
+from cure_jax.models.qwen.params import param_table
 
 
 def bench_config(size_gb: float) -> QwenConfig:
     """A Qwen2-shaped model whose float32 weights take about size_gb."""
-    base = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_attention_heads=16,
-                num_key_value_heads=4, family="qwen2", tie_word_embeddings=False,
-                torch_dtype="float32")
+    base = {"vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
+            "num_attention_heads": 16, "num_key_value_heads": 4, "family": "qwen2",
+            "tie_word_embeddings": False, "torch_dtype": "float32"}
     one = QwenConfig(num_hidden_layers=1, **base)
     two = QwenConfig(num_hidden_layers=2, **base)
     per_layer = (two.num_params() - one.num_params()) * 4

@@ -21,7 +21,8 @@ import json
 import pathlib
 import shutil
 import struct
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +33,13 @@ from flax import nnx
 from cure_jax import sharding as sharding_lib
 from cure_jax.models.qwen.config import QwenConfig
 from cure_jax.models.qwen.model import Qwen
-from cure_jax.models.qwen.params import (ParamSpec, flax_to_hf, hf_to_flax, ignorable_hf_tensor,
-                                         param_table)
+from cure_jax.models.qwen.params import (
+    ParamSpec,
+    flax_to_hf,
+    hf_to_flax,
+    ignorable_hf_tensor,
+    param_table,
+)
 
 # Files copied from a base HF directory next to converted weights.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -376,6 +382,15 @@ def _dtype_str(dt: np.dtype) -> str:
             np.dtype(np.float16): "float16"}[np.dtype(dt)]
 
 
+def _take_in_order(arrays: Iterator[tuple[str, np.ndarray]], names: list[str]) -> Iterator[np.ndarray]:
+    """The next len(names) arrays of `arrays`, checking they come with exactly these names."""
+    for want in names:
+        name, arr = next(arrays)
+        if name != want:
+            raise RuntimeError(f"export order mismatch: got {name!r}, expected {want!r}")
+        yield arr
+
+
 def save_hf_dir(target: nnx.Module | nnx.State, out_dir: str | pathlib.Path, *,
                 cfg: QwenConfig | None = None, dtype: Any = np.float32,
                 max_shard_size: int | str = "5GB",
@@ -395,18 +410,9 @@ def save_hf_dir(target: nnx.Module | nnx.State, out_dir: str | pathlib.Path, *,
         fname = ("model.safetensors" if len(groups) == 1
                  else f"model-{gi + 1:05d}-of-{len(groups):05d}.safetensors")
         gspecs = [specs[i] for i in group]
-        names_in = []
-
-        def take(n=len(group)):
-            for _ in range(n):
-                name, arr = next(arrays)
-                names_in.append(name)
-                yield arr
-
-        total += write_safetensors(out / fname, gspecs, take(), {"format": "pt"})
-        for (name, _, _), got in zip(gspecs, names_in):
-            assert name == got, (name, got)
-            weight_map[name] = fname
+        total += write_safetensors(out / fname, gspecs,
+                                   _take_in_order(arrays, [s[0] for s in gspecs]), {"format": "pt"})
+        weight_map.update({name: fname for name, _, _ in gspecs})
     if len(groups) > 1:
         (out / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))

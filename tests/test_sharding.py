@@ -76,7 +76,8 @@ def test_make_mesh_errors():
 
 def test_every_parameter_has_logical_axes():
     for preset in ("qwen2.5-7b-instruct", "qwen3-4b"):
-        abstract = nnx.eval_shape(lambda: Qwen(QwenConfig.preset(preset), rngs=nnx.Rngs(0)))
+        cfg = QwenConfig.preset(preset)
+        abstract = nnx.eval_shape(lambda cfg=cfg: Qwen(cfg, rngs=nnx.Rngs(0)))
         for path, var in nnx.to_flat_state(nnx.state(abstract)):
             axes = var.get_metadata().get("logical_axes")
             assert axes is not None and len(axes) == len(var.get_value().shape), path

@@ -2,4 +2,4 @@
 from cure_jax.models.qwen.config import QwenConfig
 from cure_jax.models.qwen.model import Qwen
 
-__all__ = ["QwenConfig", "Qwen"]
+__all__ = ["Qwen", "QwenConfig"]

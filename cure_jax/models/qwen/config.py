@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # HF `architectures` / `model_type` values we can build, and the family each one belongs to.
 _ARCHITECTURES = {
@@ -31,8 +32,8 @@ class QwenConfig:
 
     family: "qwen2" (Qwen2/Qwen2.5: q/k/v biases) or "qwen3" (q/k RMSNorm, no biases,
       head_dim independent of hidden_size / num_attention_heads).
-    attention_impl: "xla", "cudnn" (flash attention on NVIDIA GPUs) or "auto" (cudnn when the
-      default backend is a GPU, xla elsewhere).
+    attention_impl: "xla", "cudnn" (flash attention on NVIDIA GPUs; causal only, so batches must
+      be right-padded) or "auto" (cudnn on a GPU with bf16/fp16 compute, xla elsewhere).
     remat_policy: rematerialisation of each decoder layer in the backward pass ("none" keeps all
       activations; "full" recomputes the whole layer; the others are jax.checkpoint_policies).
     """
@@ -98,7 +99,7 @@ class QwenConfig:
     def architecture(self) -> str:
         return {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.family]
 
-    def replace(self, **changes: Any) -> "QwenConfig":
+    def replace(self, **changes: Any) -> QwenConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self) -> int:
@@ -116,7 +117,7 @@ class QwenConfig:
 
     # ----------------------------------------------------------------------------------------
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], source: str = "config", **overrides: Any) -> "QwenConfig":
+    def from_hf_dict(cls, d: Mapping[str, Any], source: str = "config", **overrides: Any) -> QwenConfig:
         """Build from the fields of a HF config.json (transformers 4.x and 5.x spellings)."""
         archs = d.get("architectures") or []
         family = None
@@ -144,24 +145,24 @@ class QwenConfig:
         theta = rope.get("rope_theta", d.get("rope_theta", 1_000_000.0 if family == "qwen3" else 10000.0))
         if d.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
-        kwargs: dict[str, Any] = dict(
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            intermediate_size=d["intermediate_size"],
-            num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=d["num_attention_heads"],
-            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-            head_dim=d.get("head_dim"),
-            family=family,
-            rope_theta=float(theta),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=d.get("attention_bias"),
-            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_id=d.get("eos_token_id"),
-            torch_dtype=str(d.get("dtype") or d.get("torch_dtype") or "bfloat16"),
-        )
+        kwargs: dict[str, Any] = {
+            "vocab_size": d["vocab_size"],
+            "hidden_size": d["hidden_size"],
+            "intermediate_size": d["intermediate_size"],
+            "num_hidden_layers": d["num_hidden_layers"],
+            "num_attention_heads": d["num_attention_heads"],
+            "num_key_value_heads": d.get("num_key_value_heads") or d["num_attention_heads"],
+            "head_dim": d.get("head_dim"),
+            "family": family,
+            "rope_theta": float(theta),
+            "rms_norm_eps": float(d.get("rms_norm_eps", 1e-6)),
+            "tie_word_embeddings": bool(d.get("tie_word_embeddings", False)),
+            "attention_bias": d.get("attention_bias"),
+            "max_position_embeddings": int(d.get("max_position_embeddings", 32768)),
+            "bos_token_id": d.get("bos_token_id"),
+            "eos_token_id": d.get("eos_token_id"),
+            "torch_dtype": str(d.get("dtype") or d.get("torch_dtype") or "bfloat16"),
+        }
         kwargs.update(overrides)
         try:
             return cls(**kwargs)
@@ -169,7 +170,7 @@ class QwenConfig:
             raise ValueError(f"{source}: {e}") from None
 
     @classmethod
-    def from_hf_dir(cls, path: str | pathlib.Path, **overrides: Any) -> "QwenConfig":
+    def from_hf_dir(cls, path: str | pathlib.Path, **overrides: Any) -> QwenConfig:
         """Read `<path>/config.json` (or `path` itself when it is a json file)."""
         p = pathlib.Path(path)
         if p.is_dir():
@@ -183,7 +184,7 @@ class QwenConfig:
         return cls.from_hf_dict(d, source=str(p), **overrides)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "QwenConfig":
+    def preset(cls, name: str, **overrides: Any) -> QwenConfig:
         """A shape preset shipped in configs/models/<name>.json (e.g. 'qwen2.5-7b-instruct')."""
         p = PRESETS_DIR / f"{name}.json"
         if not p.is_file():

@@ -17,7 +17,7 @@ softmax statistics and RoPE run in float32.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -72,8 +72,11 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return out.astype(x.dtype)
 
 
-def _default_attention_impl() -> str:
-    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+def _default_attention_impl(dtype) -> str:
+    """cuDNN flash attention on NVIDIA GPUs for 16-bit compute (its supported dtypes), else XLA."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
 
 
 class Attention(nnx.Module):
@@ -108,7 +111,11 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        impl = cfg.attention_impl if cfg.attention_impl != "auto" else _default_attention_impl()
+        impl = cfg.attention_impl if cfg.attention_impl != "auto" else _default_attention_impl(q.dtype)
+        if impl == "cudnn":
+            # cuDNN flash attention: causal only. Exact for right-padded rows (later pads are
+            # invisible to real tokens under causality); left padding needs the xla path.
+            mask = None
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=True, scale=cfg.head_dim ** -0.5, implementation=impl)
         out = sharding.constrain(out, ("batch", "length", "act_heads", None))
@@ -135,7 +142,7 @@ class MLP(nnx.Module):
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: QwenConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
-        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        kw = {"param_dtype": param_dtype, "dtype": dtype, "rngs": rngs}
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.self_attn = Attention(cfg, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
@@ -165,7 +172,7 @@ class Qwen(nnx.Module):
         self.cfg = cfg
         self.param_dtype = param_dtype
         self.dtype = dtype
-        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        kw = {"param_dtype": param_dtype, "dtype": dtype, "rngs": rngs}
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                                    param_dtype)
         self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
