@@ -10,7 +10,8 @@ optimizer step), the baseline runs `Qwen2ForCausalLM` forward, cross-entropy, ba
     python benchmarks/learner.py --mfu --peak_tflops=989 --dtype=bfloat16 --preset=qwen2.5-1.5b-instruct
                                                       # GPU: MFU of our step only
 
-Last line: RESULT learner_vs_torch ours=<tok/s> baseline=<tok/s> ratio=<ours/baseline>
+Each side runs in its own child process (one after the other), so JAX's and torch's thread
+pools never compete. Last line: RESULT learner_vs_torch ours=<tok/s> baseline=<tok/s> ratio=<ours/baseline>
 """
 from __future__ import annotations
 
@@ -104,6 +105,25 @@ def bench_torch(args, qcfg):
     return args.batch * args.seq / statistics.median(times)
 
 
+def _child(args, side: str) -> float:
+    """Run one side in a fresh interpreter; its last line is TOKENS_PER_S <x>."""
+    import subprocess
+    argv = [a for a in sys.argv[1:] if not a.startswith("--side")]
+    env = dict(os.environ)
+    if side == "torch":
+        # torch's OpenMP threads spin-wait by default, which collapses on a shared/loaded CPU
+        # (5-20 s per step measured here); passive waiting is its best setting there.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--side={side}"],
+                          stdout=subprocess.PIPE, text=True, check=False, env=env)
+    lines = proc.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line, flush=True)
+    if proc.returncode != 0 or not lines or not lines[-1].startswith("TOKENS_PER_S "):
+        raise SystemExit(f"benchmark side {side!r} failed (exit {proc.returncode})")
+    return float(lines[-1].split()[1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=2)
@@ -118,15 +138,23 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", default="none")
     p.add_argument("--preset", default="")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--mfu", action="store_true", help="GPU: report MFU of our step only")
     p.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak of one chip")
+    p.add_argument("--side", default="both", choices=["both", "ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     qcfg = model_shape(args)
     n_params = qcfg.num_params()
+    if args.side != "both":
+        tps = bench_ours(args, qcfg) if args.side == "ours" else bench_torch(args, qcfg)
+        print(f"TOKENS_PER_S {tps}", flush=True)
+        return
     print(f"model: {n_params / 1e6:.1f}M params, batch {args.batch} x seq {args.seq}, {args.dtype}", flush=True)
-    ours = bench_ours(args, qcfg)
+    if args.mfu:
+        ours = bench_ours(args, qcfg)
+    else:
+        ours = _child(args, "ours")
     print(f"ours: {ours:.1f} tokens/s", flush=True)
     if args.mfu:
         l, h, s = qcfg.num_hidden_layers, qcfg.num_attention_heads * qcfg.head_dim, args.seq
@@ -134,7 +162,7 @@ def main() -> None:
         mfu = ours * flops_per_token / (args.peak_tflops * 1e12)
         print(f"RESULT learner_mfu ours={mfu:.4f} baseline=0.40 ratio={mfu / 0.40:.3f}")
         return
-    base = bench_torch(args, qcfg)
+    base = _child(args, "torch")
     print(f"torch: {base:.1f} tokens/s", flush=True)
     print(f"RESULT learner_vs_torch ours={ours:.1f} baseline={base:.1f} ratio={ours / base:.3f}")
 
