@@ -48,10 +48,27 @@ def default_mode() -> str:
     return "namespaces" if os.geteuid() == 0 else "userns"
 
 
-def _python_roots() -> list[str]:
+_roots_cache: dict[str, tuple[str, ...]] = {}
+
+
+def _prefixes(python: str) -> tuple[str, ...]:
+    """sys.prefix and sys.base_prefix of an interpreter (asked once, if it is not ours)."""
+    if python == sys.executable:
+        return (sys.prefix, sys.base_prefix)
+    if python not in _roots_cache:
+        import subprocess
+        out = subprocess.run([python, "-s", "-c", "import sys; print(sys.prefix); "
+                              "print(sys.base_prefix)"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.split("\n")
+        _roots_cache[python] = (out[0], out[1])
+    return _roots_cache[python]
+
+
+def _python_roots(python: str) -> list[str]:
     """Directories the interpreter needs: its installation, the venv, their site-packages."""
-    roots = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), sys.prefix}
-    exe = os.path.realpath(sys.executable)
+    prefix, base = _prefixes(python)
+    roots = {os.path.realpath(base), os.path.realpath(prefix), prefix}
+    exe = os.path.realpath(python)
     roots.add(os.path.dirname(os.path.dirname(exe)))
     out = []
     for r in sorted(roots, key=len):
@@ -84,10 +101,12 @@ def worker_env() -> dict[str, str]:
             "PYTHONIOENCODING": "utf-8"}
 
 
-def worker_command(mode: str, config_json: str) -> list[str]:
-    """argv that starts one worker in ``mode``."""
+def worker_command(mode: str, config_json: str, python: str | None = None) -> list[str]:
+    """argv that starts one worker in ``mode``; programs run under ``python`` (default: the
+    interpreter running this code)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    py = [sys.executable, "-s", "-P", "-B"]
+    python = python or sys.executable
+    py = [python, "-s", "-P", "-B"]
     if mode == "rlimits":
         return py + [os.path.join(here, "worker.py"), config_json]
     bw = bwrap_path()
@@ -107,7 +126,7 @@ def worker_command(mode: str, config_json: str) -> list[str]:
         raise ValueError(f"unknown isolation mode {mode!r}; expected one of {MODES}")
     args += _root_entries()
     parents: set[str] = set()
-    for root in _python_roots():
+    for root in _python_roots(python):
         args += ["--ro-bind", root, root]
         parent = os.path.dirname(root)
         while parent != "/":

@@ -17,6 +17,7 @@ import os
 import queue
 import select
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,7 +36,7 @@ __all__ = ["Sandbox", "SandboxStats", "IsolationUnavailable"]
 _STARTUP_TIMEOUT_S = 60.0
 _REPLY_SLACK_S = 10.0
 _PIPELINE_BYTES = 16 << 10
-_probe_cache: dict[str, tuple[bool, str]] = {}
+_probe_cache: dict[tuple[str, str], tuple[bool, str]] = {}
 _probe_lock = threading.Lock()
 _cgroup_serial = itertools.count(1)   # process-wide: several Sandboxes may live at once
 
@@ -61,12 +62,12 @@ class _WorkerHandle:
     """One worker process and its pipes."""
 
     def __init__(self, mode: str, config: dict, max_blob: int,
-                 cgroup: tuple[str, int, int] | None = None) -> None:
+                 cgroup: tuple[str, int, int] | None = None, python: str | None = None) -> None:
         self.mode = mode
         self.max_blob = max_blob
         self.cgroup: WorkerCgroup | None = None
         self._errfile = tempfile.TemporaryFile()
-        cmd = isolation.worker_command(mode, _json(config))
+        cmd = isolation.worker_command(mode, _json(config), python)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._errfile, env=isolation.worker_env(),
                                      close_fds=True, bufsize=0)
@@ -200,10 +201,13 @@ class Sandbox:
     ``cgroups``: as root, put each worker in its own memory/pids cgroup where the host allows
     it (``memory_cgroups`` says whether it did), bounding the total memory of a program's
     processes and turning OOM kills into MEMORY_LIMIT.
+    ``python``: the interpreter programs run under (default: this one, with its venv); it
+    needs only its standard library.
     """
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None,
-                 isolation: str = "auto", cgroups: bool = True) -> None:
+                 isolation: str = "auto", cgroups: bool = True, python: str | None = None
+                 ) -> None:
         self.limits = limits if limits is not None else Limits()
         if not isinstance(self.limits, Limits):
             raise TypeError(f"limits must be a sandbox.Limits, got {type(self.limits).__name__}")
@@ -213,6 +217,9 @@ class Sandbox:
         self.n_workers = n
         self.stats = SandboxStats()
         self._stats_lock = threading.Lock()
+        self.python = os.path.abspath(python) if python else sys.executable
+        if not os.access(self.python, os.X_OK):
+            raise ValueError(f"python: {self.python!r} is not an executable interpreter")
         self.use_cgroups = bool(cgroups) and os.geteuid() == 0
         self.isolation = self._choose_mode(isolation)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -241,10 +248,12 @@ class Sandbox:
 
     def _probe(self, mode: str) -> tuple[bool, str]:
         with _probe_lock:
-            if mode in _probe_cache:
-                return _probe_cache[mode]
+            key = (mode, self.python)
+            if key in _probe_cache:
+                return _probe_cache[key]
             try:
-                h = _WorkerHandle(mode, {"namespaces": mode == "namespaces"}, 1 << 16)
+                h = _WorkerHandle(mode, {"namespaces": mode == "namespaces"}, 1 << 16,
+                                  python=self.python)
                 ok = mode != "namespaces" or bool(h.hello.get("namespaces"))
                 detail = "" if ok else f"per-execution namespaces failed: {h.hello.get('ns_error')}"
                 h.close()
@@ -252,7 +261,7 @@ class Sandbox:
                 raise
             except (_InfraError, OSError, RuntimeError) as e:
                 ok, detail = False, str(e)
-            _probe_cache[mode] = (ok, detail)
+            _probe_cache[key] = (ok, detail)
             return ok, detail
 
     def _choose_mode(self, requested: str) -> str:
@@ -288,7 +297,7 @@ class Sandbox:
 
     def _start_worker(self, index: int) -> _WorkerHandle:
         h = _WorkerHandle(self.isolation, self._worker_config(index), self._max_blob(),
-                          self._cgroup_spec(index) if self.use_cgroups else None)
+                          self._cgroup_spec(index) if self.use_cgroups else None, self.python)
         with self._stats_lock:
             self.stats.worker_starts += 1
         return h

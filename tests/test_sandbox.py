@@ -210,7 +210,7 @@ def test_persistent_infrastructure_failure_is_sandbox_error(monkeypatch):
     with Sandbox(workers=1, limits=Limits(time_s=0.5)) as box:
         for pid in box.worker_pids():
             os.kill(pid, 9)
-        monkeypatch.setattr(iso, "worker_command", lambda mode, cfg: ["/bin/false"])
+        monkeypatch.setattr(iso, "worker_command", lambda *args: ["/bin/false"])
         ex = box.run("print(1)")
         assert ex.verdict == Verdict.SANDBOX_ERROR and "did not start" in ex.detail
         assert box.stats.sandbox_errors == 1 and box.stats.infra_failures == 2
