@@ -80,6 +80,11 @@ def test_bf16_checkpoint_round_trip(tmp_path):
     assert next(iter(original.values())).dtype == ml_dtypes.bfloat16
     flax_model = hf_io.load_model(hf_dir)
     assert flax_model.embed_tokens[...].dtype == jnp.float32
+    # the same file cast on device onto a (fsdp 2 x tp 4) mesh holds the same values
+    sharded = hf_io.load_model(hf_dir, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))
+    up = sharded.layers[1].mlp.up_proj[...]
+    assert up.dtype == jnp.float32 and len(up.sharding.device_set) == 8
+    np.testing.assert_array_equal(np.asarray(up), np.asarray(flax_model.layers[1].mlp.up_proj[...]))
     out = hf_io.save_hf_dir(flax_model, tmp_path / "out", dtype=ml_dtypes.bfloat16,
                             base_hf_dir=hf_dir)
     again = _read_all(out)
@@ -131,8 +136,13 @@ def test_load_onto_mesh_places_shards(hf_dirs):
     q = model.layers[0].self_attn.q_proj[...]
     assert q.sharding.spec == jax.sharding.PartitionSpec("tp", None, "fsdp")
     assert q.addressable_shards[0].data.shape == (1, 32, 64)
-    ref = _read_all(hf_dir)["model.layers.0.self_attn.q_proj.weight"]
+    original = _read_all(hf_dir)
+    ref = original["model.layers.0.self_attn.q_proj.weight"]
     np.testing.assert_array_equal(np.asarray(q), ref.reshape(4, 32, 128))
+    # export gathers the shards back into exact HF tensors
+    exported = hf_io.export_hf_arrays(model)
+    for k, v in original.items():
+        assert np.array_equal(_bits(exported[k]), _bits(v)), k
 
 
 def _corrupt(hf_dir: pathlib.Path, out: pathlib.Path, drop=None, reshape=None, add=None):
