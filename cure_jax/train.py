@@ -54,10 +54,30 @@ def build(settings: Settings) -> tuple[Learner, Any]:
 
 
 def _initial_state(learner: Learner, settings: Settings) -> TrainState:
-    if settings.model.init_checkpoint:
-        raise NotImplementedError(
-            "config.model.init_checkpoint: loading converted HF weights into cure-train is not "
-            "wired yet; leave it empty for a random init")
+    """Initial train state: params from `model.init_checkpoint` (an Orbax checkpoint written by
+    `cure-convert hf-to-orbax` or a cure-train run), else from the safetensors of `model.hf_dir`,
+    else a seeded random init; fresh optimizer state in every case."""
+    from flax import nnx
+    from cure_jax.config import ConfigError
+    m = settings.model
+    if m.init_checkpoint:
+        from cure_jax.convert_main import ConvertError, restore_params
+        try:
+            state = restore_params(m.init_checkpoint, learner.model_cfg,
+                                   param_dtype=learner.param_dtype, mesh=learner.mesh)
+        except (ConvertError, ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"config.model.init_checkpoint: {' '.join(str(e).split())}") from None
+        log.info("initial params from %s", m.init_checkpoint)
+        return learner.state_from_params(nnx.to_pure_dict(state))
+    if m.hf_dir and any(pathlib.Path(m.hf_dir).glob("*.safetensors")):
+        from cure_jax import hf_io
+        try:
+            state = hf_io.load_hf_params(m.hf_dir, learner._abstract_state, learner.mesh,
+                                         cfg=learner.model_cfg)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"config.model.hf_dir: {' '.join(str(e).split())}") from None
+        log.info("initial params from %s", m.hf_dir)
+        return learner.state_from_params(nnx.to_pure_dict(state))
     return learner.init_state()
 
 

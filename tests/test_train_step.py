@@ -172,3 +172,31 @@ def test_bucketing_and_row_padding():
     np.testing.assert_array_equal(bb.response_mask()[:, :need], b.response_mask()[:, :need])
     p = b.pad_rows(4)
     assert p.num_rows == 8 and p.response_mask()[5:].sum() == 0
+
+
+@pytest.mark.slow
+def test_initial_state_from_converted_checkpoint(tmp_path):
+    """model.init_checkpoint (cure-convert hf-to-orbax layout) gives exactly those params."""
+    from flax import nnx
+
+    from cure_jax import train as train_lib
+    from cure_jax.config import ConfigError, validate_config
+    from cure_jax.convert_main import save_params_checkpoint
+
+    mesh = sharding.make_mesh(data=1, fsdp=-1, tp=1, devices=jax.devices()[:2])
+    arch = {f.name: getattr(MODEL, f.name) for f in dataclasses.fields(MODEL)
+            if f.name not in ("attention_impl", "remat_policy")}
+    cfgd = {"seed": 3, "model": {"arch": arch, "init_checkpoint": str(tmp_path / "ck")},
+            "learner": {"kl_coef": 0.0}}
+    settings = validate_config(cfgd)
+    learner = make_learner(MODEL, settings.learner, mesh, seed=7)
+    other = make_learner(MODEL, settings.learner, mesh, seed=11).init_state()
+    state_tree = nnx.state(learner.model(other.params))
+    save_params_checkpoint(tmp_path / "ck", state_tree, MODEL)
+    st = train_lib._initial_state(learner, settings)
+    for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(other.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(st.step) == 0
+    bad = validate_config({**cfgd, "model": {**cfgd["model"], "init_checkpoint": str(tmp_path / "nope")}})
+    with pytest.raises(ConfigError, match=r"^config\.model\.init_checkpoint: .*nope"):
+        train_lib._initial_state(learner, bad)
