@@ -377,3 +377,24 @@ def test_converted_dir_greedy_generates_like_transformers_in_vllm(hf_dirs, tmp_p
             want.append(seq[0, len(p):].tolist())
     assert all(len(w) == n_new for w in want)
     assert got == want
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-qwen3"])
+def test_saved_without_base_dir_loads_in_transformers(tmp_path, preset):
+    """A randomly initialised Flax model saved with our generated config.json is the same model
+    in transformers (config fields such as head_dim, bias and tying are written correctly)."""
+    import torch
+    import transformers
+    from flax import nnx
+
+    from cure_jax.models.qwen import Qwen
+
+    cfg = QwenConfig.preset(preset)
+    model = Qwen(cfg, rngs=nnx.Rngs(4))
+    out = hf_io.save_hf_dir(model, tmp_path / preset, dtype=np.float32)
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 11))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.numpy()
+    ours = np.asarray(model.logits(model(jnp.asarray(tokens))))
+    assert np.abs(ours - ref).max() <= 1e-4
