@@ -82,7 +82,7 @@ def best_of(fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size_gb", type=float, default=0.5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     cfg = bench_config(args.size_gb)
     with tempfile.TemporaryDirectory() as tmp:

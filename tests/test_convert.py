@@ -279,7 +279,7 @@ def test_orbax_to_hf_reads_training_checkpoints(hf_dirs, tmp_path, capsys):
     from cure_jax import checkpoint as ckpt_lib
 
     src = hf_dirs[("qwen3", True)]
-    model = hf_io.load_model(src)
+    model = hf_io.load_model(src, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))  # saved sharded
     train_state = {"step": jnp.asarray(7, jnp.int32), "params": nnx.state(model).to_pure_dict(),
                    "opt_state": {"mu": jnp.zeros((3,))}}
     ck = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)
