@@ -280,7 +280,7 @@ def test_orbax_to_hf_reads_training_checkpoints(hf_dirs, tmp_path, capsys):
 
     src = hf_dirs[("qwen3", True)]
     model = hf_io.load_model(src, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))  # saved sharded
-    train_state = {"step": jnp.asarray(7, jnp.int32), "params": nnx.state(model).to_pure_dict(),
+    train_state = {"step": jnp.asarray(7, jnp.int32), "params": nnx.to_pure_dict(nnx.state(model)),
                    "opt_state": {"mu": jnp.zeros((3,))}}
     ck = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)
     ck.save(3, {**train_state, "params": jax.tree.map(lambda x: x * 0, train_state["params"])})

@@ -161,3 +161,30 @@ def test_hf_config_round_trip():
     for name in ("qwen2.5-7b-instruct", "qwen3-4b", "tiny-qwen3"):
         cfg = QwenConfig.preset(name)
         assert QwenConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+
+
+def _saved_residuals(cfg: QwenConfig) -> list[str]:
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))
+
+    def loss(st, tokens):
+        return jnp.mean(nnx.merge(graphdef, st)(tokens) ** 2)
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_saved_residuals(loss, state, jnp.zeros((2, 64), jnp.int32))
+    return [line for line in buf.getvalue().splitlines() if "[2,64" in line]
+
+
+def test_remat_policy_changes_what_the_backward_pass_keeps():
+    cfg = QwenConfig.preset("tiny-qwen2", num_hidden_layers=3)
+    none = _saved_residuals(cfg)
+    full = _saved_residuals(cfg.replace(remat_policy="full"))
+    dots = _saved_residuals(cfg.replace(remat_policy="dots_saveable"))
+    # full remat keeps little more than each layer's input; dots_saveable also keeps matmul outputs
+    assert len(full) < len(dots) < len(none), (len(full), len(dots), len(none))
+    assert not any("apply_rope" in line for line in full)
