@@ -121,7 +121,9 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
         for cap in ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"):
             args += ["--cap-add", cap]
     elif mode == "userns":
-        args += ["--unshare-user"]
+        # CAP_SYS_ADMIN inside the new user namespace only: to give each execution its own
+        # PID/mount/IPC namespaces; programs drop every capability before they start.
+        args += ["--unshare-user", "--cap-add", "CAP_SYS_ADMIN"]
     else:
         raise ValueError(f"unknown isolation mode {mode!r}; expected one of {MODES}")
     args += _root_entries()

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import isolation, protocol
 from .cgroups import WorkerCgroup
-from .procs import descendants
+from .procs import descendants, tasks_of_uid
 from .judge import classify
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
 
@@ -236,11 +236,15 @@ class Sandbox:
 
     # ------------------------------------------------------------------ set-up
     def _worker_config(self, index: int) -> dict:
-        cfg: dict = {"namespaces": self.isolation == "namespaces"}
+        cfg: dict = {"namespaces": self.isolation == "namespaces",
+                     "nested": self.isolation == "userns"}
         if os.geteuid() == 0:
             # A distinct unprivileged uid per worker (and per orchestrator process), so that
             # RLIMIT_NPROC counts only that worker's program and no two programs share a uid.
             cfg["uid"] = 200000 + (os.getpid() % 20000) * 64 + index % 64
+        else:
+            # programs keep our uid: their process limit comes on top of what it already runs
+            cfg["nproc_base"] = tasks_of_uid(os.getuid()) + 64
         return cfg
 
     def _max_blob(self) -> int:

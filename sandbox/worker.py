@@ -58,6 +58,9 @@ def _check(rc: int, what: str) -> None:
 class Worker:
     def __init__(self, config: dict) -> None:
         self.uid = config.get("uid")          # run programs as this uid (when we are root)
+        # RLIMIT_NPROC counts every task of a uid: where programs keep the caller's uid, its
+        # existing tasks (counted by the orchestrator, outside our namespaces) are added.
+        self.nproc_base = int(config.get("nproc_base", 0))
         self.want_ns = bool(config.get("namespaces"))
         self.rfd = os.dup(0)
         self.wfd = os.dup(1)
@@ -79,7 +82,11 @@ class Worker:
                 self.ns = True
             except OSError as e:
                 self.ns_error = str(e)
-        if not self.ns:
+        # Without the setns() trick (an unprivileged user namespace), each execution can still
+        # get its namespaces through an intermediate process (one more fork).
+        self.nested = bool(config.get("nested")) and not self.ns and self._nested_works()
+        self.private = self.ns or self.nested   # each execution in its own PID/mount/IPC ns
+        if not self.private:
             # Orphans of a program are re-parented to us so that we can reap them.
             _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         if os.getuid() == 0 and self.uid is None:
@@ -91,6 +98,22 @@ class Worker:
             # programs cannot drop root, and a program running as root is never acceptable.
             self.refuse = ("programs cannot run unprivileged: an unprivileged uid cannot read "
                            "the Python installation, and programs never run as root")
+
+    def _nested_works(self) -> bool:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+                _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "private")
+                _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+                                   b"size=1m"), "tmpfs")
+                inner = os.fork()
+                if inner == 0:
+                    os._exit(0 if os.getpid() == 1 else 1)
+                os._exit(os.waitpid(inner, 0)[1] >> 8)
+            except BaseException:
+                os._exit(1)
+        return os.waitpid(pid, 0)[1] == 0
 
     def _uid_can_run_python(self) -> bool:
         pid = os.fork()
@@ -117,6 +140,7 @@ class Worker:
 
     def hello(self) -> dict:
         return {"op": "hello", "pid": os.getpid(), "namespaces": self.ns,
+                "per_execution_namespaces": self.private,
                 "ns_error": self.ns_error, "uid": self.uid if self.drop_uid else os.getuid(),
                 "real_uid": os.getuid(), "refuse": self.refuse}
 
@@ -151,7 +175,7 @@ class Worker:
     def execute(self, req: dict, program: bytes, stdin: bytes) -> tuple[dict, bytes, bytes]:
         # The files are reused between executions only where no process of the previous
         # program can have survived it (its PID namespace is gone, or its uid was swept).
-        reuse = self.ns or self.drop_uid
+        reuse = self.private or self.drop_uid
         files = self._files if reuse and self._files else self._fresh_files()
         fin, fin_ro, fout, ferr, status_r, status_w = files
         try:
@@ -173,6 +197,8 @@ class Worker:
                 raise
             if pid == 0:  # child: never returns
                 try:
+                    if self.nested:
+                        self._intermediate(req, program, fin_ro, fout, ferr, status_w)
                     self._child(req, program, fin_ro, fout, ferr, status_w)
                 except BaseException as e:  # set-up failed: tell the orchestrator on stderr
                     try:
@@ -214,7 +240,7 @@ class Worker:
             if timed_out:
                 # PID 1 of the child's namespace: the kernel kills the whole namespace with it.
                 _kill(pid)
-                if not self.ns:
+                if not self.private:
                     _killpg(pid)
         finally:
             os.close(pidfd)
@@ -222,11 +248,13 @@ class Worker:
         wall = time.perf_counter() - t0
         if timed_out and not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
             timed_out = False  # it finished on its own just as the deadline passed
-        if not self.ns:
+        if not self.private:
             _killpg(pid)           # leftovers in the program's process group
             if self.drop_uid:
                 self._kill_uid()   # and anything else running as the program's uid
-            self._reap_orphans(block=self.drop_uid)
+                self._reap_orphans(block=True)
+            else:
+                self._kill_orphans()
         try:
             stage = os.read(status_r, 8)
         except BlockingIOError:
@@ -284,6 +312,28 @@ class Worker:
                 os._exit(0)
         os.waitpid(pid, 0)
 
+    def _kill_orphans(self) -> None:
+        """Same uid as the program, no namespaces: we are the subreaper, so whatever the program
+        left running (a setsid daemon...) becomes our child once its parent is gone; kill and
+        reap our children until there are none."""
+        path = f"/proc/self/task/{os.getpid()}/children"
+        for _ in range(100):
+            try:
+                with open(path) as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                kids = []
+            if not kids:
+                break
+            for k in kids:
+                _kill(k)
+            for k in kids:
+                try:
+                    os.waitpid(k, 0)
+                except ChildProcessError:
+                    pass
+        self._reap_orphans(block=False)
+
     def _reap_orphans(self, block: bool) -> None:
         """Reap the program's orphans (we are their subreaper). Blocking only when they were
         all just killed, so that none can keep us waiting."""
@@ -296,11 +346,41 @@ class Worker:
                 return
 
     # ------------------------------------------------------------------ child side
+    def _intermediate(self, req: dict, program: bytes, fin: int, fout: int, ferr: int,
+                      status_w: int) -> None:
+        """Nested mode: a fresh PID namespace whose PID 1 runs the program; we wait for it and
+        exit as it did. When we are killed (timeout), its parent-death signal kills it, and the
+        kernel the whole namespace with it. Never returns."""
+        _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        pid = os.fork()
+        if pid == 0:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            try:
+                self._child(req, program, fin, fout, ferr, status_w)
+            except BaseException as e:
+                try:
+                    os.write(2, f"sandbox child set-up failed: {e!r}".encode()[-300:])
+                except OSError:
+                    pass
+            finally:
+                os._exit(111)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        _, status, _ = os.wait4(pid, 0)   # its CPU time is folded into ours
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.WEXITSTATUS(status))
+
     def _child(self, req: dict, program: bytes, fin: int, fout: int, ferr: int,
                status_w: int) -> None:
         """Set the child up, then run the program. Exit 111 (no stage byte) = setup failed."""
         os.setsid()
-        if self.ns:
+        if self.private:
             tmp_opts = f"size={int(req['tmp_bytes'])},mode=1777".encode()
             # private mounts, and a private SysV IPC / POSIX mqueue namespace so that no IPC
             # object outlives the execution or reaches the next program of this worker
@@ -327,7 +407,7 @@ class Worker:
         cpu_hard = int(float(req["cpu_s"])) + 1
         mem = int(req["mem_bytes"])
         for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu_hard),
-                           (resource.RLIMIT_NPROC, int(req["nproc"])),
+                           (resource.RLIMIT_NPROC, int(req["nproc"]) + self.nproc_base),
                            (resource.RLIMIT_NOFILE, int(req["nofile"])),
                            (resource.RLIMIT_FSIZE, int(req["out_bytes"]) + 1),
                            (resource.RLIMIT_CORE, 0), (resource.RLIMIT_MSGQUEUE, 0)):
@@ -337,12 +417,21 @@ class Worker:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)  # drops every capability
+        if self.nested:
+            _drop_capabilities()
         if os.getuid() == 0 or os.geteuid() == 0 or self.refuse:
             raise OSError("refusing to run a program as root")
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.chdir("/tmp")
         _run_program(program, status_w, self._code_cache.get(_program_key(program)))
+
+
+def _drop_capabilities() -> None:
+    """Clear the effective, permitted and inheritable sets (and so the ambient set)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)      # _LINUX_CAPABILITY_VERSION_3, self
+    data = (ctypes.c_uint32 * 6)()
+    _check(_libc.capset(header, data), "capset")
 
 
 def _program_key(program: bytes) -> bytes:
