@@ -4,10 +4,16 @@ Modes, strongest first:
   namespaces  root + bubblewrap: the worker runs in its own PID/network/IPC/UTS namespaces on a
               read-only root that holds only /usr and the Python installation; every execution gets
               a fresh PID + mount namespace (private /tmp, /dev/shm, /proc) and an unprivileged uid.
-  userns      non-root + bubblewrap: same worker namespaces through an unprivileged user
-              namespace; programs share the worker's uid and namespaces (no per-execution ones).
-  rlimits     no bubblewrap: rlimits, a new session, process-group kill, and (as root) an
-              unprivileged uid. No filesystem or network isolation.
+  userns      non-root + bubblewrap: the same worker namespaces and read-only root through an
+              unprivileged user namespace; each execution again gets fresh PID/mount/IPC
+              namespaces (through one more fork) and drops every capability, but all programs
+              share the caller's uid (so one RLIMIT_NPROC count across workers).
+  rlimits     no bubblewrap: rlimits, a new session, and as root an unprivileged uid per
+              worker (refused, rather than run as root, when that uid cannot read the
+              interpreter: pass ``python=`` another one); leftovers are killed by uid (root) or
+              as orphans of the worker (non-root). No filesystem or network isolation.
+
+Whatever the mode, a program never runs as uid 0 and never sees an expected output.
 """
 from __future__ import annotations
 
