@@ -214,11 +214,14 @@ def load_hf_params(hf_dir: str | pathlib.Path, target: nnx.Module | nnx.State,
     """Read a HF checkpoint into the layout, dtype and sharding of `target`.
 
     target: a Qwen model (updated in place) or its (abstract) state, e.g. from
-      `nnx.state(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))`.
+      `nnx.state(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))` (then the table comes
+      from `cfg`, or from hf_dir/config.json when cfg is None).
     mesh: shard each parameter by the logical-axis rules on this mesh; without it, a leaf that
       already carries a sharding keeps it and the rest go to the default device.
     Returns the filled state (same tree as `nnx.state(model)`).
     """
+    if cfg is None and not isinstance(target, Qwen):
+        cfg = QwenConfig.from_hf_dir(hf_dir)
     cfg = _config_of(target, cfg)
     state = _state_of(target)
     reader = CheckpointReader(hf_dir)

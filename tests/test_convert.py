@@ -396,5 +396,23 @@ def test_saved_without_base_dir_loads_in_transformers(tmp_path, preset):
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf(torch.tensor(tokens)).logits.numpy()
-    ours = np.asarray(model.logits(model(jnp.asarray(tokens))))
+    ours = np.asarray(nnx.jit(lambda m, t: m.logits(m(t)))(model, jnp.asarray(tokens)))
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_load_hf_params_into_abstract_state(hf_dirs):
+    """The learner's path: abstract state (no memory) -> filled, sharded state -> pure dict."""
+    from flax import nnx
+
+    hf_dir = hf_dirs[("qwen2", True)]
+    cfg = QwenConfig.from_hf_dir(hf_dir)
+    graphdef, abstract = nnx.split(hf_io.abstract_model(cfg, param_dtype=jnp.bfloat16))
+    mesh = sharding.make_mesh(data=2, fsdp=4, tp=1)
+    state = hf_io.load_hf_params(hf_dir, abstract, mesh)
+    params = nnx.to_pure_dict(state)
+    emb = params["embed_tokens"]
+    assert emb.dtype == jnp.bfloat16 and emb.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    model = nnx.merge(graphdef, state)
+    exported = hf_io.export_hf_arrays(model, dtype=ml_dtypes.bfloat16)
+    ref = _read_all(hf_dir)["model.layers.1.mlp.down_proj.weight"].astype(ml_dtypes.bfloat16)
+    assert np.array_equal(_bits(exported["model.layers.1.mlp.down_proj.weight"]), _bits(ref))

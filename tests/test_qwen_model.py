@@ -16,6 +16,11 @@ from tests.helpers.tiny_models import PRESETS, make_tiny_hf_dir
 VARIANTS = [("qwen2", False), ("qwen2", True), ("qwen3", False), ("qwen3", True)]
 
 
+@nnx.jit
+def _forward(model, tokens, positions, mask):
+    return model(tokens, positions=positions, attention_mask=mask)
+
+
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
@@ -67,8 +72,8 @@ def test_default_positions_follow_padding(hf_dirs):
     """Without positions, left-padded rows get positions counted from their first real token."""
     model = load_model(hf_dirs[("qwen2", False)])
     tokens, mask, positions = _batch()
-    a = model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
-    b = model(jnp.asarray(tokens), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
+    a = _forward(model, jnp.asarray(tokens), None, jnp.asarray(mask))
+    b = _forward(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -78,8 +83,8 @@ def test_right_padding_needs_no_mask(hf_dirs):
     tokens, _, _ = _batch()
     mask = np.ones_like(tokens)
     mask[0, 9:] = 0
-    a = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
-    b = np.asarray(model(jnp.asarray(tokens)))
+    a = np.asarray(_forward(model, jnp.asarray(tokens), None, jnp.asarray(mask)))
+    b = np.asarray(_forward(model, jnp.asarray(tokens), None, None))
     np.testing.assert_allclose(a[0, :9], b[0, :9], atol=1e-6)
 
 
@@ -89,9 +94,9 @@ def test_bf16_compute_close_to_fp32(hf_dirs):
     f32 = load_model(hf_dir)
     bf16 = load_model(hf_dir, dtype=jnp.bfloat16)
     assert bf16.embed_tokens[...].dtype == jnp.float32  # fp32 master weights
-    h = bf16(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
+    h = _forward(bf16, jnp.asarray(tokens), None, jnp.asarray(mask))
     assert h.dtype == jnp.bfloat16
-    a = np.asarray(f32.logits(f32(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))))
+    a = np.asarray(f32.logits(_forward(f32, jnp.asarray(tokens), None, jnp.asarray(mask))))
     b = np.asarray(bf16.logits(h))
     valid = mask.astype(bool)
     assert np.abs(a - b)[valid].max() < 0.15
@@ -118,7 +123,7 @@ def test_remat_keeps_gradients(policy):
 def test_attention_impl_is_selectable():
     cfg = QwenConfig.preset("tiny-qwen2", attention_impl="xla")
     model = Qwen(cfg, rngs=nnx.Rngs(0))
-    assert model(jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, cfg.hidden_size)
+    assert _forward(model, jnp.zeros((1, 4), jnp.int32), None, None).shape == (1, 4, cfg.hidden_size)
     with pytest.raises(ValueError, match="attention_impl"):
         QwenConfig.preset("tiny-qwen2", attention_impl="flash")
 
