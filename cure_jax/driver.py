@@ -162,6 +162,10 @@ def cure_settings(config: Any) -> CureSettings:
     for k in data:
         if k not in ("train", "eval"):
             fail(f"config.data.{k}", "unknown field (known: eval, train)")
+    model = _section(config, "model")
+    if model.get("preset") and not (r.get("model_path") or model.get("hf_dir")):
+        fail("config.rollout.model_path", "required with config.model.preset (the HF "
+             "directory or hub id the rollout engine serves)")
     train = _section(config, "train")
     steps = train.get("steps", train.get("num_steps", 1))
     eval_every = train.get("eval_every", 0)
@@ -486,8 +490,10 @@ def _run_id() -> str:
 
 
 def server_spec(settings: CureSettings, model_cfg: Any, workdir: pathlib.Path, buffer: str,
-                channel: str, seed: int) -> dict[str, Any]:
-    """The JSON the rollout server starts from."""
+                channel: str, seed: int, model_path: str = "") -> dict[str, Any]:
+    """The JSON the rollout server starts from. The engine serves ``model_path`` (a HF
+    directory or hub id); without one, a tiny HF directory of ``model_cfg`` is built in the
+    workdir (configs/tiny.py). Either way the learner's weights are pushed before any rollout."""
     engine = {"backend": settings.engine, "seed": seed}
     if settings.engine == "vllm":
         engine.update(enforce_eager=True)
@@ -500,8 +506,8 @@ def server_spec(settings: CureSettings, model_cfg: Any, workdir: pathlib.Path, b
         "data": {"train": settings.data_train, "eval": settings.data_eval},
         "heartbeat_s": settings.heartbeat_s,
     }
-    if settings.model_path:
-        engine["model"] = settings.model_path
+    if model_path:
+        engine["model"] = model_path
     else:
         hf = model_cfg.to_hf_dict()
         hf["torch_dtype"] = "float32"
@@ -564,6 +570,7 @@ class CureLoop:
         self.workdir = pathlib.Path(workdir)
         self.settings = validate_config(learner_view(config))
         self.cure = cure_settings(config)
+
         self.train_lib = train_lib
         self.seed = self.settings.seed
 
@@ -625,7 +632,8 @@ class CureLoop:
                                           _buffer_bytes(cure, learner.model_cfg))
         buffer.open_reader()
         channel = shm.WeightChannel.create(run_id, weights_capacity(learner.model_cfg, wdtype))
-        self.spec = server_spec(cure, learner.model_cfg, wd, buffer.name, channel.name, self.seed)
+        self.spec = server_spec(cure, learner.model_cfg, wd, buffer.name, channel.name, self.seed,
+                                cure.model_path or settings.model.hf_dir)
         client: RolloutClient | None = None
         restarts_left = cure.restarts
         inflight: collections.deque[tuple[int, int]] = collections.deque()
