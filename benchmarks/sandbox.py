@@ -171,8 +171,8 @@ def main() -> None:
     # that a change of machine load during the run affects all of them alike.
     rows = {(wl, k): [0.0, 0, 0] for wl in ("trivial", "mix")
             for k in ("ours", "subprocess", "reference")}
-    tmp = tempfile.mkdtemp(prefix="sbx-bench-")
-    with Sandbox(workers=args.workers, limits=limits) as sb:
+    with tempfile.TemporaryDirectory(prefix="sbx-bench-") as tmp, \
+            Sandbox(workers=args.workers, limits=limits) as sb:
         print(f"isolation: {sb.isolation}, memory cgroups: {sb.memory_cgroups}")
         run_ours(sb, [trivial])   # warm-up
         for wl, groups in (("trivial", [trivial]), ("mix", mix)):
