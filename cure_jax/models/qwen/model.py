@@ -185,9 +185,10 @@ class Qwen(nnx.Module):
                  attention_mask: Array | None = None) -> Array:
         """tokens int32 [B, L] -> final RMS-normed hidden states [B, L, H] in `dtype`.
 
-        attention_mask [B, L] (1 = real token) masks padded keys; padded queries attend to
-        themselves only, so no row is empty. For right-padded batches the mask changes nothing
-        for real tokens (causality already hides later pads): pass None for the fastest path.
+        attention_mask [B, L] (1 = real token) masks padded keys (every query still sees its own
+        position, so no softmax row is empty). For right-padded batches the mask changes nothing
+        for real tokens (causality already hides later pads): pass None for the fastest path;
+        the cudnn implementation ignores it (right padding assumed).
         positions default to the running count of real tokens (left or right padding alike).
         """
         tokens = jnp.asarray(tokens, jnp.int32)
