@@ -217,6 +217,7 @@ class Sandbox:
         self.n_workers = n
         self.stats = SandboxStats()
         self._stats_lock = threading.Lock()
+        self._python_chosen = python is not None
         self.python = os.path.abspath(python) if python else sys.executable
         if not os.access(self.python, os.X_OK):
             raise ValueError(f"python: {self.python!r} is not an executable interpreter")
@@ -281,7 +282,14 @@ class Sandbox:
             try:
                 ok, detail = self._probe(mode)
             except IsolationUnavailable as e:
-                raise IsolationUnavailable("; ".join(reasons + [str(e)])) from None
+                system = _system_python()
+                if self._python_chosen or system is None or system == self.python:
+                    raise IsolationUnavailable("; ".join(reasons + [str(e)])) from None
+                # e.g. root, no usable bubblewrap, our interpreter under /root (0700): run the
+                # programs under the system interpreter rather than as root or not at all
+                reasons.append(f"{e}; programs run under the system interpreter {system}")
+                self.python = system
+                continue
             if ok or mode == "rlimits":
                 break
             reasons.append(f"{mode} unavailable: {detail[:300]}")
@@ -530,6 +538,14 @@ class Sandbox:
     def worker_pids(self) -> list[int]:
         """Host pids of the live worker processes (bwrap or python)."""
         return [h.proc.pid for h in self._handles if h is not None and h.proc.poll() is None]
+
+
+def _system_python() -> str | None:
+    """The distribution's python3, if there is one (the fallback interpreter for programs)."""
+    for path in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def _sandbox_error(detail: str) -> Execution:
