@@ -28,7 +28,13 @@ def _chunk_stats(h: jax.Array, targets: jax.Array, w: jax.Array, temperature: fl
     if temperature != 1.0:
         logits = logits / temperature
     lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    if sharding.current_axis_size("tp") > 1:
+        # Vocabulary split over "tp": a masked sum stays a local reduction + one all-reduce,
+        # where a gather would first collect the chunk's logits on every device.
+        vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+        picked = jnp.sum(jnp.where(vocab_ids == targets[..., None], logits, 0.0), axis=-1)
+    else:
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = picked - lse
     if want_entropy:
         probs = jnp.exp(logits - lse[..., None])

@@ -105,6 +105,29 @@ def test_activation_constraints_apply_only_under_a_mesh():
     f = jax.jit(lambda x: sharding.constrain(x * 2, ("batch", "length", "act_mlp")))
     x = jnp.ones((4, 8, 16))
     assert "sharding_constraint" not in f.lower(x).as_text()
+    assert sharding.current_axis_size("tp") == 1
     with jax.set_mesh(sharding.make_mesh(data=1, fsdp=2, tp=4)):
         text = f.lower(x).as_text()
+        assert sharding.current_axis_size("tp") == 4 and sharding.current_axis_size("fsdp") == 2
     assert 'sharding_constraint %1 <@mesh, [{"fsdp"}, {}, {"tp"}]>' in text
+
+
+def test_sharded_token_logprobs_equal_unsharded(reference):
+    from cure_jax.logprobs import token_logprobs
+
+    cfg, state, tokens, mask, _ = reference
+    model = Qwen(cfg, rngs=nnx.Rngs(1))
+    nnx.update(model, state)
+
+    def f(m, t, a):
+        return token_logprobs(m, t, a, chunk_size=6)
+
+    lp0, ent0 = nnx.jit(f)(model, tokens, mask)
+    mesh = sharding.make_mesh(data=1, fsdp=2, tp=4)
+    sharding.shard_model(model, mesh)
+    assert model.embed_tokens[...].sharding.spec == P("tp", "fsdp")   # vocab split over tp
+    with jax.set_mesh(mesh):
+        lp1, ent1 = nnx.jit(f)(model, jax.device_put(tokens, sharding.batch_sharding(mesh)),
+                               jax.device_put(mask, sharding.batch_sharding(mesh)))
+    np.testing.assert_allclose(np.asarray(lp1), np.asarray(lp0), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(ent1), np.asarray(ent0), atol=2e-5)
