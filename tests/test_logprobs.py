@@ -13,7 +13,6 @@ from cure_jax.logprobs import logprobs_from_hidden, token_logprobs
 from cure_jax.models.qwen import Qwen, QwenConfig
 from tests.helpers.tiny_models import make_tiny_hf_dir
 
-
 _jit_logprobs = nnx.jit(token_logprobs,
                         static_argnames=("chunk_size", "return_entropy", "temperature"))
 
