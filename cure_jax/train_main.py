@@ -16,6 +16,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard, config.json.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host launch on a cluster JAX "
+                                 "auto-detects, e.g. TPU pods). Also on when JAX_COORDINATOR_ADDRESS or a "
+                                 "multi-task SLURM job is detected.")
 
 
 def main(argv: list[str]) -> None:
@@ -38,8 +42,10 @@ def main(argv: list[str]) -> None:
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     logging.getLogger("cure_jax").setLevel(logging.INFO)
+    from cure_jax import distributed
     from cure_jax.checkpoint import CheckpointError
     from cure_jax.train import train_and_evaluate
+    distributed.initialize(force=_DISTRIBUTED.value)
     try:
         train_and_evaluate(config, _WORKDIR.value)
     except (CheckpointError, ConfigError) as e:

@@ -107,3 +107,12 @@ def test_cli_unknown_override_field_is_named(tmp_path):
     r = _cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.learner.nope=1")
     assert r.returncode != 0
     assert "learner.nope" in r.stderr
+
+
+def test_multihost_detection_from_environment():
+    from cure_jax import distributed
+    assert not distributed.is_multihost_launch({})
+    assert not distributed.is_multihost_launch({"SLURM_NTASKS": "1"})
+    assert distributed.is_multihost_launch({"SLURM_NTASKS": "4"})
+    assert distributed.is_multihost_launch({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+    assert distributed.initialize(env={}) is False  # single host: a no-op
