@@ -8,8 +8,9 @@ and AdamW (:func:`cure_jax.optim.make_optimizer`), and writes a Hugging Face dir
 
     python -m cure_jax.warmstart --config=configs/warmstart.py --out=rollout/assets/tiny_coder
 
-Without ``--corpus`` the corpus is (re)built first in ``<out>.corpus`` by running
-``python -m rollout.warmstart_corpus`` in a subprocess (the package boundary holds).
+The corpus is first (re)built in ``--corpus`` (default ``runs/warmstart/corpus``) by running
+``python -m rollout.warmstart_corpus`` in a subprocess (the package boundary holds);
+``--reuse_corpus`` trains on an existing one.
 
 Loss of one batch, with m the response mask (1 on response tokens and the final EOS):
 
@@ -267,12 +268,12 @@ def build_corpus(corpus_dir: pathlib.Path, cfg: WarmstartConfig) -> None:
     subprocess.run(cmd, check=True)
 
 
-def run(cfg: WarmstartConfig, out_dir: str | pathlib.Path,
-        corpus_dir: str | pathlib.Path | None = None) -> dict:
-    """Build (or read) the corpus, train, save the HF directory; returns the summary."""
+def run(cfg: WarmstartConfig, out_dir: str | pathlib.Path, corpus_dir: str | pathlib.Path,
+        *, reuse_corpus: bool = False) -> dict:
+    """Build (unless ``reuse_corpus``) and read the corpus, train, save the HF directory;
+    returns the summary (also written to ``<out>/warmstart.json``)."""
     out = pathlib.Path(out_dir)
-    if corpus_dir is None:
-        corpus_dir = out.with_name(out.name + ".corpus")
+    if not reuse_corpus:
         build_corpus(pathlib.Path(corpus_dir), cfg)
     corpus = load_corpus(corpus_dir)
     t0 = time.perf_counter()
@@ -286,11 +287,10 @@ def run(cfg: WarmstartConfig, out_dir: str | pathlib.Path,
 
 def main(argv: list[str]) -> None:
     from absl import flags
-    from ml_collections import config_flags
 
     del argv
     cfg = WarmstartConfig.from_mapping(flags.FLAGS.config)
-    run(cfg, flags.FLAGS.out, flags.FLAGS.corpus or None)
+    run(cfg, flags.FLAGS.out, flags.FLAGS.corpus, reuse_corpus=flags.FLAGS.reuse_corpus)
 
 
 if __name__ == "__main__":
@@ -299,5 +299,6 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", "configs/warmstart.py", "warm-start recipe")
     flags.DEFINE_string("out", "rollout/assets/tiny_coder", "output HF directory")
-    flags.DEFINE_string("corpus", "", "existing corpus directory (default: build <out>.corpus)")
+    flags.DEFINE_string("corpus", "runs/warmstart/corpus", "corpus directory (built here)")
+    flags.DEFINE_bool("reuse_corpus", False, "train on the corpus already in --corpus")
     app.run(main)

@@ -80,3 +80,12 @@ def test_reference_solutions_pass_and_mutants_fail_in_the_sandbox():
         passed = res.passed
         assert passed[0].all(), (inst.problem.task_id, res.verdicts[0])
         assert not passed[1:].all(axis=1).any(), inst.problem.task_id
+
+
+def test_splits_export_as_stdio_json(tmp_path):
+    from rollout.problems import load_problems
+    from rollout.tasks.__main__ import main
+
+    assert main(["--out", str(tmp_path)]) == 0
+    assert load_problems(tmp_path / "eval.json") == task_problems("eval")
+    assert load_problems(tmp_path / "train.json") == task_problems("train")
