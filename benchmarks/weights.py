@@ -37,9 +37,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def engine_options(model_dir: str) -> dict:
-    return dict(backend="vllm", model=model_dir, dtype="float32", enforce_eager=True,
-                distributed_executor_backend="uni", in_process=True, max_model_len=256,
-                gpu_memory_utilization=0.5, seed=0, kv_cache_gb=1)
+    return {"backend": "vllm", "model": model_dir, "dtype": "float32", "enforce_eager": True,
+                "distributed_executor_backend": "uni", "in_process": True, "max_model_len": 256,
+                "gpu_memory_utilization": 0.5, "seed": 0, "kv_cache_gb": 1}
 
 
 # ----------------------------------------------------------------------------- rollout side

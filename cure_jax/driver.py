@@ -38,8 +38,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Self
 
 import numpy as np
 
@@ -293,7 +293,7 @@ class RolloutClient:
         child_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), child_env["PYTHONPATH"]) if p)
         child_env.pop("XLA_FLAGS", None)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - held while the server runs
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rollout.server", f"--spec={self.spec_path}",
@@ -453,10 +453,10 @@ class RolloutClient:
                 pass
         self._log.close()
 
-    def __enter__(self) -> "RolloutClient":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -697,7 +697,7 @@ class CureLoop:
                     try:
                         s, cid = inflight[0]
                         assert s == step, (s, step)
-                        reply = client.wait(cid, cure.step_timeout_s, f"the rollout of step {step}")
+                        client.wait(cid, cure.step_timeout_s, f"the rollout of step {step}")
                         inflight.popleft()
                         t_wait = time.perf_counter() - t_step
                         batch_msg = buffer.get(timeout=30.0)

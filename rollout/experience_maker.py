@@ -104,7 +104,7 @@ class RolloutConfig:
         _check(self.length_multiple >= 1, f"{p}.length_multiple", f"must be >= 1 (got {self.length_multiple})")
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "rollout") -> "RolloutConfig":
+    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "rollout") -> RolloutConfig:
         """From a dict; unknown keys are a one-line error naming them."""
         return _from_mapping(cls, m, prefix)
 
@@ -142,7 +142,7 @@ class EvalConfig:
                    f"{p}.bon", f"pair {b} needs 1 <= n <= k_code and 0 <= m <= k_case")
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "eval") -> "EvalConfig":
+    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "eval") -> EvalConfig:
         return _from_mapping(cls, m, prefix)
 
     def sampling(self, seed: int | None) -> SamplingConfig:
@@ -263,12 +263,12 @@ class ExperienceMaker:
     """Turns problems into CURE experience rows with a given engine and sandbox."""
 
     def __init__(self, engine: Any, sandbox: Any, config: RolloutConfig = RolloutConfig(),
-                 reward_config: RewardConfig = RewardConfig(),
+                 reward_config: RewardConfig | None = None,
                  prompt_builder: PromptBuilder | None = None) -> None:
         self.engine = engine
         self.sandbox = sandbox
         self.config = config
-        self.reward_config = reward_config
+        self.reward_config = reward_config if reward_config is not None else RewardConfig()
         self.builder = prompt_builder or PromptBuilder(tokenizer=getattr(engine, "tokenizer", None))
 
     # ------------------------------------------------------------------ training
@@ -379,7 +379,7 @@ class ExperienceMaker:
         finish = [s.finish_reason for row in ex.codes + ex.tests for s in row]
         stats["truncated_rate"] = float(np.mean([f == "length" for f in finish])) if finish else 0.0
         stats["prompt_len_mean"] = float(arrays["prompt_len"].mean())
-        stats["rows"] = int(len(kind))
+        stats["rows"] = len(kind)
         stats["rows_with_signal"] = int(sig.sum())
         stats["code_rows_with_signal"] = int((sig & (kind == KIND_CODE)).sum())
         stats["test_rows_with_signal"] = int((sig & (kind == KIND_TEST)).sum())

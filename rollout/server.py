@@ -34,7 +34,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["main", "load_split"]
+__all__ = ["load_split", "main"]
 
 
 def load_split(spec: str) -> list:
@@ -152,7 +152,7 @@ class Server:
         t0 = time.perf_counter()
         seq = self.buffer.put(arrays, meta=stats, version=self.version,
                               timeout=float(self.spec.get("put_timeout_s", 600.0)))
-        return {"seq": seq, "step": step, "version": self.version, "rows": int(len(arrays["kind"])),
+        return {"seq": seq, "step": step, "version": self.version, "rows": len(arrays["kind"]),
                 "write_s": time.perf_counter() - t0}
 
     def load_weights(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,14 +189,14 @@ class Server:
                 try:
                     obj.close()
                 except Exception:  # noqa: BLE001 - best effort at exit
-                    pass
+                    traceback.print_exc()
         for name in ("buffer", "channel"):
             obj = getattr(self, name, None)
             if obj is not None:
                 try:
                     obj.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception:  # noqa: BLE001 - best effort at exit
+                    traceback.print_exc()
 
 
 def _heartbeat(chan: _Channel, period: float, server_ref: list) -> None:

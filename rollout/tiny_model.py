@@ -28,8 +28,8 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _DONE = ".cure_tiny_complete"
 
 _PY_SNIPPETS = (
-    "import sys\n\ndef main():\n    data = sys.stdin.read().split()\n    n = int(data[0])\n"
-    "    print(sum(map(int, data[1:n + 1])))\n\nmain()\n",
+    ("import sys\n\ndef main():\n    data = sys.stdin.read().split()\n    n = int(data[0])\n"
+    "    print(sum(map(int, data[1:n + 1])))\n\nmain()\n"),
     "n = int(input())\nfor i in range(n):\n    a, b = map(int, input().split())\n    print(a + b)\n",
     "s = input().strip()\nprint(s[::-1])\n",
     "x = list(map(int, input().split()))\nprint(max(x), min(x))\nprint(' '.join(map(str, sorted(x))))\n",
@@ -38,8 +38,8 @@ _PY_SNIPPETS = (
 
 def tokenizer_corpus() -> list[str]:
     """The text the tiny tokenizer is trained on (deterministic order)."""
-    from rollout.prompts import TEMPLATE_DIR
     from rollout.problems import embedded_problems
+    from rollout.prompts import TEMPLATE_DIR
 
     texts: list[str] = []
     for p in embedded_problems("all"):
@@ -54,7 +54,14 @@ def tokenizer_corpus() -> list[str]:
 
 
 def _train_tokenizer(out: pathlib.Path, vocab_size: int) -> dict[str, int]:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

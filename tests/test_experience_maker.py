@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from rollout.engines.base import Sample, SamplingConfig
-from rollout.experience_maker import (EXPERIENCE_FIELDS, EvalConfig, ExperienceMaker,
-                                      RolloutConfig, step_seed)
+from rollout.experience_maker import (
+    EXPERIENCE_FIELDS,
+    EvalConfig,
+    ExperienceMaker,
+    RolloutConfig,
+    step_seed,
+)
 from rollout.problems import embedded_problems
 from rollout.prompts import PromptBuilder, PromptConfig
 from rollout.rewards import RewardConfig, batch_rewards
@@ -167,7 +172,7 @@ def test_tiny_model_rows_match_its_samples(tmp_path, sandbox):
     from rollout.tiny_model import ensure_tiny_hf_dir
 
     d = ensure_tiny_hf_dir(tmp_path / "tiny", TINY_HF, seed=0)
-    eng = make_engine(dict(backend="hf", model=str(d), dtype="float32", device="cpu"))
+    eng = make_engine({"backend": "hf", "model": str(d), "dtype": "float32", "device": "cpu"})
     problems = embedded_problems("train")[:2]
     cfg = RolloutConfig(k_code=2, k_case=2, max_tokens=12, seed=1)
     maker = ExperienceMaker(eng, sandbox, cfg)
