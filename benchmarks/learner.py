@@ -56,6 +56,7 @@ def make_batch(args, vocab):
 
 def bench_ours(args, qcfg):
     import jax
+
     from cure_jax import sharding
     from cure_jax.config import LearnerConfig
     from cure_jax.train_step import make_learner

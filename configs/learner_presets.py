@@ -12,12 +12,12 @@ import ml_collections
 
 PRESETS: dict[str, dict[str, dict]] = {
     "reference-faithful": {
-        "learner": dict(lr=1e-6, lr_schedule="constant", warmup_steps=0, b1=0.9, b2=0.95,
-                        weight_decay=0.0, grad_clip=1.0, clip_low=0.2, clip_high=0.2,
-                        dual_clip=0.0, kl_coef=0.01, kl_estimator="k3", kl_reference="initial",
-                        entropy_coef=0.0, agg_mode="token-mean", ppo_epochs=1, minibatches=1,
-                        old_logprobs="recompute"),
-        "model": dict(param_dtype="float32", dtype="bfloat16"),
+        "learner": {"lr": 1e-6, "lr_schedule": "constant", "warmup_steps": 0, "b1": 0.9, "b2": 0.95,
+                        "weight_decay": 0.0, "grad_clip": 1.0, "clip_low": 0.2, "clip_high": 0.2,
+                        "dual_clip": 0.0, "kl_coef": 0.01, "kl_estimator": "k3", "kl_reference": "initial",
+                        "entropy_coef": 0.0, "agg_mode": "token-mean", "ppo_epochs": 1, "minibatches": 1,
+                        "old_logprobs": "recompute"},
+        "model": {"param_dtype": "float32", "dtype": "bfloat16"},
     },
 }
 

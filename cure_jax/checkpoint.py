@@ -79,7 +79,7 @@ class StopSignal:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def install(self) -> "StopSignal":
+    def install(self) -> StopSignal:
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -170,7 +170,7 @@ class Checkpointer:
         extra = set(have) - set(want_paths)
         if extra:
             raise CheckpointError(f"checkpoint {where}: incompatible, unexpected array "
-                                  f"{'/'.join(sorted(extra)[0])!r}")
+                                  f"{'/'.join(min(extra))!r}")
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
         """Restore `step` into the structure, shapes, dtypes and shardings of `like`.

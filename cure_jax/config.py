@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cure_jax import losses
 
@@ -204,7 +205,7 @@ class ModelSection:
     def qwen_config(self, p: str = "config.model"):
         """Build and validate the QwenConfig (errors name config.model.* fields)."""
         from cure_jax.models.qwen import QwenConfig
-        extra = dict(attention_impl=self.attention_impl, remat_policy=self.remat_policy)
+        extra = {"attention_impl": self.attention_impl, "remat_policy": self.remat_policy}
         try:
             if self.preset:
                 return QwenConfig.preset(self.preset, **extra)

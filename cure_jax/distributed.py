@@ -19,9 +19,7 @@ def is_multihost_launch(env: dict[str, str] | None = None) -> bool:
     env = dict(os.environ) if env is None else env
     if env.get("JAX_COORDINATOR_ADDRESS"):
         return True
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
-        return True
-    return False
+    return int(env.get("SLURM_NTASKS", "1") or 1) > 1
 
 
 def initialize(force: bool = False, env: dict[str, str] | None = None) -> bool:
@@ -32,9 +30,9 @@ def initialize(force: bool = False, env: dict[str, str] | None = None) -> bool:
         return False
     kwargs = {}
     if env.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                      num_processes=int(env["JAX_NUM_PROCESSES"]),
-                      process_id=int(env["JAX_PROCESS_ID"]))
+        kwargs = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
+                      "num_processes": int(env["JAX_NUM_PROCESSES"]),
+                      "process_id": int(env["JAX_PROCESS_ID"])}
     jax.distributed.initialize(**kwargs)
     _initialized = True
     log.info("jax.distributed initialised: process %d of %d, %d devices",

@@ -10,7 +10,8 @@ The loss mask is 1 exactly on the response positions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -105,11 +106,11 @@ class ExperienceBatch:
         t = np.arange(self.length)[None, :]
         return (t < self.total_len()[:, None]).astype(np.int32)
 
-    def select(self, rows: Sequence[int] | np.ndarray) -> "ExperienceBatch":
+    def select(self, rows: Sequence[int] | np.ndarray) -> ExperienceBatch:
         rows = np.asarray(rows)
         return ExperienceBatch(**{k: getattr(self, k)[rows] for k in FIELDS})
 
-    def with_length(self, length: int) -> "ExperienceBatch":
+    def with_length(self, length: int) -> ExperienceBatch:
         """Right-pad or trim the length axis (trimming only removes padding)."""
         if length < int(self.total_len().max(initial=1)):
             raise ExperienceError(f"experience: cannot trim to length {length} < longest row")
@@ -122,12 +123,12 @@ class ExperienceBatch:
         d["tokens"], d["rollout_logprobs"] = fix(self.tokens), fix(self.rollout_logprobs)
         return ExperienceBatch(**d)
 
-    def bucketed(self, multiple: int) -> "ExperienceBatch":
+    def bucketed(self, multiple: int) -> ExperienceBatch:
         """Trim/pad the length to the smallest multiple of `multiple` holding every row."""
         need = int(self.total_len().max(initial=1))
         return self.with_length(max(multiple, -(-need // multiple) * multiple))
 
-    def pad_rows(self, multiple: int) -> "ExperienceBatch":
+    def pad_rows(self, multiple: int) -> ExperienceBatch:
         """Append empty rows (prompt_len 1, response_len 0, advantage 0) up to a multiple.
 
         Empty rows carry no loss (their mask is all zero) and do not count as sequences."""
@@ -149,7 +150,7 @@ class ExperienceBatch:
         return {k: getattr(self, k) for k in FIELDS}
 
     @classmethod
-    def concatenate(cls, batches: Sequence["ExperienceBatch"]) -> "ExperienceBatch":
+    def concatenate(cls, batches: Sequence[ExperienceBatch]) -> ExperienceBatch:
         length = max(b.length for b in batches)
         bs = [b.with_length(length) for b in batches]
         return cls(**{k: np.concatenate([getattr(b, k) for b in bs]) for k in FIELDS})

@@ -7,7 +7,7 @@ unconditionally. Files are flushed every `flush_secs` and on `flush()`/`close()`
 from __future__ import annotations
 
 import pathlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np

@@ -58,6 +58,7 @@ def _initial_state(learner: Learner, settings: Settings) -> TrainState:
     `cure-convert hf-to-orbax` or a cure-train run), else from the safetensors of `model.hf_dir`,
     else a seeded random init; fresh optimizer state in every case."""
     from flax import nnx
+
     from cure_jax.config import ConfigError
     m = settings.model
     if m.init_checkpoint:

@@ -14,8 +14,6 @@ ones (`stop_gradient(logp)`), which is exact and saves a forward pass.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 import time
 from typing import Any
@@ -26,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cure_jax import losses, sharding
 from cure_jax.config import LearnerConfig

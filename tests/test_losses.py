@@ -29,8 +29,8 @@ def _inputs(seed: int = 0):
         end = rng.integers(start, L + 1)
         mask[i, start:end] = 1.0
     mask[B - 1] = 0.0  # a row without response tokens must not count as a sequence
-    return dict(logp=logp, old_logp=old, ref_logp=ref, rollout_logp=roll, advantage=adv,
-                entropy=ent, mask=mask)
+    return {"logp": logp, "old_logp": old, "ref_logp": ref, "rollout_logp": roll, "advantage": adv,
+                "entropy": ent, "mask": mask}
 
 
 # ---------------------------------------------------------------- numpy references (loops)

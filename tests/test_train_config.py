@@ -91,7 +91,7 @@ def test_bad_nested_fields():
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     return subprocess.run([sys.executable, "-m", "cure_jax.train_main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_cli_bad_value_one_line_before_any_work(tmp_path):

@@ -65,8 +65,8 @@ def unsharded_result():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("axes,offload", [(dict(data=1, fsdp=2, tp=4), False),
-                                          (dict(data=1, fsdp=8, tp=1), True)])
+@pytest.mark.parametrize("axes,offload", [({"data": 1, "fsdp": 2, "tp": 4}, False),
+                                          ({"data": 1, "fsdp": 8, "tp": 1}, True)])
 def test_sharded_update_equals_unsharded(unsharded_result, axes, offload):
     """4 AdamW updates (2 epochs x 2 minibatches, 2 micro-batches each) on 8 devices."""
     p0, m0 = unsharded_result
