@@ -159,7 +159,10 @@ def main() -> None:
     print(f"ours: {ours:.1f} tokens/s", flush=True)
     if args.mfu:
         l, h, s = qcfg.num_hidden_layers, qcfg.num_attention_heads * qcfg.head_dim, args.seq
-        flops_per_token = 6 * n_params + 6 * l * h * s  # dense + causal attention (fwd+bwd)
+        # matmul parameters (the input embedding is a lookup; a tied one is the LM head) and
+        # causal attention scores/values, forward + backward = 3 x forward
+        dense = n_params - (0 if qcfg.tie_word_embeddings else qcfg.vocab_size * qcfg.hidden_size)
+        flops_per_token = 6 * dense + 6 * l * h * s
         mfu = ours * flops_per_token / (args.peak_tflops * 1e12)
         print(f"RESULT learner_mfu ours={mfu:.4f} baseline=0.40 ratio={mfu / 0.40:.3f}")
         return
