@@ -1,9 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the learner side of cure-train.
 
-Builds the mesh, the learner and its state (resuming from the newest checkpoint in
-`<workdir>/checkpoints` when there is one), then runs `train.num_steps` RL steps on experience
-from `rollout.source`. Until the rollout server exists only the seeded synthetic source is
-wired in; the server-driven loop belongs to the rollout issue.
+`rollout.source = "cure"` runs the CURE loop of `cure_jax.driver` (rollout server, sandbox,
+CURE rewards, weight sync, evaluation). `rollout.source = "synthetic"` runs the learner alone
+on the seeded synthetic source below: it builds the mesh, the learner and its state (resuming
+from the newest checkpoint in `<workdir>/checkpoints` when there is one), then runs
+`train.steps` RL steps.
 
 Per step: sample experience, update the policy, write TensorBoard summaries (process 0), save
 a checkpoint every `train.checkpoint_every` steps, at the end, and on SIGTERM/SIGINT (then exit).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -102,12 +104,10 @@ def validate(config: Any) -> None:
 
     With `rollout.source = "cure"` the CURE loop (cure_jax.driver) owns the config's rollout
     and train-loop fields and validates them together with the learner's sections."""
+    from cure_jax.driver import cure_settings, learner_view
+    validate_config(learner_view(config))
     if rollout_source(config) == "cure":
-        from cure_jax.driver import cure_settings, learner_view
-        validate_config(learner_view(config))
         cure_settings(config)
-    else:
-        validate_config(config)
 
 
 def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
@@ -115,10 +115,14 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
 
     `rollout.source = "cure"` runs the CURE loop with its rollout server (cure_jax.driver);
     `"synthetic"` runs the learner on the seeded synthetic source below."""
+    from cure_jax.driver import RolloutServerError, learner_view, train_cure
     if rollout_source(config) == "cure":
-        from cure_jax.driver import train_cure
-        return train_cure(config, workdir)
-    settings = validate_config(config)
+        try:
+            return train_cure(config, workdir)
+        except RolloutServerError as e:  # already one line naming the server, what and why
+            print(f"cure-train: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+    settings = validate_config(learner_view(config))
     distributed.initialize()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
