@@ -129,3 +129,22 @@ def test_shipped_policy_solves_some_but_not_all_held_out_tasks():
     assert 0.0 < res["code_accuracy"] < 1.0, res
     assert res["test_parse_rate"] > 0.5, res
     assert res["test_validity"] > 0.0, res
+
+
+def test_tiny_coder_config_starts_from_the_shipped_policy_on_the_task_splits():
+    """configs/tiny_coder.py passes the driver's and the learner's validation."""
+    import importlib.util
+
+    from cure_jax.config import validate_config
+    from cure_jax.driver import cure_settings, learner_view
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny_coder.py"
+    spec = importlib.util.spec_from_file_location("tiny_coder_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    settings = cure_settings(config)
+    assert pathlib.Path(config.model.hf_dir) == ASSET
+    assert settings.data_eval.endswith("eval.json") and settings.data_train.endswith("train.json")
+    learner = validate_config(learner_view(config))
+    assert learner.model.qwen_config().head_dim >= 32
