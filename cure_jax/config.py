@@ -144,18 +144,19 @@ class LearnerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Loop, logging and checkpoint cadence of cure-train."""
-    num_steps: int = 100
+    """Loop, logging, evaluation and checkpoint cadence of cure-train (0 disables a cadence)."""
+    steps: int = 100
     log_every: int = 1
     histogram_every: int = 10
     text_every: int = 10
     checkpoint_every: int = 10
+    eval_every: int = 0             # CURE loop: evaluate on held-out problems every N steps
     keep_checkpoints: int = 3
     async_checkpoint: bool = True
 
     def validate(self, p: str) -> None:
-        _check(self.num_steps >= 0, f"{p}.num_steps", f"must be >= 0 (got {self.num_steps})")
-        for f in ("log_every", "histogram_every", "text_every", "checkpoint_every"):
+        _check(self.steps >= 0, f"{p}.steps", f"must be >= 0 (got {self.steps})")
+        for f in ("log_every", "histogram_every", "text_every", "checkpoint_every", "eval_every"):
             v = getattr(self, f)
             _check(v >= 0, f"{p}.{f}", f"must be >= 0, 0 disables (got {v})")
         _check(self.keep_checkpoints >= 1, f"{p}.keep_checkpoints", f"must be >= 1 (got {self.keep_checkpoints})")

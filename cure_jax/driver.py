@@ -167,7 +167,7 @@ def cure_settings(config: Any) -> CureSettings:
         fail("config.rollout.model_path", "required with config.model.preset (the HF "
              "directory or hub id the rollout engine serves)")
     train = _section(config, "train")
-    steps = train.get("steps", train.get("num_steps", 1))
+    steps = train.get("steps", 1)
     eval_every = train.get("eval_every", 0)
     return CureSettings(
         mode=mode, engine=engine, problems_per_step=r.get("problems_per_step", 4),
@@ -186,21 +186,13 @@ def cure_settings(config: Any) -> CureSettings:
 
 
 def learner_view(config: Any) -> Any:
-    """``config`` as the learner's validator reads it: the CURE loop's own fields
-    (``train.steps``/``eval_every``, ``rollout.source = "cure"``) mapped onto or removed from
-    the learner's sections when the learner does not know them."""
+    """``config`` as the learner's validator reads it (``rollout.source = "cure"`` mapped
+    for a learner that does not know it; ``train.steps``/``eval_every`` are learner fields)."""
     import ml_collections
 
     from cure_jax import config as cfg_lib
 
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    train = dict(d.get("train") or {})
-    fields = {f.name for f in dataclasses.fields(cfg_lib.TrainConfig)}
-    if "steps" in train and "steps" not in fields:
-        train["num_steps"] = train.pop("steps")
-    if "eval_every" in train and "eval_every" not in fields:
-        train.pop("eval_every")
-    d["train"] = train
     rollout = dict(d.get("rollout") or {})
     if rollout.get("source") == "cure" and "cure" not in cfg_lib.ROLLOUT_SOURCES:
         rollout["source"] = "synthetic"

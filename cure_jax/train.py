@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -114,14 +113,12 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
     """Validate `config`, then train (resuming from `workdir`); returns the final train state.
 
     `rollout.source = "cure"` runs the CURE loop with its rollout server (cure_jax.driver);
-    `"synthetic"` runs the learner on the seeded synthetic source below."""
-    from cure_jax.driver import RolloutServerError, learner_view, train_cure
+    `"synthetic"` runs the learner on the seeded synthetic source below. Raises ConfigError,
+    CheckpointError or (CURE loop) RolloutServerError, each a one-line message; cure-train
+    (cure_jax.train_main) turns them into `cure-train: error: ...` and exit status 1."""
+    from cure_jax.driver import learner_view, train_cure
     if rollout_source(config) == "cure":
-        try:
-            return train_cure(config, workdir)
-        except RolloutServerError as e:  # already one line naming the server, what and why
-            print(f"cure-train: error: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+        return train_cure(config, workdir)
     settings = validate_config(learner_view(config))
     distributed.initialize()
     workdir = pathlib.Path(workdir)
@@ -158,7 +155,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
                                        "seed": settings.seed, "time": time.time()})
 
     try:
-        for step in range(cursor, tc.num_steps):
+        for step in range(cursor, tc.steps):
             t0 = time.perf_counter()
             batch = source.sample(state.params, step)
             t_sample = time.perf_counter() - t0
@@ -193,7 +190,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
                 writer.flush()
                 log.warning("stopped by signal %s after step %d; checkpoint saved", stop.signum, step)
                 raise Preempted(128 + (stop.signum or 0))
-            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.num_steps:
+            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
                 save(done)
             if step % 10 == 0:
                 writer.flush()

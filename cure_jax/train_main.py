@@ -3,7 +3,8 @@
 Loads the ml_collections config (any field overridable on the command line), validates it
 before any work (a bad field is one line on stderr, exit status 2) and hands over to
 `cure_jax.train.train_and_evaluate(config, workdir)`, which resumes from the newest checkpoint
-in the workdir.
+in the workdir. A config, checkpoint or rollout-server error during the run is one line on
+stderr and exit status 1 (no traceback).
 """
 from __future__ import annotations
 
@@ -44,11 +45,12 @@ def main(argv: list[str]) -> None:
     logging.getLogger("cure_jax").setLevel(logging.INFO)
     from cure_jax import distributed
     from cure_jax.checkpoint import CheckpointError
+    from cure_jax.driver import RolloutServerError
     from cure_jax.train import train_and_evaluate
     distributed.initialize(force=_DISTRIBUTED.value)
     try:
         train_and_evaluate(config, _WORKDIR.value)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, RolloutServerError) as e:  # each one line already
         print(f"cure-train: error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -21,16 +21,25 @@ def _load(name: str):
     return mod
 
 
-def tiny():
-    return _load("tiny").get_config()
+def tiny(variant: str | None = None):
+    return _load("tiny").get_config(variant)
 
 
-def test_tiny_config_validates():
-    s = validate_config(tiny())
-    assert s.rollout_source == "synthetic"
+@pytest.mark.parametrize("variant,source", [(None, "cure"), ("synthetic", "synthetic")])
+def test_tiny_config_validates(variant, source):
+    from cure_jax import train
+    from cure_jax.driver import cure_settings, learner_view
+    c = tiny(variant)
+    train.validate(c)  # the path cure-train takes before any work (cure: CURE fields too)
+    s = validate_config(learner_view(c))
+    assert s.rollout_source == source
+    assert (s.train.steps, s.train.eval_every, s.train.checkpoint_every) == (3, 3, 2)
     qc = s.model.qwen_config()
     assert qc.family == "qwen2" and qc.head_dim >= 32
     assert s.learner.loss_config().tis_cap == 2.0
+    if source == "cure":
+        cs = cure_settings(c)
+        assert (cs.steps, cs.eval_every) == (s.train.steps, s.train.eval_every)
 
 
 def test_reference_faithful_preset():
@@ -55,13 +64,17 @@ def test_reference_faithful_preset():
     ("learner", "lr", "fast", r"^config\.learner\.lr: must be a number \(got 'fast'\)$"),
     ("mesh", "tp", 0, r"^config\.mesh\.tp: must be >= 1 or -1 \(got 0\)$"),
     ("train", "keep_checkpoints", 0, r"^config\.train\.keep_checkpoints: must be >= 1"),
-    ("train", "num_step", 3, r"^config\.train\.num_step: unknown field"),
+    ("train", "steps", -1, r"^config\.train\.steps: must be >= 0 \(got -1\)$"),
+    ("train", "eval_every", -2, r"^config\.train\.eval_every: must be >= 0, 0 disables \(got -2\)$"),
+    ("train", "eval_every", 1.5, r"^config\.train\.eval_every: must be an integer \(got 1\.5\)$"),
+    ("train", "num_steps", 3, r"^config\.train\.num_steps: unknown field \(known: .*\bsteps\b"),
 ])
 def test_bad_field_or_value_is_one_line_naming_it(section, field, value, expected):
+    from cure_jax import train
     d = tiny().to_dict()
     d[section][field] = value
     with pytest.raises(ConfigError, match=expected) as ei:
-        validate_config(d)
+        train.validate(d)  # cure-train's check (learner sections, then the CURE loop's)
     assert "\n" not in str(ei.value)
 
 
@@ -107,6 +120,19 @@ def test_cli_unknown_override_field_is_named(tmp_path):
     r = _cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.learner.nope=1")
     assert r.returncode != 0
     assert "learner.nope" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_rollout_server_error_is_one_line(tmp_path):
+    """A rollout server that fails at start-up (CURE mode) ends cure-train with one line, exit 1."""
+    r = _cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "--config.rollout.engine=hf",
+             f"--config.rollout.model_path={tmp_path / 'no_such_model'}", "--config.train.steps=1",
+             "--config.train.eval_every=0")
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert err[-1].startswith("cure-train: error: rollout server (pid "), r.stderr[-3000:]
+    assert "start-up failed" in err[-1] and "no_such_model" in err[-1], err[-1]
 
 
 def test_multihost_detection_from_environment():

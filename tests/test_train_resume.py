@@ -16,9 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 8
 FLAGS = [
-    "--config=configs/tiny.py",
+    "--config=configs/tiny.py:synthetic",
     "--config.model.arch.num_hidden_layers=1",
-    f"--config.train.num_steps={STEPS}",
+    f"--config.train.steps={STEPS}",
     "--config.train.checkpoint_every=2",
     "--config.train.histogram_every=2",
     "--config.train.text_every=4",
@@ -116,7 +116,7 @@ def test_tensorboard_tags(reference_run):
 def test_sigterm_saves_and_exits(reference_run):
     base, _, _ = reference_run
     wd = base / "term"
-    p = _start(wd, base / "jitcache", "--config.train.num_steps=100000", "--config.train.checkpoint_every=0")
+    p = _start(wd, base / "jitcache", "--config.train.steps=100000", "--config.train.checkpoint_every=0")
     deadline = time.time() + 240
     tb = wd / "tb"
     # wait until training is under way (first event file written), then ask it to stop
