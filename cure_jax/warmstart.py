@@ -38,8 +38,15 @@ from cure_jax.config import LearnerConfig
 from cure_jax.models.qwen import Qwen, QwenConfig
 from cure_jax.optim import make_optimizer
 
-__all__ = ["Corpus", "WarmstartConfig", "load_corpus", "batches", "train", "save_policy",
-           "run"]
+__all__ = [
+    "Corpus",
+    "WarmstartConfig",
+    "batches",
+    "load_corpus",
+    "run",
+    "save_policy",
+    "train",
+]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -96,7 +103,7 @@ class WarmstartConfig:
                              f"{self.final_lr_ratio}")
 
     @classmethod
-    def from_mapping(cls, m: Any) -> "WarmstartConfig":
+    def from_mapping(cls, m: Any) -> WarmstartConfig:
         """From a dict / ConfigDict; an unknown field is a one-line error naming it."""
         d = dict(m.to_dict() if hasattr(m, "to_dict") else m)
         names = {f.name for f in dataclasses.fields(cls)}

@@ -39,9 +39,19 @@ from rollout.prompts import PromptBuilder, PromptConfig
 from rollout.tasks import TaskInstance, kind_by_name, task_instances
 from rollout.tasks.run_trusted import run_trusted
 
-__all__ = ["CorpusConfig", "Document", "EOS_TOKEN", "build_documents", "encode_documents",
-           "load_tokenizer", "response_for_code", "response_for_test", "save_tokenizer",
-           "train_tokenizer", "write_corpus"]
+__all__ = [
+    "EOS_TOKEN",
+    "CorpusConfig",
+    "Document",
+    "build_documents",
+    "encode_documents",
+    "load_tokenizer",
+    "response_for_code",
+    "response_for_test",
+    "save_tokenizer",
+    "train_tokenizer",
+    "write_corpus",
+]
 
 EOS_TOKEN = "<|endoftext|>"
 CODE, TEST = 0, 1

@@ -7,8 +7,14 @@ import pathlib
 import pytest
 
 from rollout.problems import Problem
-from rollout.tasks import (KINDS, generate_instance, kind_by_name, split_params, task_instances,
-                           task_problems)
+from rollout.tasks import (
+    KINDS,
+    generate_instance,
+    kind_by_name,
+    split_params,
+    task_instances,
+    task_problems,
+)
 from rollout.tasks.run_trusted import run_trusted
 
 

@@ -10,8 +10,15 @@ import pytest
 from rollout.parsing import parse_code, parse_test
 from rollout.prompts import PromptBuilder, PromptConfig
 from rollout.tasks import task_instances, task_problems
-from rollout.warmstart_corpus import (CODE, TEST, CorpusConfig, build_documents,
-                                      encode_documents, save_tokenizer, train_tokenizer)
+from rollout.warmstart_corpus import (
+    CODE,
+    TEST,
+    CorpusConfig,
+    build_documents,
+    encode_documents,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 ASSET = pathlib.Path(__file__).resolve().parent.parent / "rollout" / "assets" / "tiny_coder"
 KINDS = ("sum_plus", "repeat_word", "multiples")

@@ -7,8 +7,14 @@ wrong programs and ground-truth tests, split by parameter into disjoint train / 
 
 stdlib only (plus rollout.problems): safe to import from the learner side.
 """
-from rollout.tasks.generate import (SPLITS, TaskInstance, generate_instance, split_params,
-                                    task_instances, task_problems)
+from rollout.tasks.generate import (
+                                    SPLITS,
+                                    TaskInstance,
+                                    generate_instance,
+                                    split_params,
+                                    task_instances,
+                                    task_problems,
+)
 from rollout.tasks.kinds import KINDS, TaskKind, kind_by_name
 
 __all__ = ["KINDS", "SPLITS", "TaskInstance", "TaskKind", "generate_instance", "kind_by_name",

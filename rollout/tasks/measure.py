@@ -73,8 +73,8 @@ def measure_policy(model_dir: str, problems: Sequence[Problem], *, n: int = 4,
     from sandbox import Limits, Sandbox
 
     builder = PromptBuilder(PromptConfig(mode="raw", show_example_in_test_prompt=False))
-    options = dict(backend=backend, model=model_dir, dtype="float32", seed=seed or 0,
-                   device="cpu")
+    options = {"backend": backend, "model": model_dir, "dtype": "float32", "seed": seed or 0,
+               "device": "cpu"}
     if backend == "vllm":
         options.update(enforce_eager=True, distributed_executor_backend="uni", in_process=True,
                        max_model_len=1024, gpu_memory_utilization=0.5)

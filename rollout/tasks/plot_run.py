@@ -13,7 +13,7 @@ import argparse
 import pathlib
 import sys
 
-__all__ = ["read_scalars", "plot_runs"]
+__all__ = ["plot_runs", "read_scalars"]
 
 
 def read_scalars(workdir: str | pathlib.Path) -> dict[str, list[tuple[int, float]]]:
