@@ -63,17 +63,18 @@ def score_samples(problems: Sequence[Problem], codes: Sequence[Sequence[str]],
 def measure_policy(model_dir: str, problems: Sequence[Problem], *, n: int = 4,
                    temperature: float = 1.0, max_tokens: int = 160, seed: int | None = 0,
                    backend: str = "hf", workers: int = 2,
-                   engine_options: dict | None = None) -> dict:
+                   engine_options: dict | None = None, engine_seed: int = 0) -> dict:
     """Sample ``n`` programs and ``n`` tests per problem from ``model_dir`` and score them.
 
     ``engine_options``: extra :class:`rollout.engines.EngineConfig` fields; the vllm backend
-    defaults to an in-process, eager CPU engine.
+    defaults to an in-process, eager CPU engine. ``seed=None`` sends unseeded requests (the
+    engine's own generator, seeded by ``engine_seed``, draws them).
     """
     from rollout.engines import EngineConfig, SamplingConfig, make_engine
     from sandbox import Limits, Sandbox
 
     builder = PromptBuilder(PromptConfig(mode="raw", show_example_in_test_prompt=False))
-    options = {"backend": backend, "model": model_dir, "dtype": "float32", "seed": seed or 0,
+    options = {"backend": backend, "model": model_dir, "dtype": "float32", "seed": engine_seed,
                "device": "cpu"}
     if backend == "vllm":
         options.update(enforce_eager=True, distributed_executor_backend="uni", in_process=True,
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max_tokens", type=int, default=160)
     ap.add_argument("--seed", type=int, default=0, help="-1: unseeded requests")
+    ap.add_argument("--engine_seed", type=int, default=0)
     ap.add_argument("--backend", default="hf", choices=("hf", "vllm"))
     ap.add_argument("--limit", type=int, default=0, help="first N problems only (0: all)")
     args = ap.parse_args(argv)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = problems[:args.limit]
     res = measure_policy(args.model, problems, n=args.n, temperature=args.temperature,
                          max_tokens=args.max_tokens, seed=None if args.seed < 0 else args.seed,
-                         backend=args.backend)
+                         backend=args.backend, engine_seed=args.engine_seed)
     print(json.dumps(res, indent=1))
     return 0
 
