@@ -491,9 +491,6 @@ def default_engine_factory(spec: ModelSpec) -> Any:
     for name in ("max_model_len", "kv_cache_gb", "distributed_executor_backend", "in_process"):
         if name in opts and not opts[name]:  # 0 / "" / False in the config: the default
             opts.pop(name)
-    kv = opts.get("kv_cache_gb")
-    if isinstance(kv, float) and kv.is_integer():
-        opts["kv_cache_gb"] = int(kv)  # vLLM's CPU build parses VLLM_CPU_KVCACHE_SPACE as an int
     opts.update(backend=spec.engine, model=ensure_hf_model(spec.model, base_model=spec.base_model),
                 tokenizer=spec.tokenizer or None)
     try:

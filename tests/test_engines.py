@@ -52,6 +52,11 @@ def test_configs_validate_with_clear_errors():
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['tp'\]"):
         make_engine({"backend": "hf", "model": "m", "tp": 2})
     assert EngineConfig.from_mapping({"engine": "hf", "model": "m"}).backend == "hf"
+    # vLLM's CPU build reads VLLM_CPU_KVCACHE_SPACE as an int: 1.0 from a config must become 1
+    assert EngineConfig(model="m", kv_cache_gb=1.0).kv_cache_gb == 1
+    assert isinstance(EngineConfig(model="m", kv_cache_gb=2.0).kv_cache_gb, int)
+    with pytest.raises(ValueError, match="engine.kv_cache_gb=1.5"):
+        EngineConfig(model="m", kv_cache_gb=1.5)
 
 
 def test_truncate_at_stop_picks_earliest():

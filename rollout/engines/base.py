@@ -92,7 +92,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     distributed_executor_backend: str | None = None  # None: vLLM's choice; "uni": in-process
     in_process: bool | None = None  # sets VLLM_ENABLE_V1_MULTIPROCESSING=0 when True
-    kv_cache_gb: float | None = None  # CPU build only (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gb: int | None = None  # CPU build only (VLLM_CPU_KVCACHE_SPACE, whole GB)
     # hf
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
 
@@ -110,6 +110,11 @@ class EngineConfig:
                              f"must be in (0, 1]")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"engine.max_model_len={self.max_model_len}: must be >= 1")
+        if self.kv_cache_gb is not None:
+            # vLLM's CPU build parses VLLM_CPU_KVCACHE_SPACE as an int: 1.0 must reach it as "1"
+            if float(self.kv_cache_gb) != int(self.kv_cache_gb) or int(self.kv_cache_gb) < 1:
+                raise ValueError(f"engine.kv_cache_gb={self.kv_cache_gb}: must be a whole number >= 1")
+            object.__setattr__(self, "kv_cache_gb", int(self.kv_cache_gb))
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> EngineConfig:
