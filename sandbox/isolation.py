@@ -133,6 +133,9 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
     else:
         raise ValueError(f"unknown isolation mode {mode!r}; expected one of {MODES}")
     args += _root_entries()
+    # The private /tmp first: an interpreter or venv that lives under /tmp (a CI checkout, say)
+    # is bound on top of it below, instead of being hidden by it.
+    args += ["--tmpfs", "/tmp"]
     parents: set[str] = set()
     for root in _python_roots(python):
         args += ["--ro-bind", root, root]
@@ -146,6 +149,6 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
         args += ["--chmod", "0755", parent]
     args += ["--ro-bind", os.path.join(here, "worker.py"), WORKER_DIR + "/worker.py",
              "--ro-bind", os.path.join(here, "protocol.py"), WORKER_DIR + "/protocol.py",
-             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/dev/shm",
+             "--proc", "/proc", "--dev", "/dev", "--dir", "/dev/shm",
              "--remount-ro", "/", "--chdir", "/tmp"]
     return args + ["--"] + py + [WORKER_DIR + "/worker.py", config_json]

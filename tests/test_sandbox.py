@@ -196,6 +196,21 @@ def test_namespaces_mode_when_root_with_bwrap(sb):
     assert pid == "1" and unprivileged == "True"
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or iso.bwrap_path() is None,
+                    reason="the strongest isolation needs root and bubblewrap")
+def test_interpreter_under_tmp_keeps_namespaces(tmp_path):
+    """A venv under /tmp (a CI checkout) must not be hidden by the sandbox's private /tmp."""
+    import subprocess
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    with Sandbox(workers=1, limits=Limits(time_s=1.0), isolation="namespaces",
+                 python=str(venv / "bin" / "python")) as box:
+        assert box.isolation == "namespaces"
+        ex = box.run(ECHO_SUM, "2 3", expected="5")
+        assert ex.verdict == Verdict.OK, ex
+
+
 def test_dead_worker_is_replaced_and_job_retried(sb):
     before = sb.stats.worker_starts
     for pid in sb.worker_pids():
