@@ -187,41 +187,14 @@ def restore_params(ckpt_dir: str | pathlib.Path, cfg, *, step: int | None = None
 # ---------------------------------------------------------------------------------------------
 # verify: transformers in a subprocess
 # ---------------------------------------------------------------------------------------------
-_HF_REFERENCE_SCRIPT = r"""
-import json, sys
-import numpy as np
-import torch, transformers
-hf_dir, out_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-torch.manual_seed(0)
-model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-texts = ["def add(a, b):\n    return a + b", "Write a function that reverses a string.",
-         "import sys\nprint(sum(map(int, sys.stdin.read().split())))", "assert f(3) == 9",
-         "class Stack:", "The quick brown fox"]
-texts = (texts * (n // len(texts) + 1))[:n]
-try:
-    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    ids = [tok(t)["input_ids"][:64] or [0] for t in texts]
-except Exception:
-    rng = np.random.default_rng(0)
-    ids = [list(rng.integers(0, model.config.vocab_size, 8 + 5 * i)) for i in range(n)]
-length = max(len(x) for x in ids)
-tokens = np.zeros((n, length), np.int64)
-mask = np.zeros((n, length), np.int64)
-for i, x in enumerate(ids):
-    tokens[i, :len(x)] = x
-    mask[i, :len(x)] = 1
-with torch.no_grad():
-    logits = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits
-np.savez(out_path, tokens=tokens, mask=mask, logits=logits.float().numpy())
-"""
-
-
 def hf_reference_logits(hf_dir: str, num_prompts: int) -> dict[str, Any]:
+    """transformers' logits for the verify prompts, computed by rollout.hf_reference in a
+    subprocess (the torch side), so this process never imports torch."""
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ref.npz")
-        proc = subprocess.run([sys.executable, "-c", _HF_REFERENCE_SCRIPT, hf_dir, out,
+        proc = subprocess.run([sys.executable, "-m", "rollout.hf_reference", hf_dir, out,
                                str(num_prompts)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
