@@ -491,25 +491,20 @@ def batch_rewards(
     test_defined = test_mask & has_correct[:, None]
     test_raw = np.where(test_defined, r, 0.0)
 
-    # Normalisation.
-    if config.long_cot_codes:
-        cl = _per_problem_1d(code_lengths, "code_lengths", n_codes, C, np.float64)
-        if cl is None:
-            raise ValueError("code_lengths: required when RewardConfig.long_cot_codes is set")
-        code_adv, code_sig = _masked_length_aware(
-            code_raw, cl, code_mask, config.long_cot_min_len, config.long_cot_max_len, config.eps
-        )
-    else:
-        code_adv, code_sig = _masked_z(code_raw, code_mask, config.eps)
-    if config.long_cot_tests:
-        tl = _per_problem_1d(test_lengths, "test_lengths", n_tests, T, np.float64)
-        if tl is None:
-            raise ValueError("test_lengths: required when RewardConfig.long_cot_tests is set")
-        test_adv, test_sig = _masked_length_aware(
-            test_raw, tl, test_mask, config.long_cot_min_len, config.long_cot_max_len, config.eps
-        )
-    else:
-        test_adv, test_sig = _masked_z(test_raw, test_mask, config.eps)
+    # Normalisation: z-score per problem, or the long-CoT length-aware transform when asked.
+    def _normalise(raw, mask, lengths, n, width, name, flag):
+        if not getattr(config, flag):
+            return _masked_z(raw, mask, config.eps)
+        ln = _per_problem_1d(lengths, name, n, width, np.float64)
+        if ln is None:
+            raise ValueError(f"{name}: required when RewardConfig.{flag} is set")
+        return _masked_length_aware(raw, ln, mask, config.long_cot_min_len,
+                                    config.long_cot_max_len, config.eps)
+
+    code_adv, code_sig = _normalise(code_raw, code_mask, code_lengths, n_codes, C,
+                                    "code_lengths", "long_cot_codes")
+    test_adv, test_sig = _normalise(test_raw, test_mask, test_lengths, n_tests, T,
+                                    "test_lengths", "long_cot_tests")
     test_sig = test_sig & has_correct
     test_adv = np.where(test_sig[:, None], test_adv, 0.0)
 
