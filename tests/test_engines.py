@@ -161,6 +161,19 @@ def test_vllm_seeds_stops_and_max_tokens(vllm_engine):
 
 
 @pytest.mark.slow
+def test_vllm_seeded_requests_survive_long_prefills(vllm_engine):
+    """More prompt tokens than one scheduler step takes: with chunked prefill the CPU build
+    crashed on seeded requests ("CPU Generator does not use offset")."""
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(5, 200, size=200).tolist() for _ in range(48)]  # 9,600 tokens
+    s = SamplingConfig(temperature=0.8, top_p=0.95, top_k=40, max_tokens=4, seed=5)
+    a = vllm_engine.generate(prompts, 2, s)
+    b = vllm_engine.generate(prompts, 2, s)
+    assert [[x.token_ids for x in g] for g in a] == [[x.token_ids for x in g] for g in b]
+    assert all(len(x.token_ids) == 4 for g in a for x in g)
+
+
+@pytest.mark.slow
 def test_vllm_and_hf_agree_on_stop_strings(vllm_engine, hf):
     free = hf.generate(PROMPTS[:2], 1, SamplingConfig(temperature=0, max_tokens=16))
     stops = (pick_stop(free[0][0].text, 5), pick_stop(free[1][0].text, 3))

@@ -93,6 +93,9 @@ class EngineConfig:
     distributed_executor_backend: str | None = None  # None: vLLM's choice; "uni": in-process
     in_process: bool | None = None  # sets VLLM_ENABLE_V1_MULTIPROCESSING=0 when True
     kv_cache_gb: int | None = None  # CPU build only (VLLM_CPU_KVCACHE_SPACE, whole GB)
+    # None: vLLM's default, except on the CPU build, where it is off: a seeded request whose
+    # prefill is split into chunks crashes that build ("CPU Generator does not use offset").
+    enable_chunked_prefill: bool | None = None
     # hf
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
 

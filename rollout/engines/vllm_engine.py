@@ -40,6 +40,12 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 class VLLMEngine:
     """A running vLLM engine configured from :class:`EngineConfig`."""
 
@@ -70,6 +76,11 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION)
         if config.max_model_len is not None:
             kwargs["max_model_len"] = config.max_model_len
+        chunked = config.enable_chunked_prefill
+        if chunked is None and _cpu_build():
+            chunked = False  # seeded requests crash chunked prefill there (see EngineConfig)
+        if chunked is not None:
+            kwargs["enable_chunked_prefill"] = chunked
         if config.distributed_executor_backend is not None:
             kwargs["distributed_executor_backend"] = config.distributed_executor_backend
         self.config = config
