@@ -1,26 +1,48 @@
-"""Embedded default: CURE on a tiny random Qwen2 policy, a few steps on 2 CPU cores in minutes.
+"""Embedded default: CURE on the shipped tiny coder, learning visibly on 2 CPU cores in minutes.
 
-    cure-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=5 ...]
+    cure-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=50 ...]
 
-`rollout.source = "cure"` (the default) runs the real loop: the rollout server (vLLM's CPU build,
-or `rollout.engine = "hf"`) samples codes and unit tests for problems of the embedded train
-split, the sandbox executes codes x (generated + ground-truth tests), CURE rewards become
-advantages, the JAX learner updates the policy and pushes its weights back into the engine.
-The policy is random (vocabulary 512, hidden 128, 2 layers, head_dim 32 so vLLM's CPU kernels
-serve it) with a byte-level BPE tokenizer trained on the project's own text; its HF directory
-is built into `<workdir>/policy_init_hf` at start-up. It does not learn to code: that needs a
-real model (configs/qwen2_5_7b.py and friends).
+The policy is rollout/assets/tiny_coder (a 2-layer Qwen2, head_dim 32 so vLLM's CPU build serves
+it, warm-started by configs/warmstart.py on the synthetic stdin/stdout tasks of rollout.tasks);
+the data are rollout/assets/tasks (train, and a held-out split whose parameters training never
+sees). Each step the rollout server (vLLM's CPU build, or `rollout.engine = "hf"`) samples codes
+and unit tests, the sandbox executes codes x (generated + ground-truth tests), CURE rewards
+become advantages, the JAX learner updates the policy and pushes its weights back into the
+engine; every `train.eval_every` steps (and at step 0) the held-out split is evaluated
+(`eval/*` in TensorBoard).
 
-`rollout.source = "synthetic"` is the learner-only mode: the policy samples random prompts and is
-rewarded for a target token (rollout.synthetic).
+Variants (`--config=configs/tiny.py:<variant>`):
+  random     a tiny random Qwen2 (vocabulary 512) on the embedded paper-format problems; its HF
+             directory is built into `<workdir>/policy_init_hf`. It exercises the whole loop in
+             seconds but writes no parsable code, so its rewards are zero.
+  synthetic  learner only: the random policy is rewarded for a target token (rollout.synthetic).
 """
 from __future__ import annotations
 
+import pathlib
+
 import ml_collections
+
+ASSETS = pathlib.Path(__file__).resolve().parent.parent / "rollout" / "assets"
+VARIANTS = ("", "random", "synthetic")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The CURE default; ``--config=configs/tiny.py:synthetic`` selects the learner-only mode."""
+    """The tiny coder (default) or a variant of the random policy (see the module docstring)."""
+    arg = arg or ""
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/tiny.py: unknown variant {arg!r}; use one of {VARIANTS[1:]} "
+                         f"or nothing")
+    c = _random_policy()
+    if arg == "synthetic":
+        c.rollout.source = "synthetic"
+    elif not arg:
+        _tiny_coder(c)
+    return c
+
+
+def _random_policy() -> ml_collections.ConfigDict:
+    """Every field of the CURE loop, set for the random policy on the embedded problems."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -71,13 +93,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                             "long_cot_tests": False, "long_cot_codes": False})
     c.data = ml_collections.ConfigDict({"train": "embedded:train", "eval": "embedded:eval"})
     c.sandbox = ml_collections.ConfigDict({"workers": 2, "isolation": "auto"})
-    # Evaluation sampling (the paper's temperature/top_p/top_k); seed -1: unseeded, because
-    # vLLM's CPU build refuses seeded top-k/top-p requests.
+    # Evaluation sampling (the paper's temperature/top_p/top_k), seeded.
     c.eval = ml_collections.ConfigDict({
-        "k_code": 2, "k_case": 2, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 32, "seed": -1,
+        "k_code": 2, "k_case": 2, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 32, "seed": 12345,
         "bon": ((1, 2), (2, 2)), "max_problems": 4})
-    if arg == "synthetic":
-        c.rollout.source = "synthetic"
-    elif arg:
-        raise ValueError(f"configs/tiny.py: unknown variant {arg!r} (use 'synthetic' or nothing)")
     return c
+
+
+def _tiny_coder(c: ml_collections.ConfigDict) -> None:
+    """The shipped warm-started policy on the synthetic tasks, with held-out evaluation."""
+    c.model.hf_dir = str(ASSETS / "tiny_coder")
+    c.model.arch = ml_collections.ConfigDict()  # the architecture comes from hf_dir
+    c.learner.update({"lr": 3e-4, "minibatches": 2, "micro_batch_size": 32,
+                      "logprob_chunk": 128, "length_bucket": 32})
+    c.train.update({"steps": 100, "eval_every": 10, "histogram_every": 10,
+                    "checkpoint_every": 50, "keep_checkpoints": 2})
+    c.rollout.update({"problems_per_step": 8, "k_code": 8, "k_case": 8, "max_gt_tests": 5,
+                      "max_tokens": 128, "max_len": 512})
+    c.rollout.engine_options.update({"gpu_memory_utilization": 0.3})
+    c.eval.update({"k_code": 4, "k_case": 4, "max_gt_tests": 0, "temperature": 1.0,
+                   "top_p": 1.0, "top_k": 0, "max_tokens": 128, "seed": 12345,
+                   "bon": ((1, 4), (4, 4)), "max_problems": 0})
+    c.data.update({"train": str(ASSETS / "tasks" / "train.json"),
+                   "eval": str(ASSETS / "tasks" / "eval.json")})

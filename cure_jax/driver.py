@@ -656,6 +656,19 @@ class CureLoop:
                 pending_loads.pop(0)
                 timing["load_s"] = float(rep.get("load_s", 0.0))
 
+        def evaluate(step: int) -> dict:
+            """Held-out evaluation of the weights the server holds, written at ``step``."""
+            t0 = time.perf_counter()
+            rep = client.call("evaluate", cure.step_timeout_s, "evaluation",
+                              split="eval", max_problems=cure.eval_max_problems)
+            m = rep["metrics"]
+            timing["eval_s"] = time.perf_counter() - t0
+            ev = {f"eval/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
+            ev.update({f"eval/bon_{k}": v for k, v in (m.get("bon") or {}).items()
+                       if v is not None})
+            writer.scalars(step, ev)
+            return m
+
         def request(step: int) -> None:
             ids = problem_ids_for_step(n_train, cure.problems_per_step, step, self.seed)
             inflight.append((step, client.send("rollout", step=step, problem_ids=ids)))
@@ -681,6 +694,10 @@ class CureLoop:
             client = self._start_server()
             n_train = int(client.ready["n_train"])
             push(version, wait=True)
+            if cure.eval_every and cursor == 0:  # the starting point of the eval curves
+                m = evaluate(0)
+                print(f"step 0 eval code {_fmt(m.get('code_accuracy'))} ut "
+                      f"{_fmt(m.get('unit_test_accuracy'))}", flush=True)
             for s in range(cursor, min(cursor + max(lead, 1), cure.steps)):
                 request(s)
             for step in range(cursor, cure.steps):
@@ -731,11 +748,7 @@ class CureLoop:
                 eval_metrics = None
                 if cure.eval_every and done % cure.eval_every == 0:
                     finish_load()
-                    t0 = time.perf_counter()
-                    rep = client.call("evaluate", cure.step_timeout_s, "evaluation",
-                                      split="eval", max_problems=cure.eval_max_problems)
-                    eval_metrics = rep["metrics"]
-                    timing["eval_s"] = time.perf_counter() - t0
+                    eval_metrics = evaluate(done)
                 t_total = time.perf_counter() - t_step
                 scalars = _scalar_stats(stats)
                 scalars.update({tag: metrics[k] for k, tag in self.train_lib.SCALAR_TAGS.items()
@@ -753,12 +766,6 @@ class CureLoop:
                 if tc.text_every and step % tc.text_every == 0:
                     writer.text(step, "samples/code", str(stats.get("sample_code", "")))
                     writer.text(step, "samples/test", str(stats.get("sample_test", "")))
-                if eval_metrics is not None:
-                    ev = {f"eval/{k}": v for k, v in eval_metrics.items()
-                          if isinstance(v, (int, float)) and v is not None}
-                    ev.update({f"eval/bon_{k}": v for k, v in (eval_metrics.get("bon") or {}).items()
-                               if v is not None})
-                    writer.scalars(done, ev)
                 print(f"step {done}/{cure.steps} v{version} | code acc "
                       f"{_fmt(stats.get('code_accuracy'))} ut acc "
                       f"{_fmt(stats.get('unit_test_accuracy'))} parsed "

@@ -7,6 +7,7 @@ resumed; the rollout server killed mid-run (the driver must fail fast and leave 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import signal
@@ -20,6 +21,9 @@ from rollout import shm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "tiny.py"
+# fewer samples per step, for the runs on the (slower) hf backend
+SMALL = ("--config.rollout.problems_per_step=2", "--config.rollout.k_code=4",
+         "--config.rollout.k_case=4")
 
 
 _JAX_CACHE = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"cure-e2e-jax-cache-{os.getuid()}"
@@ -38,6 +42,13 @@ def _env() -> dict:
 def cure_train(workdir, *flags: str) -> list[str]:
     return [sys.executable, "-m", "cure_jax.train_main", f"--config={CONFIG}",
             f"--workdir={workdir}", *flags]
+
+
+def _config(variant: str = ""):
+    spec = importlib.util.spec_from_file_location("_tiny_cfg", CONFIG)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
 
 
 def _start(workdir, *flags) -> subprocess.Popen:
@@ -103,26 +114,20 @@ def test_sync_run_writes_cure_metrics_and_restorable_checkpoints(tmp_path):
     assert not missing, f"missing tags {missing}; have {sorted(sc)}"
     assert [s for s, _ in sc["policy/version"]] == [0, 1]
     assert [v for _, v in sc["policy/version"]] == [1.0, 2.0]
-    assert all(v == 16.0 for _, v in sc["batch/rows"])  # 2 problems x (4 codes + 4 tests)
+    r = _config().rollout
+    assert all(v == r.problems_per_step * (r.k_code + r.k_case) for _, v in sc["batch/rows"])
     assert 0.0 <= sc["cure/code_parse_rate"][0][1] <= 1.0
-    assert [s for s, _ in sc["eval/code_accuracy"]] == [2]
-    assert "eval/bon_2x2" in sc
+    assert [s for s, _ in sc["eval/code_accuracy"]] == [0, 2]  # the start point, then every 2
+    assert "eval/bon_4x4" in sc
     assert all(v > 0 for _, v in sc["time/generate_s"])
 
     # Checkpoints restore into the learner's state; the driver state has cursor and version.
-    import importlib.util
-
-    import ml_collections  # noqa: F401
-
     from cure_jax import checkpoint as ckpt_lib
     from cure_jax.config import validate_config
     from cure_jax.driver import learner_view
     from cure_jax.train import build
 
-    spec = importlib.util.spec_from_file_location("_tiny_cfg", CONFIG)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    learner, _ = build(validate_config(learner_view(mod.get_config())))
+    learner, _ = build(validate_config(learner_view(_config())))
     ck = ckpt_lib.Checkpointer(wd / "checkpoints")
     try:
         assert ck.all_steps() == [1, 2]
@@ -178,7 +183,7 @@ def test_async_killed_then_resumed(tmp_path):
 @pytest.mark.slow
 def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
     wd = tmp_path / "crash"
-    proc = _start(wd, "--config.train.steps=3", "--config.rollout.engine=hf",
+    proc = _start(wd, "--config.train.steps=3", "--config.rollout.engine=hf", *SMALL,
                   "--config.train.eval_every=0", "--config.train.checkpoint_every=0")
     lines: list[str] = []
     try:
@@ -219,14 +224,9 @@ def test_problem_ids_cover_each_epoch_and_are_a_function_of_the_step():
 
 
 def test_cure_config_errors_name_the_field():
-    import importlib.util
-
     from cure_jax.config import ConfigError
     from cure_jax.driver import cure_settings
 
-    spec = importlib.util.spec_from_file_location("_tiny_cfg2", CONFIG)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     for path, value, match in [
         ("rollout.mode", "sometimes", r"config\.rollout\.mode: must be one of"),
         ("rollout.engine", "tgi", r"config\.rollout\.engine: must be one of"),
@@ -235,20 +235,22 @@ def test_cure_config_errors_name_the_field():
         ("cure.scaling", "ratio", r"config\.cure\.scaling"),
         ("eval.top_p", 2.0, r"config\.eval\.top_p"),
     ]:
-        c = mod.get_config()
+        c = _config()
         sec, key = path.split(".")
         with c.unlocked():
             c[sec][key] = value
         with pytest.raises(ConfigError, match=match) as err:
             cure_settings(c)
         assert "\n" not in str(err.value)
-    c = mod.get_config()
+    c = _config()
     with c.unlocked():
         c.rollout.k_cod = 3
     with pytest.raises(ConfigError, match=r"config\.rollout\.k_cod: unknown field"):
         cure_settings(c)
-    s = cure_settings(mod.get_config())
-    assert s.mode in ("sync", "async") and s.engine in ("vllm", "hf") and s.steps >= 1
+    for variant in ("", "random"):
+        s = cure_settings(_config(variant))
+        assert s.mode in ("sync", "async") and s.engine in ("vllm", "hf") and s.steps >= 1
+        assert s.eval_every > 0  # the default and the random variant evaluate held-out problems
 
 
 def test_step_statistics_become_tensorboard_tags():
@@ -265,7 +267,7 @@ def test_step_statistics_become_tensorboard_tags():
 @pytest.mark.slow
 def test_rollout_server_restarted_when_configured(tmp_path):
     wd = tmp_path / "restart"
-    proc = _start(wd, "--config.train.steps=2", "--config.rollout.engine=hf",
+    proc = _start(wd, "--config.train.steps=2", "--config.rollout.engine=hf", *SMALL,
                   "--config.rollout.restarts=1", "--config.train.eval_every=0",
                   "--config.train.checkpoint_every=0")
     lines: list[str] = []

@@ -25,15 +25,16 @@ def tiny(variant: str | None = None):
     return _load("tiny").get_config(variant)
 
 
-@pytest.mark.parametrize("variant,source", [(None, "cure"), ("synthetic", "synthetic")])
-def test_tiny_config_validates(variant, source):
+@pytest.mark.parametrize("variant,source,schedule", [
+    (None, "cure", (100, 10, 50)), ("random", "cure", (3, 3, 2)), ("synthetic", "synthetic", (3, 3, 2))])
+def test_tiny_config_validates(variant, source, schedule):
     from cure_jax import train
     from cure_jax.driver import cure_settings, learner_view
     c = tiny(variant)
     train.validate(c)  # the path cure-train takes before any work (cure: CURE fields too)
     s = validate_config(learner_view(c))
     assert s.rollout_source == source
-    assert (s.train.steps, s.train.eval_every, s.train.checkpoint_every) == (3, 3, 2)
+    assert (s.train.steps, s.train.eval_every, s.train.checkpoint_every) == schedule
     qc = s.model.qwen_config()
     assert qc.family == "qwen2" and qc.head_dim >= 32
     assert s.learner.loss_config().tis_cap == 2.0
@@ -79,23 +80,23 @@ def test_bad_field_or_value_is_one_line_naming_it(section, field, value, expecte
 
 
 def test_bad_nested_fields():
-    d = tiny().to_dict()
+    d = tiny("random").to_dict()
     d["model"]["arch"]["hidden_sise"] = 3
     with pytest.raises(ConfigError, match=r"^config\.model\.arch\.hidden_sise: unknown field"):
         validate_config(d)
-    d = tiny().to_dict()
+    d = tiny("random").to_dict()
     d["model"]["arch"]["num_key_value_heads"] = 3
     with pytest.raises(ConfigError, match=r"^config\.model\.arch\.num_key_value_heads: 3 does not divide"):
         validate_config(d)
-    d = tiny().to_dict()
+    d = tiny("random").to_dict()
     d["rollout"]["synthetic"]["group_size"] = 0
     with pytest.raises(ConfigError, match=r"^config\.rollout\.synthetic\.group_size: must be >= 1"):
         validate_config(d)
-    d = tiny().to_dict()
+    d = tiny("random").to_dict()
     d["rollout"]["source"] = "magic"
     with pytest.raises(ConfigError, match=r"^config\.rollout\.source: must be one of"):
         validate_config(d)
-    d = tiny().to_dict()
+    d = tiny("random").to_dict()
     d["trainer"] = {}
     with pytest.raises(ConfigError, match=r"^config\.trainer: unknown section"):
         validate_config(d)

@@ -138,15 +138,16 @@ def test_shipped_policy_solves_some_but_not_all_held_out_tasks():
     assert res["test_validity"] > 0.0, res
 
 
-def test_tiny_coder_config_starts_from_the_shipped_policy_on_the_task_splits():
-    """configs/tiny_coder.py passes the driver's and the learner's validation."""
+def test_default_config_starts_from_the_shipped_policy_on_the_task_splits():
+    """configs/tiny.py (the README's first command) passes the driver's and the learner's
+    validation, starting from the shipped tiny coder."""
     import importlib.util
 
     from cure_jax.config import validate_config
     from cure_jax.driver import cure_settings, learner_view
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny_coder.py"
-    spec = importlib.util.spec_from_file_location("tiny_coder_config", path)
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
+    spec = importlib.util.spec_from_file_location("tiny_config", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config()
