@@ -7,54 +7,27 @@ resumed; the rollout server killed mid-run (the driver must fail fast and leave 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from rollout import shm
+from rollout.tasks.plot_run import read_scalars
+from tests.helpers.cure_runs import ROOT, cure_train, tiny_config, train_env
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "tiny.py"
 # fewer samples per step (the hf backend is slower; some tests need only the plumbing)
 SMALL = ("--config.rollout.problems_per_step=2", "--config.rollout.k_code=4",
          "--config.rollout.k_case=4")
 
 
-_JAX_CACHE = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"cure-e2e-jax-cache-{os.getuid()}"
-
-
-def _env() -> dict:
-    # One CPU device (the fastest for the tiny model) and a compilation cache shared by the runs.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(_JAX_CACHE),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
-def cure_train(workdir, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "cure_jax.train_main", f"--config={CONFIG}",
-            f"--workdir={workdir}", *flags]
-
-
-def _config(variant: str = ""):
-    spec = importlib.util.spec_from_file_location("_tiny_cfg", CONFIG)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
-
-
 def _start(workdir, *flags) -> subprocess.Popen:
     return subprocess.Popen(cure_train(workdir, *flags), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=str(ROOT))
+                            stderr=subprocess.PIPE, text=True, env=train_env(), cwd=str(ROOT))
 
 
 def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout: float) -> str:
@@ -72,14 +45,6 @@ def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout: 
 
 def _server_pid(line: str) -> int:
     return int(line.split("rollout server pid ")[1].split()[0])
-
-
-def _scalars(workdir) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(pathlib.Path(workdir) / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def _gone(pids, timeout: float = 10.0) -> list[int]:
@@ -110,12 +75,12 @@ def test_sync_run_writes_cure_metrics_and_restorable_checkpoints(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "step 1/2 v1" in out and "step 2/2 v2" in out, out
     assert _segments_of(proc.pid) == []
-    sc = _scalars(wd)
+    sc = read_scalars(wd)
     missing = [t for t in CURE_TAGS if t not in sc]
     assert not missing, f"missing tags {missing}; have {sorted(sc)}"
     assert [s for s, _ in sc["policy/version"]] == [0, 1]
     assert [v for _, v in sc["policy/version"]] == [1.0, 2.0]
-    r = _config().rollout
+    r = tiny_config().rollout
     assert all(v == r.problems_per_step * (r.k_code + r.k_case) for _, v in sc["batch/rows"])
     assert 0.0 <= sc["cure/code_parse_rate"][0][1] <= 1.0
     assert [s for s, _ in sc["eval/code_accuracy"]] == [0, 2]  # the start point, then every 2
@@ -123,19 +88,8 @@ def test_sync_run_writes_cure_metrics_and_restorable_checkpoints(tmp_path):
     assert all(v > 0 for _, v in sc["time/generate_s"])
 
     # Checkpoints restore into the learner's state; the driver state has cursor and version.
-    from cure_jax import checkpoint as ckpt_lib
-    from cure_jax.config import validate_config
-    from cure_jax.driver import learner_view
-    from cure_jax.train import build
-
-    learner, _ = build(validate_config(learner_view(_config())))
-    ck = ckpt_lib.Checkpointer(wd / "checkpoints")
-    try:
-        assert ck.all_steps() == [1, 2]
-        state1, drv1 = ck.restore(1, learner.abstract_state())
-        state2, drv2 = ck.restore(2, learner.abstract_state())
-    finally:
-        ck.close()
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    (state1, drv1), (state2, drv2) = _restore(wd, 1), _restore(wd, 2)
     assert (drv1["cursor"], drv1["version"], drv2["cursor"], drv2["version"]) == (1, 1, 2, 2)
     assert drv2["source"] == "cure" and drv2["mode"] == "sync"
     assert int(state2.step) > int(state1.step) > 0
@@ -170,12 +124,12 @@ def test_async_killed_then_resumed(tmp_path):
         time.sleep(0.2)
     assert _segments_of(proc.pid) == []
 
-    done = subprocess.run(cure_train(wd, *flags), capture_output=True, text=True, env=_env(),
+    done = subprocess.run(cure_train(wd, *flags), capture_output=True, text=True, env=train_env(),
                           cwd=str(ROOT), timeout=480, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from checkpoint step" in done.stdout, done.stdout
     assert "step 2/2" in done.stdout and "step 1/2" not in done.stdout
-    sc = _scalars(wd)
+    sc = read_scalars(wd)
     versions = dict(sc["policy/version"])
     assert versions[1] == 2.0  # two updates in all, across the kill
     assert all(0 <= v <= 1 for _, v in sc["policy/staleness"])  # bounded staleness
@@ -187,7 +141,7 @@ def _restore(workdir, step: int):
     from cure_jax.driver import learner_view
     from cure_jax.train import build
 
-    learner, _ = build(validate_config(learner_view(_config())))
+    learner, _ = build(validate_config(learner_view(tiny_config())))
     ck = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
     try:
         return ck.restore(step, learner.abstract_state())
@@ -207,10 +161,10 @@ def test_sync_resume_is_bitwise_exact(tmp_path):
     for name, legs in runs.items():
         for leg in legs:
             r = subprocess.run(cure_train(tmp_path / name, *flags, *leg), capture_output=True,
-                               text=True, env=_env(), cwd=str(ROOT), timeout=480, check=False)
+                               text=True, env=train_env(), cwd=str(ROOT), timeout=480, check=False)
             assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from checkpoint step 2" in r.stdout, r.stdout
-    a, b = _scalars(tmp_path / "whole"), _scalars(tmp_path / "resumed")
+    a, b = read_scalars(tmp_path / "whole"), read_scalars(tmp_path / "resumed")
     for tag in ("cure/code_accuracy", "reward/code_mean", "reward/test_mean", "loss/pg"):
         assert a[tag][-1] == b[tag][-1], tag  # step 3: the same rollout and update
     (sa, da), (sb, db) = _restore(tmp_path / "whole", 3), _restore(tmp_path / "resumed", 3)
@@ -276,20 +230,20 @@ def test_cure_config_errors_name_the_field():
         ("cure.scaling", "ratio", r"config\.cure\.scaling"),
         ("eval.top_p", 2.0, r"config\.eval\.top_p"),
     ]:
-        c = _config()
+        c = tiny_config()
         sec, key = path.split(".")
         with c.unlocked():
             c[sec][key] = value
         with pytest.raises(ConfigError, match=match) as err:
             cure_settings(c)
         assert "\n" not in str(err.value)
-    c = _config()
+    c = tiny_config()
     with c.unlocked():
         c.rollout.k_cod = 3
     with pytest.raises(ConfigError, match=r"config\.rollout\.k_cod: unknown field"):
         cure_settings(c)
     for variant in ("", "random"):
-        s = cure_settings(_config(variant))
+        s = cure_settings(tiny_config(variant))
         assert s.mode in ("sync", "async") and s.engine in ("vllm", "hf") and s.steps >= 1
         assert s.eval_every > 0  # the default and the random variant evaluate held-out problems
 
