@@ -32,7 +32,7 @@ import collections
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -68,14 +68,12 @@ def _check(cond: bool, name: str, msg: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-    """Sampling of one training step (reference: k_code = k_case = 16, temperature 1, top_p 1,
-    at most 8 ground-truth tests, 10k new tokens, training on the first 8k).
+class _Sampling:
+    """What training and evaluation sampling share: samples per problem, the sampler, seeds."""
 
-    max_len: longest row (prompt + response) handed to the learner; 0 = no cap.
-    seed: base of per-request seeds (step s uses :func:`step_seed`); < 0 = unseeded.
-    length_multiple: the row length L is rounded up to a multiple of this.
-    """
+    _section: ClassVar[str]
+    _logprobs: ClassVar[bool]
+    _greedy_ok: ClassVar[bool]  # evaluation may decode greedily; training must sample
 
     k_code: int = 16
     k_case: int = 16
@@ -84,80 +82,88 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_tokens: int = 10240
-    max_len: int = 0
     seed: int = 0
     stop: tuple[str, ...] = STOP_STRINGS
-    show_example: bool = True
-    length_multiple: int = 8
 
     def __post_init__(self) -> None:
-        p = "rollout"
+        p = self._section
         object.__setattr__(self, "stop", tuple(self.stop))
         _check(self.k_code >= 1, f"{p}.k_code", f"must be >= 1 (got {self.k_code})")
         _check(self.k_case >= 1, f"{p}.k_case", f"must be >= 1 (got {self.k_case})")
         _check(self.max_gt_tests >= 0, f"{p}.max_gt_tests", f"must be >= 0, 0 = all (got {self.max_gt_tests})")
-        _check(self.temperature > 0, f"{p}.temperature", f"must be > 0 for sampling (got {self.temperature})")
+        if self._greedy_ok:
+            _check(self.temperature >= 0, f"{p}.temperature", f"must be >= 0 (got {self.temperature})")
+        else:
+            _check(self.temperature > 0, f"{p}.temperature", f"must be > 0 for sampling (got {self.temperature})")
         _check(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1] (got {self.top_p})")
         _check(self.top_k >= 0, f"{p}.top_k", f"must be >= 0, 0 = off (got {self.top_k})")
         _check(self.max_tokens >= 1, f"{p}.max_tokens", f"must be >= 1 (got {self.max_tokens})")
-        _check(self.max_len >= 0, f"{p}.max_len", f"must be >= 0, 0 = no cap (got {self.max_len})")
-        _check(self.length_multiple >= 1, f"{p}.length_multiple", f"must be >= 1 (got {self.length_multiple})")
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "rollout") -> RolloutConfig:
-        """From a dict; unknown keys are a one-line error naming them."""
-        return _from_mapping(cls, m, prefix)
+    def from_mapping(cls, m: Mapping[str, Any], prefix: str | None = None) -> Any:
+        """From a dict; an unknown key is a one-line error naming it."""
+        if hasattr(m, "to_dict"):
+            m = m.to_dict()
+        prefix = prefix or cls._section
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(m) - names)
+        if unknown:
+            raise ValueError(f"{prefix}.{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
+        return cls(**dict(m))
 
     def sampling(self, seed: int | None) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_tokens=self.max_tokens, stop=self.stop, seed=seed, logprobs=True)
+                              max_tokens=self.max_tokens, stop=self.stop, seed=seed,
+                              logprobs=self._logprobs)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class RolloutConfig(_Sampling):
+    """Sampling of one training step (reference: k_code = k_case = 16, temperature 1, top_p 1,
+    at most 8 ground-truth tests, 10k new tokens, training on the first 8k).
+
+    max_len: longest row (prompt + response) handed to the learner; 0 = no cap.
+    seed: base of per-request seeds (step s uses :func:`step_seed`); < 0 = unseeded.
+    length_multiple: the row length L is rounded up to a multiple of this.
+    """
+
+    _section: ClassVar[str] = "rollout"
+    _logprobs: ClassVar[bool] = True
+    _greedy_ok: ClassVar[bool] = False
+
+    max_len: int = 0
+    show_example: bool = True
+    length_multiple: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.max_len >= 0, "rollout.max_len", f"must be >= 0, 0 = no cap (got {self.max_len})")
+        _check(self.length_multiple >= 1, "rollout.length_multiple", f"must be >= 1 (got {self.length_multiple})")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_Sampling):
     """Sampling of the periodic evaluation (the paper's: temperature 0.8, top_p 0.95, top_k 40,
     no public example in the test prompt) and the BoN pairs to report."""
 
-    k_code: int = 16
-    k_case: int = 16
+    _section: ClassVar[str] = "eval"
+    _logprobs: ClassVar[bool] = False
+    _greedy_ok: ClassVar[bool] = True
+
     max_gt_tests: int = 0
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
     max_tokens: int = 2048
     seed: int = 12345
-    stop: tuple[str, ...] = STOP_STRINGS
     bon: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
 
     def __post_init__(self) -> None:
-        p = "eval"
-        object.__setattr__(self, "stop", tuple(self.stop))
+        super().__post_init__()
         object.__setattr__(self, "bon", tuple(tuple(int(x) for x in b) for b in self.bon))
-        _check(self.k_code >= 1 and self.k_case >= 1, f"{p}.k_code/k_case", "must be >= 1")
-        _check(self.temperature >= 0, f"{p}.temperature", f"must be >= 0 (got {self.temperature})")
-        _check(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1] (got {self.top_p})")
-        _check(self.max_tokens >= 1, f"{p}.max_tokens", f"must be >= 1 (got {self.max_tokens})")
         for b in self.bon:
             _check(len(b) == 2 and 1 <= b[0] <= self.k_code and 0 <= b[1] <= self.k_case,
-                   f"{p}.bon", f"pair {b} needs 1 <= n <= k_code and 0 <= m <= k_case")
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any], prefix: str = "eval") -> EvalConfig:
-        return _from_mapping(cls, m, prefix)
-
-    def sampling(self, seed: int | None) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_tokens=self.max_tokens, stop=self.stop, seed=seed, logprobs=False)
-
-
-def _from_mapping(cls: type, m: Mapping[str, Any], prefix: str) -> Any:
-    if hasattr(m, "to_dict"):
-        m = m.to_dict()
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(m) - names)
-    if unknown:
-        raise ValueError(f"{prefix}.{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
-    return cls(**dict(m))
+                   "eval.bon", f"pair {b} needs 1 <= n <= k_code and 0 <= m <= k_case")
 
 
 def step_seed(base: int, step: int, kind: int) -> int | None:

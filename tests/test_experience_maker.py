@@ -162,6 +162,11 @@ def test_configs_reject_bad_fields():
         RolloutConfig(temperature=0)
     with pytest.raises(ValueError, match=r"eval\.bon"):
         EvalConfig(k_code=2, bon=((4, 1),))
+    with pytest.raises(ValueError, match=r"eval\.topk: unknown field"):
+        EvalConfig.from_mapping({"topk": 3})
+    with pytest.raises(ValueError, match=r"eval\.top_k: must be >= 0"):
+        EvalConfig(top_k=-1)
+    assert EvalConfig(temperature=0).sampling(None).greedy  # evaluation may decode greedily
 
 
 @pytest.mark.slow
