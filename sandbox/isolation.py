@@ -17,6 +17,7 @@ Whatever the mode, a program never runs as uid 0 and never sees an expected outp
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ log = logging.getLogger("sandbox")
 
 MODES = ("namespaces", "userns", "rlimits")
 WORKER_DIR = "/sandbox_worker"
+_BOOT = "import sys; sys.path.insert(0, {dir!r}); import worker; worker.main()"
 _announced: set[str] = set()
 _announce_lock = threading.Lock()
 
@@ -54,20 +56,53 @@ def default_mode() -> str:
     return "namespaces" if os.geteuid() == 0 else "userns"
 
 
-_roots_cache: dict[str, tuple[str, ...]] = {}
+_info_cache: dict[str, tuple[str, str, tuple[str, ...], str]] = {}
+_info_lock = threading.Lock()
+_QUERY = ("import json, sys, py_compile\n"
+          "for f in sys.argv[1:]:\n"
+          "    py_compile.compile(f, doraise=True)\n"
+          "print(json.dumps([sys.prefix, sys.base_prefix, sys.path]))\n")
+WORKER_FILES = ("worker.py", "protocol.py")
 
 
-def _prefixes(python: str) -> tuple[str, ...]:
-    """sys.prefix and sys.base_prefix of an interpreter (asked once, if it is not ours)."""
-    if python == sys.executable:
-        return (sys.prefix, sys.base_prefix)
-    if python not in _roots_cache:
-        import subprocess
-        out = subprocess.run([python, "-s", "-c", "import sys; print(sys.prefix); "
-                              "print(sys.base_prefix)"], capture_output=True, text=True,
-                             timeout=60, check=True).stdout.split("\n")
-        _roots_cache[python] = (out[0], out[1])
-    return _roots_cache[python]
+def _interpreter_info(python: str) -> tuple[str, str, tuple[str, ...], str]:
+    """Asked once per interpreter: its sys.prefix and sys.base_prefix, the site-packages
+    directories on the sys.path its programs would have without ``-S``, and a private
+    directory with the worker's modules and their bytecode compiled by that interpreter (so
+    that a worker imports them instead of compiling them: a compile leaves megabytes of heap
+    behind, which every fork would copy)."""
+    with _info_lock:
+        if python not in _info_cache:
+            import json
+            import subprocess
+            import tempfile
+            here = os.path.dirname(os.path.abspath(__file__))
+            wdir = tempfile.mkdtemp(prefix="cure-sandbox-worker-")
+            atexit.register(shutil.rmtree, wdir, True)
+            for name in WORKER_FILES:
+                shutil.copyfile(os.path.join(here, name), os.path.join(wdir, name))
+            out = subprocess.run([python, "-s", "-P", "-c", _QUERY] +
+                                 [os.path.join(wdir, n) for n in WORKER_FILES],
+                                 capture_output=True, text=True, timeout=60, check=True,
+                                 env=worker_env()).stdout
+            prefix, base, path = json.loads(out)
+            site = tuple(p for p in path if os.path.basename(p.rstrip("/")) in
+                         ("site-packages", "dist-packages") and os.path.isdir(p))
+            _info_cache[python] = (prefix, base, site, wdir)
+        return _info_cache[python]
+
+
+def _prefixes(python: str) -> tuple[str, str]:
+    """sys.prefix and sys.base_prefix of an interpreter."""
+    prefix, base, _, _ = _interpreter_info(python)
+    return prefix, base
+
+
+def site_packages(python: str | None = None) -> list[str]:
+    """The site-packages directories that ``site`` puts on sys.path for ``python`` (default:
+    this interpreter). Workers run with ``-S`` (no site, no .pth imports: a smaller heap to
+    fork) and hand these to programs, so that installed packages stay importable."""
+    return list(_interpreter_info(python or sys.executable)[2])
 
 
 def _python_roots(python: str) -> list[str]:
@@ -110,11 +145,11 @@ def worker_env() -> dict[str, str]:
 def worker_command(mode: str, config_json: str, python: str | None = None) -> list[str]:
     """argv that starts one worker in ``mode``; programs run under ``python`` (default: the
     interpreter running this code)."""
-    here = os.path.dirname(os.path.abspath(__file__))
     python = python or sys.executable
-    py = [python, "-s", "-P", "-B"]
+    wdir = _interpreter_info(python)[3]
+    py = [python, "-S", "-s", "-P", "-B", "-c"]   # -S: see site_packages()
     if mode == "rlimits":
-        return py + [os.path.join(here, "worker.py"), config_json]
+        return py + [_BOOT.format(dir=wdir), config_json]
     bw = bwrap_path()
     if bw is None:
         raise RuntimeError("bubblewrap (bwrap) is not installed")
@@ -147,8 +182,7 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
     # unprivileged program, they are empty directories in the sandbox.
     for parent in sorted(parents):
         args += ["--chmod", "0755", parent]
-    args += ["--ro-bind", os.path.join(here, "worker.py"), WORKER_DIR + "/worker.py",
-             "--ro-bind", os.path.join(here, "protocol.py"), WORKER_DIR + "/protocol.py",
+    args += ["--ro-bind", wdir, WORKER_DIR,
              "--proc", "/proc", "--dev", "/dev", "--dir", "/dev/shm",
              "--remount-ro", "/", "--chdir", "/tmp"]
-    return args + ["--"] + py + [WORKER_DIR + "/worker.py", config_json]
+    return args + ["--"] + py + [_BOOT.format(dir=WORKER_DIR), config_json]

@@ -152,8 +152,7 @@ class _WorkerHandle:
 
 
 def _json(obj: dict) -> str:
-    import json
-    return json.dumps(obj, separators=(",", ":"))
+    return protocol.encode_json(obj).decode()
 
 
 @dataclasses.dataclass
@@ -238,7 +237,9 @@ class Sandbox:
     # ------------------------------------------------------------------ set-up
     def _worker_config(self, index: int) -> dict:
         cfg: dict = {"namespaces": self.isolation == "namespaces",
-                     "nested": self.isolation == "userns"}
+                     "nested": self.isolation == "userns",
+                     "tmp_bytes": int(self.limits.tmp_mb) << 20,
+                     "sys_path": isolation.site_packages(self.python)}
         if os.geteuid() == 0:
             # A distinct unprivileged uid per worker (and per orchestrator process), so that
             # RLIMIT_NPROC counts only that worker's program and no two programs share a uid.

@@ -5,10 +5,14 @@ UTF-8 JSON object and two raw byte blobs (program + stdin on requests, stdout + 
 replies). Every length is checked against a cap before anything is allocated, so a corrupt or
 hostile peer cannot make the reader allocate more than the caps allow. Stdlib only: the worker
 imports this module inside the sandbox.
+
+The JSON goes through the C scanner and encoder of ``_json`` directly (strict JSON, no NaN or
+Infinity), not through the ``json`` package: the worker then never imports ``json`` and ``re``,
+whose memory every fork would copy.
 """
 from __future__ import annotations
 
-import json
+import _json
 import os
 import struct
 
@@ -21,9 +25,51 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame, or closed the pipe."""
 
 
+class _DecoderSettings:
+    """The attributes ``_json.make_scanner`` reads from a JSONDecoder."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> None:
+        raise ValueError(f"{name} is not allowed")
+
+
+def _not_json(obj: object) -> None:
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+_scan = _json.make_scanner(_DecoderSettings())
+_encoder = _json.make_encoder(None, _not_json, _json.encode_basestring_ascii, None, ":", ",",
+                              False, False, False)
+
+
+def encode_json(obj: dict) -> bytes:
+    """Compact, ASCII-only JSON of ``obj`` (finite floats only)."""
+    return "".join(_encoder(obj, 0)).encode()
+
+
+def decode_json(data: bytes) -> dict:
+    """The JSON object in ``data``; ProtocolError if it is not exactly one JSON object."""
+    try:
+        text = data.decode("utf-8")
+        obj, end = _scan(text, 0)
+    except Exception as e:   # StopIteration, UnicodeDecodeError, SystemError from the scanner
+        raise ProtocolError(f"frame metadata is not JSON: {type(e).__name__}") from None
+    if end != len(text):
+        raise ProtocolError("frame metadata is not JSON: trailing data")
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame metadata is not a JSON object")
+    return obj
+
+
 def encode(meta: dict, a: bytes = b"", b: bytes = b"") -> list[bytes]:
     """The pieces of one frame (write them in order)."""
-    j = json.dumps(meta, separators=(",", ":")).encode()
+    j = encode_json(meta)
     if len(j) > MAX_JSON:
         raise ProtocolError(f"frame metadata of {len(j)} bytes exceeds {MAX_JSON}")
     return [HEADER.pack(MAGIC, len(j), len(a), len(b)), j, a, b]
@@ -63,10 +109,7 @@ def read_frame(fd: int, max_blob: int) -> tuple[dict, bytes, bytes]:
         raise ProtocolError(f"bad frame magic {magic!r}")
     if jl > MAX_JSON or al > max_blob or bl > max_blob:
         raise ProtocolError(f"frame lengths {jl}/{al}/{bl} exceed caps {MAX_JSON}/{max_blob}")
-    try:
-        meta = json.loads(read_exact(fd, jl))
-    except ValueError as e:
-        raise ProtocolError(f"frame metadata is not JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise ProtocolError("frame metadata is not a JSON object")
-    return meta, read_exact(fd, al), read_exact(fd, bl)
+    if al + bl <= MAX_JSON:   # small frame: one read for all of it
+        body = read_exact(fd, jl + al + bl)
+        return decode_json(body[:jl]), body[jl:jl + al], body[jl + al:]
+    return decode_json(read_exact(fd, jl)), read_exact(fd, al), read_exact(fd, bl)

@@ -1,17 +1,41 @@
 """Sandbox worker: a pre-started process that forks one child per execution.
 
-Runs as a script (``python -s -P worker.py '<json config>'``), usually inside bubblewrap, and
-imports only the stdlib and ``protocol`` beside it. It never sees expected outputs: a request
-carries a program and a stdin only. Per execution:
+Runs as a script (``python -S -s -P -B worker.py '<json config>'``), usually inside bubblewrap,
+and imports only the stdlib and ``protocol`` beside it. It never sees expected outputs: a request
+carries a program and a stdin only.
 
-  worker ──fork──> child (in a fresh PID + mount namespace when available: it is PID 1 there, so
-                   killing it kills everything it started; private tmpfs /tmp and /dev/shm; a
-                   fresh /proc that shows only itself)
+Namespaces mode (root + bubblewrap; the worker already has its own mount, IPC, PID, network and
+UTS namespaces from bubblewrap). Once per worker: private tmpfs /tmp and /dev/shm (sized, mode
+1777) and a base /proc. Per execution:
+
+  worker ──fork──> child: PID 1 of a fresh PID namespace (killing it kills everything it
+                   started), in a fresh IPC namespace, with a /proc of that PID namespace
+                   mounted on top of the worker's /proc (it sees its own processes only,
+                   numbered from 1)
   child: stdio onto memfds (stdin read-only), all other fds closed, setsid, rlimits (AS, CPU,
-         NPROC, NOFILE, FSIZE = output cap, CORE 0), drop to an unprivileged uid, no_new_privs,
-         compile, run the program as ``__main__`` and finish like the interpreter does.
+         NPROC, NOFILE, FSIZE = output cap, CORE 0, MSGQUEUE 0), drop to an unprivileged uid,
+         no_new_privs, compile, run the program as ``__main__`` and finish like the
+         interpreter does.
   worker: waits on a pidfd with the wall limit, SIGKILLs on timeout, reaps, reads stdout/stderr
-          from the memfds (the kernel already capped them), replies.
+          from the memfds (the kernel already capped them), replies. Then, with no process of
+          the program left (the kernel has killed its whole PID namespace), it gives /tmp or
+          /dev/shm a fresh tmpfs if the program changed it in any way, and every PROC_BATCH
+          executions it drops the stack of /proc mounts with one lazy unmount.
+
+Why not a fresh mount namespace per execution: creating one copies the mount tree, and the last
+exit from it unmounts every copy behind an expedited RCU grace period; together ~0.9 ms of the
+~2 ms an execution cost. An unmount pays that grace period too, hence one per PROC_BATCH
+executions for /proc, and one for /tmp only after a program wrote there.
+
+Other modes: ``nested`` (a user namespace, non-root) gives each execution its own PID, mount and
+IPC namespaces through an intermediate process, as does namespaces mode if the per-worker mounts
+cannot be made; without namespaces (rlimits mode) leftovers are killed by uid or as orphans.
+
+The worker is lean on purpose (``-S``: no site, so no .pth imports; no json/re/traceback/hashlib
+of its own): fork copies the page tables of every anonymous page and exit frees them, and
+each MB of worker heap costs ~60 us per execution on a small VM. Programs still get the
+interpreter's site-packages on sys.path (passed in the config) and the ``exit``/``quit``
+builtins.
 """
 from __future__ import annotations
 
@@ -19,40 +43,48 @@ import atexit
 import collections
 import ctypes
 import gc
-import hashlib
 import io
-import json
 import os
 import resource
 import select
 import signal
 import sys
 import time
-import traceback
 import types
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path[0] != _HERE:   # run as a script (the pool imports us from _HERE, at the front)
+    sys.path.insert(0, _HERE)
 import protocol  # noqa: E402
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME = 2, 4, 8, 1024
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 PR_SET_CHILD_SUBREAPER = 36
 STDERR_TAIL = 4096
-CODE_CACHE_SIZE = 512
+CODE_CACHE_SIZE = 64                 # programs whose code objects a worker keeps
+CODE_CACHE_BYTES = 1 << 20           # ... and their total source size (the heap is forked)
 CODE_CACHE_MAX_PROGRAM = 256 << 10
 MAX_REQUEST_BLOB = 1 << 30
+PROC_BATCH = 32                      # /proc mounts stacked before one lazy unmount drops them
+TMP_DIRS = ("/tmp", "/dev/shm")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_now = time.perf_counter_ns
 
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _ns_bytes(*stamps: int) -> bytes:
+    return b"".join(s.to_bytes(8, "little") for s in stamps)
 
 
 class Worker:
@@ -62,6 +94,10 @@ class Worker:
         # existing tasks (counted by the orchestrator, outside our namespaces) are added.
         self.nproc_base = int(config.get("nproc_base", 0))
         self.want_ns = bool(config.get("namespaces"))
+        self.tmp_bytes = int(config.get("tmp_bytes", 32 << 20))
+        for d in config.get("sys_path", ()):   # what site would add (we run with -S)
+            if d not in sys.path:
+                sys.path.append(d)
         self.rfd = os.dup(0)
         self.wfd = os.dup(1)
         null = os.open("/dev/null", os.O_RDWR)
@@ -70,9 +106,13 @@ class Worker:
         os.close(null)
         self.ns = False
         self.ns_error = ""
-        self._files: list[int] = []
+        self.shared_mounts = False   # per-worker /tmp, /dev/shm and /proc stack (see top)
+        self._tmp_state: dict[str, tuple[int, int, int]] = {}
+        self._proc_base = -1
+        self._stacked = 0
         self._code_cache: collections.OrderedDict[bytes, types.CodeType] = \
             collections.OrderedDict()
+        self._code_bytes = 0
         self.own_pidns = -1
         if self.want_ns:
             try:
@@ -98,6 +138,26 @@ class Worker:
             # programs cannot drop root, and a program running as root is never acceptable.
             self.refuse = ("programs cannot run unprivileged: an unprivileged uid cannot read "
                            "the Python installation, and programs never run as root")
+        # Memfds for stdin/stdout/stderr, reused between executions only where no process of
+        # the previous program can have survived it (its PID namespace is gone, or its uid was
+        # swept); made now, while /proc/self is ours (the /proc stack hides it later).
+        self.reuse_files = self.private or self.drop_uid
+        self._files = self._fresh_files() if self.reuse_files else []
+        if self.ns:
+            try:
+                self._mount_worker_dirs()
+                self.shared_mounts = True
+            except OSError as e:   # executions then get their own mount namespace each
+                self.ns_error = f"per-worker mounts failed: {e}"
+        # The program's sys.stdin/stdout/stderr, built once here on fds 0-2 (which a child
+        # points at its memfds): never used by the worker, so every child gets them pristine.
+        self._stdio = (
+            io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "rb", closefd=False)),
+                             encoding="utf-8"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "wb", closefd=False)),
+                             encoding="utf-8"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "wb", closefd=False)),
+                             encoding="utf-8", errors="backslashreplace", line_buffering=True))
 
     def _nested_works(self) -> bool:
         pid = os.fork()
@@ -138,9 +198,74 @@ class Worker:
     def _leave_fresh_pidns(self) -> None:
         _check(_libc.setns(self.own_pidns, CLONE_NEWPID), "setns(pid)")
 
+    # ------------------------------------------------------------------ per-worker mounts
+    def _mount_worker_dirs(self) -> None:
+        os.chdir("/")   # never keep a replaced tmpfs busy
+        for target in TMP_DIRS:
+            self._fresh_tmpfs(target, replace=False)
+        self._mount_proc_base()
+
+    def _fresh_tmpfs(self, target: str, replace: bool) -> None:
+        """A new, empty tmpfs on ``target`` (the previous one detached: no process uses it)."""
+        path = target.encode()
+        if replace:
+            _check(_libc.umount2(path, MNT_DETACH), f"umount {target}")
+        opts = f"size={self.tmp_bytes},mode=1777".encode()
+        _check(_libc.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOATIME, opts),
+               f"mount tmpfs on {target}")
+        st = os.stat(target)
+        self._tmp_state[target] = (st.st_ctime_ns, st.st_mtime_ns, st.st_nlink)
+
+    def _tmp_touched(self, target: str) -> bool:
+        """Whether a program changed ``target`` since its tmpfs was mounted. Any entry made
+        or removed, and any chmod/utime, moves ctime; ctime ticks coarsely, so a directory
+        that is not empty counts as touched too."""
+        st = os.stat(target)
+        if (st.st_ctime_ns, st.st_mtime_ns, st.st_nlink) != self._tmp_state[target]:
+            return True
+        return bool(os.listdir(target))
+
+    def _mount_proc_base(self) -> None:
+        """A /proc of the worker's PID namespace (processes of other uids hidden) that the
+        children's /proc mounts stack on, and an O_PATH handle to unmount it with them."""
+        _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           b"hidepid=invisible"), "mount proc")
+        self._proc_base = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._stacked = 0
+
+    def _drop_proc_stack(self) -> None:
+        """Detach the base /proc and every child /proc on top of it: one grace period."""
+        os.fchdir(self._proc_base)
+        try:
+            _check(_libc.umount2(b".", MNT_DETACH), "umount /proc stack")
+        finally:
+            os.chdir("/")
+            os.close(self._proc_base)
+        self._mount_proc_base()
+
+    def after_execution(self) -> None:
+        """Between executions (no program process is alive): make /tmp and /dev/shm pristine
+        again where a program touched them; bound the /proc stack."""
+        if not self.shared_mounts:
+            return
+        for target in TMP_DIRS:
+            if self._tmp_touched(target):
+                self._fresh_tmpfs(target, replace=True)
+        self._stacked += 1
+        if self._stacked >= PROC_BATCH:
+            self._drop_proc_stack()
+
+    def _resize_tmp(self, tmp_bytes: int) -> None:
+        if tmp_bytes != self.tmp_bytes:
+            self.tmp_bytes = tmp_bytes
+            if self.shared_mounts:
+                for target in TMP_DIRS:
+                    self._fresh_tmpfs(target, replace=True)
+
+    # ------------------------------------------------------------------ requests
     def hello(self) -> dict:
         return {"op": "hello", "pid": os.getpid(), "namespaces": self.ns,
-                "per_execution_namespaces": self.private,
+                "per_execution_namespaces": self.private, "shared_mounts": self.shared_mounts,
                 "ns_error": self.ns_error, "uid": self.uid if self.drop_uid else os.getuid(),
                 "real_uid": os.getuid(), "refuse": self.refuse}
 
@@ -155,11 +280,17 @@ class Worker:
             if op == "ping":
                 protocol.write_frame(self.wfd, {"op": "pong"})
             elif op == "run":
+                t_req = _now()
                 try:
-                    reply, out, err = self.execute(meta, program, stdin)
+                    reply, out, err = self.execute(meta, program, stdin, t_req)
                 except OSError as e:   # e.g. fork() failed: an infrastructure failure
                     reply, out, err = {"op": "error", "detail": f"worker: {e}"}, b"", b""
                 protocol.write_frame(self.wfd, reply, out, err)
+                try:
+                    self.after_execution()
+                except OSError as e:   # the next program must not see this one's files
+                    os.write(2, f"sandbox worker: cleaning up failed: {e}\n".encode())
+                    os._exit(1)
             else:
                 protocol.write_frame(self.wfd, {"op": "error", "detail": f"unknown op {op!r}"})
 
@@ -172,23 +303,23 @@ class Worker:
         status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         return [fin, fin_ro, fout, ferr, status_r, status_w]
 
-    def execute(self, req: dict, program: bytes, stdin: bytes) -> tuple[dict, bytes, bytes]:
-        # The files are reused between executions only where no process of the previous
-        # program can have survived it (its PID namespace is gone, or its uid was swept).
-        reuse = self.private or self.drop_uid
-        files = self._files if reuse and self._files else self._fresh_files()
+    def execute(self, req: dict, program: bytes, stdin: bytes, t_req: int = 0
+                ) -> tuple[dict, bytes, bytes]:
+        files = self._files if self.reuse_files else self._fresh_files()
         fin, fin_ro, fout, ferr, status_r, status_w = files
+        trace = bool(req.get("trace"))
         try:
-            os.ftruncate(fin, 0)
+            self._resize_tmp(int(req["tmp_bytes"]))
             view = memoryview(stdin)
             off = 0
             while off < len(view):
                 off += os.pwrite(fin, view[off:], off)
             for fd in (fin_ro, fout, ferr):   # reused files: the child writes from offset 0
                 os.lseek(fd, 0, os.SEEK_SET)
+            code = self._code_cache.get(program)
             if self.ns:
                 self._enter_fresh_pidns()
-            t0 = time.perf_counter()
+            t_fork = _now()
             try:
                 pid = os.fork()
             except OSError:
@@ -198,8 +329,9 @@ class Worker:
             if pid == 0:  # child: never returns
                 try:
                     if self.nested:
-                        self._intermediate(req, program, fin_ro, fout, ferr, status_w)
-                    self._child(req, program, fin_ro, fout, ferr, status_w)
+                        self._intermediate(req, program, code, fin_ro, fout, ferr, status_w,
+                                           trace)
+                    self._child(req, program, code, fin_ro, fout, ferr, status_w, trace)
                 except BaseException as e:  # set-up failed: tell the orchestrator on stderr
                     try:
                         os.write(2, f"sandbox child set-up failed: {e!r}".encode()[-300:])
@@ -207,14 +339,22 @@ class Worker:
                         pass
                 finally:
                     os._exit(111)
+            t_forked = _now()
             if self.ns:
                 self._leave_fresh_pidns()
-            reply = self._supervise(req, pid, t0, fout, ferr, status_r, int(req["out_bytes"]))
-            self._remember_code(program, reply[0].get("stage", ""))
-            return reply
+            reply, out, err = self._supervise(req, pid, t_fork, fout, ferr, status_r,
+                                              int(req["out_bytes"]), trace)
+            if code is None:
+                self._remember_code(program, reply.get("stage", ""))
+            else:
+                self._code_cache.move_to_end(program)
+            if trace:
+                reply["trace"]["t_req"] = t_req
+                reply["trace"]["t_forked"] = t_forked
+                reply["trace"]["t_reply"] = _now()
+            return reply, out, err
         finally:
-            if reuse:
-                self._files = files
+            if self.reuse_files:
                 os.ftruncate(fin, 0)
                 os.ftruncate(fout, 0)
                 os.ftruncate(ferr, 0)
@@ -222,20 +362,20 @@ class Worker:
                 for fd in files:
                     os.close(fd)
 
-    def _supervise(self, req: dict, pid: int, t0: float, fout: int, ferr: int, status_r: int,
-                   out_cap: int) -> tuple[dict, bytes, bytes]:
+    def _supervise(self, req: dict, pid: int, t_fork: int, fout: int, ferr: int,
+                   status_r: int, out_cap: int, trace: bool) -> tuple[dict, bytes, bytes]:
         timed_out = False
         pidfd = os.pidfd_open(pid)
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
-            deadline = t0 + float(req["wall_s"])
+            deadline = t_fork + int(float(req["wall_s"]) * 1e9)
             while True:
-                left = deadline - time.perf_counter()
+                left = deadline - _now()
                 if left <= 0:
                     timed_out = True
                     break
-                if poller.poll(max(1, int(left * 1000) + 1)):
+                if poller.poll(left // 1_000_000 + 1):
                     break
             if timed_out:
                 # PID 1 of the child's namespace: the kernel kills the whole namespace with it.
@@ -244,8 +384,10 @@ class Worker:
                     _killpg(pid)
         finally:
             os.close(pidfd)
+        t_exited = _now()
         _, status, ru = os.wait4(pid, 0)
-        wall = time.perf_counter() - t0
+        t_reaped = _now()
+        wall = (t_reaped - t_fork) / 1e9
         if timed_out and not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
             timed_out = False  # it finished on its own just as the deadline passed
         if not self.private:
@@ -256,11 +398,14 @@ class Worker:
             else:
                 self._kill_orphans()
         try:
-            stage = os.read(status_r, 8)
+            stage = os.read(status_r, 64)
         except BlockingIOError:
             stage = b""
+        stamps = b""
+        if stage[:1] == b"T":   # trace: the child's own timestamps come first
+            stamps, stage = stage[1:25], stage[25:]
         reply = {"op": "result", "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-                 "timed_out": timed_out, "maxrss_kb": ru.ru_maxrss, "stage": stage.decode() or ""}
+                 "timed_out": timed_out, "maxrss_kb": ru.ru_maxrss, "stage": stage.decode()}
         if os.WIFSIGNALED(status):
             reply["signal"] = os.WTERMSIG(status)
             reply["exit_code"] = None
@@ -274,24 +419,27 @@ class Worker:
         out = b"" if out_size > out_cap else os.pread(fout, out_size, 0)
         start = max(0, err_size - STDERR_TAIL)
         err = os.pread(ferr, err_size - start, start)
+        if trace:
+            child = [int.from_bytes(stamps[i:i + 8], "little") for i in (0, 8, 16)] \
+                if len(stamps) == 24 else [0, 0, 0]
+            reply["trace"] = {"t_fork": t_fork, "t_child": child[0], "t_setup": child[1],
+                              "t_ready": child[2], "t_exited": t_exited, "t_reaped": t_reaped}
         return reply, out, err
 
     def _remember_code(self, program: bytes, stage: str) -> None:
         """Cache the code object of a program that a child has just compiled successfully
         (stage "SR": it compiled within the limits, so compiling it here is safe too);
         later children inherit it through fork instead of compiling again."""
-        key = _program_key(program)
-        if key in self._code_cache:
-            self._code_cache.move_to_end(key)
-            return
         if stage != "SR" or len(program) > CODE_CACHE_MAX_PROGRAM:
             return
         try:
-            self._code_cache[key] = compile(program, "main.py", "exec", dont_inherit=True)
+            self._code_cache[program] = compile(program, "main.py", "exec", dont_inherit=True)
         except Exception:
             return
-        while len(self._code_cache) > CODE_CACHE_SIZE:
-            self._code_cache.popitem(last=False)
+        self._code_bytes += len(program)
+        while len(self._code_cache) > CODE_CACHE_SIZE or self._code_bytes > CODE_CACHE_BYTES:
+            old, _ = self._code_cache.popitem(last=False)
+            self._code_bytes -= len(old)
 
     def _kill_uid(self) -> None:
         """Without namespaces: a helper with the program's uid sends SIGKILL to every process
@@ -346,8 +494,8 @@ class Worker:
                 return
 
     # ------------------------------------------------------------------ child side
-    def _intermediate(self, req: dict, program: bytes, fin: int, fout: int, ferr: int,
-                      status_w: int) -> None:
+    def _intermediate(self, req: dict, program: bytes, code: types.CodeType | None, fin: int,
+                      fout: int, ferr: int, status_w: int, trace: bool) -> None:
         """Nested mode: a fresh PID namespace whose PID 1 runs the program; we wait for it and
         exit as it did. When we are killed (timeout), its parent-death signal kills it, and the
         kernel the whole namespace with it. Never returns."""
@@ -356,7 +504,7 @@ class Worker:
         if pid == 0:
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             try:
-                self._child(req, program, fin, fout, ferr, status_w)
+                self._child(req, program, code, fin, fout, ferr, status_w, trace)
             except BaseException as e:
                 try:
                     os.write(2, f"sandbox child set-up failed: {e!r}".encode()[-300:])
@@ -376,11 +524,18 @@ class Worker:
             os._exit(128 + sig)
         os._exit(os.WEXITSTATUS(status))
 
-    def _child(self, req: dict, program: bytes, fin: int, fout: int, ferr: int,
-               status_w: int) -> None:
+    def _child(self, req: dict, program: bytes, code: types.CodeType | None, fin: int,
+               fout: int, ferr: int, status_w: int, trace: bool) -> None:
         """Set the child up, then run the program. Exit 111 (no stage byte) = setup failed."""
+        t_child = _now()
         os.setsid()
-        if self.private:
+        if self.shared_mounts:
+            # A private SysV IPC / POSIX mqueue namespace, so that no IPC object outlives the
+            # execution; a /proc of our own PID namespace on top of the worker's.
+            _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
+            _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               None), "mount proc")
+        elif self.private:
             tmp_opts = f"size={int(req['tmp_bytes'])},mode=1777".encode()
             # private mounts, and a private SysV IPC / POSIX mqueue namespace so that no IPC
             # object outlives the execution or reaches the next program of this worker
@@ -392,8 +547,11 @@ class Worker:
             _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
                    "mount proc")
         try:   # if memory runs out anywhere, the kernel kills programs first
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            try:
+                os.write(fd, b"1000")
+            finally:
+                os.close(fd)
         except OSError:
             pass
         os.dup2(fin, 0)
@@ -424,7 +582,8 @@ class Worker:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.chdir("/tmp")
-        _run_program(program, status_w, self._code_cache.get(_program_key(program)))
+        stamps = (t_child, _now()) if trace else ()
+        _run_program(program, status_w, code, self._stdio, stamps)
 
 
 def _drop_capabilities() -> None:
@@ -432,10 +591,6 @@ def _drop_capabilities() -> None:
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)      # _LINUX_CAPABILITY_VERSION_3, self
     data = (ctypes.c_uint32 * 6)()
     _check(_libc.capset(header, data), "capset")
-
-
-def _program_key(program: bytes) -> bytes:
-    return hashlib.blake2b(program, digest_size=16).digest()
 
 
 def _kill(pid: int) -> None:
@@ -452,24 +607,23 @@ def _killpg(pid: int) -> None:
         pass
 
 
-def _run_program(program: bytes, status_w: int, code: types.CodeType | None = None) -> None:
+def _run_program(program: bytes, status_w: int, code: types.CodeType | None,
+                 stdio: tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper],
+                 stamps: tuple[int, ...] = ()) -> None:
     """Compile (unless ``code`` is given) and run ``program`` as ``python3 main.py`` would,
-    then exit. Never returns."""
-    sys.set_int_max_str_digits(0)
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
-        io.BufferedReader(io.FileIO(0, "rb", closefd=False)), encoding="utf-8")
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(1, "wb", closefd=False)), encoding="utf-8")
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(2, "wb", closefd=False)), encoding="utf-8",
-        errors="backslashreplace", line_buffering=True)
+    then exit. Never returns. ``stdio``: fresh text streams on fds 0, 1 and 2."""
+    sys.stdin = sys.__stdin__ = stdio[0]
+    sys.stdout = sys.__stdout__ = stdio[1]
+    sys.stderr = sys.__stderr__ = stdio[2]
+    if stamps:
+        os.write(status_w, b"T" + _ns_bytes(*stamps, _now()))
     os.write(status_w, b"S")
     try:
         if code is None:
             code = compile(program, "main.py", "exec", dont_inherit=True)
     except BaseException as e:  # SyntaxError, ValueError (NUL bytes), MemoryError, RecursionError
-        sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
-        sys.stderr.flush()
+        _print_exception(e, None)
+        _flush_stderr()
         os.write(status_w, b"C")
         os._exit(1)
     main = types.ModuleType("__main__")
@@ -487,7 +641,8 @@ def _run_program(program: bytes, status_w: int, code: types.CodeType | None = No
         exit_code = _exit_code(e)
     except BaseException as e:
         exit_code = 1
-        _print_exception(e)
+        tb = e.__traceback__
+        _print_exception(e, tb.tb_next if tb is not None else None)  # without our frame
     exit_code = _finalize(exit_code)
     os._exit(exit_code)
 
@@ -504,10 +659,19 @@ def _exit_code(e: SystemExit) -> int:
     return 1
 
 
-def _print_exception(e: BaseException) -> None:
-    tb = e.__traceback__.tb_next if e.__traceback__ is not None else None  # drop our frame
+def _print_exception(e: BaseException, tb: types.TracebackType | None) -> None:
+    """Print ``e`` to sys.stderr as the interpreter does at exit (its C display code: no
+    traceback module to import or to fork)."""
     try:
-        sys.stderr.write("".join(traceback.format_exception(type(e), e, tb)))
+        e.__traceback__ = tb   # the display code prints the exception's own traceback
+        sys.__excepthook__(type(e), e, tb)
+    except BaseException:
+        pass
+
+
+def _flush_stderr() -> None:
+    try:
+        sys.stderr.flush()
     except BaseException:
         pass
 
@@ -522,7 +686,7 @@ def _finalize(exit_code: int) -> int:
     except SystemExit as e:
         exit_code = _exit_code(e)
     except BaseException as e:
-        _print_exception(e)
+        _print_exception(e, e.__traceback__)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name, None)
         try:
@@ -534,12 +698,23 @@ def _finalize(exit_code: int) -> int:
     return exit_code
 
 
+def _site_builtins() -> None:
+    """The builtins that ``site`` adds and programs use (``exit``, ``quit``, ``help``...):
+    importing site under -S defines its helpers without processing any .pth file."""
+    import site
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+
+
 def main() -> None:
-    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    sys.set_int_max_str_digits(0)  # so that compiling here matches compiling in a child
+    config = protocol.decode_json(sys.argv[1].encode()) if len(sys.argv) > 1 else {}
+    sys.set_int_max_str_digits(0)  # python3's digit limit is lifted for programs (and here)
+    _site_builtins()
     worker = Worker(config)
     gc.collect()
     gc.freeze()  # children inherit a frozen heap: fewer copy-on-write faults after fork
+    _libc.malloc_trim(0)   # hand back what compiling this file took: less memory to fork
     worker.serve()
 
 
