@@ -16,6 +16,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from rollout import eval_report
 from rollout import evaluate as ev
 from rollout.engines.api_engine import ApiConfig, ApiError
 from rollout.problems import ProblemFormatError
@@ -175,8 +176,8 @@ def main(argv: Sequence[str]) -> None:
     if cfg.tensorboard_dir:
         n = ev.write_summaries(result, cfg.tensorboard_dir, cfg.tensorboard_step)
         print(f"wrote {n} scalars to {cfg.tensorboard_dir} at step {cfg.tensorboard_step}")
-    print((out / ev.TABLE_FILE).read_text(), end="")
-    print(f"wrote {out / ev.METRICS_FILE}, {out / ev.TABLE_FILE}, {out / ev.PLOT_FILE} "
+    print((out / eval_report.TABLE_FILE).read_text(), end="")
+    print(f"wrote {out / eval_report.METRICS_FILE}, {out / eval_report.TABLE_FILE}, {out / eval_report.PLOT_FILE} "
           f"({sum(r['n_problems'] for r in result.values())} problems)")
 
 

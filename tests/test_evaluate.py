@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from rollout import eval_report
 from rollout import evaluate as ev
 from rollout.engines.api_engine import ApiConfig, ApiFatalError
 from rollout.problems import Problem
@@ -206,7 +207,7 @@ def test_plot_has_the_documented_size(tmp_path):
     from PIL import Image
 
     metrics = {"a": dict(EXPECTED), "b": dict(EXPECTED)}
-    size = ev.plot_bon(metrics, BON, tmp_path / "p.png")
+    size = eval_report.plot_bon(metrics, BON, tmp_path / "p.png")
     with Image.open(tmp_path / "p.png") as im:
         assert im.size == size == (2 * 2 * 500, 400)
 

@@ -1,0 +1,109 @@
+"""The reports of ``cure-eval``: metrics.json, the paper-style markdown table and the BoN plot."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+from rollout import metrics as cure_metrics
+
+__all__ = ["METRICS_FILE", "PLOT_FILE", "TABLE_FILE", "plot_bon", "render_table", "write_reports"]
+
+METRICS_FILE = "metrics.json"
+TABLE_FILE = "results.md"
+PLOT_FILE = "bon.png"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.1f}"
+
+
+def render_table(metrics: Mapping[str, dict], *, model: str,
+                 bon: Sequence[tuple[int, int]]) -> str:
+    """Markdown: the paper's one-line-per-model summary (UT / Code / BoN of the largest pair)
+    and a per-dataset table with every BoN pair, p_01, p_00 and parse rates."""
+    keys = [cure_metrics.bon_key(n, m) for n, m in bon]
+    head = max(bon, key=lambda nm: (nm[0] * max(nm[1], 1), nm)) if bon else None
+    hk = cure_metrics.bon_key(*head) if head else None
+    ds = list(metrics)
+    lines = [f"## {model}", "",
+             f"UT / Code / BoN {hk or '-'} (%)", "",
+             "| Model | " + " | ".join(ds) + " |",
+             "|---|" + "---|" * len(ds),
+             f"| {model} | " + " | ".join(
+                 f"{_pct(metrics[d]['unit_test_accuracy'])}/{_pct(metrics[d]['code_accuracy'])}/"
+                 f"{_pct(metrics[d]['bon'].get(hk)) if hk else '-'}" for d in ds) + " |",
+             "",
+             "| Dataset | Problems | UT | Code | " + " | ".join(f"BoN {k}" for k in keys)
+             + " | p_01 | p_00 | code parsed | test parsed |",
+             "|---|" + "---|" * (7 + len(keys))]
+    for d in ds:
+        r = metrics[d]
+        cells = [d, str(r["n_problems"]), _pct(r["unit_test_accuracy"]), _pct(r["code_accuracy"])]
+        cells += [_pct(r["bon"].get(k)) for k in keys]
+        cells += [_pct(r["p_01"]), _pct(r["p_00"]), _pct(r["code_parse_rate"]),
+                  _pct(r["test_parse_rate"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PLOT_PANEL_IN = (5.0, 4.0)  # inches per panel
+PLOT_DPI = 100
+
+
+def plot_bon(metrics: Mapping[str, dict], bon: Sequence[tuple[int, int]], path: str | os.PathLike[str],
+             *, title: str = "") -> tuple[int, int]:
+    """PNG of BoN accuracy: per dataset, one panel over n (a line per m) and one over m (a line
+    per n). Size: ``2 * len(datasets) * 500`` x 400 pixels. Returns (width, height)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ds = list(metrics)
+    w, h = PLOT_PANEL_IN
+    fig, axes = plt.subplots(1, 2 * len(ds), figsize=(2 * w * len(ds), h), dpi=PLOT_DPI,
+                             squeeze=False)
+    for j, d in enumerate(ds):
+        acc = {(n, m): metrics[d]["bon"].get(cure_metrics.bon_key(n, m)) for n, m in bon}
+        for ax, (x_of, line_of, xlabel, lname) in zip(
+                axes[0, 2 * j:2 * j + 2], ((0, 1, "n (codes)", "m"), (1, 0, "m (tests)", "n"))):
+            groups: dict[int, list[tuple[int, float]]] = {}
+            for nm, a in acc.items():
+                if a is not None:
+                    groups.setdefault(nm[line_of], []).append((nm[x_of], 100 * a))
+            for g, pts in sorted(groups.items()):
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{lname}={g}")
+            xs = sorted({p[0] for pts in groups.values() for p in pts})
+            if xs:
+                ax.set_xticks(xs)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("BoN accuracy (%)")
+            ax.set_title(f"{d}: BoN over {xlabel.split()[0]}")
+            ax.set_ylim(-2, 102)
+            ax.grid(alpha=0.3)
+            if groups:
+                ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return int(2 * w * len(ds) * PLOT_DPI), int(h * PLOT_DPI)
+
+
+def write_reports(metrics: Mapping[str, dict], out_dir: str | os.PathLike[str], *, model: str,
+                  bon: Sequence[tuple[int, int]], single_eval: bool = False) -> None:
+    """metrics.json, results.md and bon.png in ``out_dir`` (each replaced atomically)."""
+    out = pathlib.Path(out_dir)
+    tmp = out / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / METRICS_FILE)
+    tmp = out / (TABLE_FILE + ".tmp")
+    tmp.write_text(render_table(metrics, model=model, bon=bon))
+    os.replace(tmp, out / TABLE_FILE)
+    tmp = out / ("tmp-" + PLOT_FILE)
+    plot_bon(metrics, bon, tmp, title=model + (" (code only)" if single_eval else ""))
+    os.replace(tmp, out / PLOT_FILE)
