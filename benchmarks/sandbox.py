@@ -6,7 +6,10 @@ Workloads: "trivial" (read a number, print it plus one) and "mix" (a few ms of C
 wrong, some crashing, some timing out). Every method runs with the same parallelism (one worker
 or thread per CPU) and the same time limit; baselines use the real interpreter (not a venv shim).
 
-    python benchmarks/sandbox.py [--trivial N] [--mix-programs P] [--mix-tests T]
+    python benchmarks/sandbox.py [--trivial N] [--mix-programs P] [--mix-tests T] [--breakdown]
+
+``--breakdown`` also prints where the time of one execution goes (one worker, empty program,
+median ms per stage, from the timestamps a ``Sandbox(trace=True)`` records).
 """
 from __future__ import annotations
 
@@ -134,6 +137,45 @@ def run_ours(sb: Sandbox, groups) -> tuple[float, int, int]:
     return dt, n, int(sum(r.passed.sum() for r in results))
 
 
+# (label, start stamp, end stamp) on one clock (perf_counter_ns) across all processes
+STAGES = [
+    ("worker: request, stdin, new PID namespace", "t_req", "t_fork"),
+    ("worker: fork() returns", "t_fork", "t_forked"),
+    ("child: fork() until it runs", "t_fork", "t_child"),
+    ("child: setsid, IPC namespace, mount /proc", "t_child", "t_ns"),
+    ("child: oom_score_adj, stdio fds, close the rest", "t_ns", "t_fds"),
+    ("child: rlimits", "t_fds", "t_limits"),
+    ("child: drop uid, no_new_privs, chdir", "t_limits", "t_setup"),
+    ("child: program's stdio and module", "t_setup", "t_ready"),
+    ("child: program + exit, until the worker sees it", "t_ready", "t_exited"),
+    ("worker: reap, read output, reply ready", "t_exited", "t_reply"),
+    ("reply: pipe + decode in the orchestrator", "t_reply", "t_received"),
+    ("orchestrator: judge, store the result", "t_received", "t_judged"),
+]
+
+
+def breakdown(limits: Limits, n: int) -> None:
+    """Median ms per stage of an empty program on one worker."""
+    with Sandbox(workers=1, limits=limits, trace=True) as one:
+        run_ours(one, [(["pass"], [TestCase("", "")] * 50, None)])   # warm-up
+        one.traces.clear()
+        dt, k, _ = run_ours(one, [(["pass"], [TestCase("", "")] * n, None)])
+        traces = sorted(one.traces, key=lambda t: t["t_req"])
+
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if xs else float("nan")
+
+    print(f"breakdown, 1 worker, empty program ({k} executions, {1000 * dt / k:.2f} ms each "
+          f"with tracing on), median ms:")
+    for label, a, b in STAGES:
+        print(f"  {label:52s} {median([(t[b] - t[a]) / 1e6 for t in traces]):7.3f}")
+    print(f"  {'worker: after the reply (unmount /proc, check /tmp)':52s} "
+          f"{median([t['cleanup_ns'] / 1e6 for t in traces[1:]]):7.3f}")
+    print(f"  {'worker: one request to the next (its cycle)':52s} "
+          f"{median([(b['t_req'] - a['t_req']) / 1e6 for a, b in zip(traces, traces[1:])]):7.3f}")
+
+
 def chunks(groups, rounds: int, split_tests: bool):
     """Split a workload into ``rounds`` slices (by tests or by groups)."""
     if split_tests:
@@ -152,6 +194,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=0.25, help="CPU seconds per execution")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=6, help="alternations of the methods")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print the per-stage time of one execution")
     args = ap.parse_args()
     trivial, mix = workloads(args.trivial, args.mix_programs, args.mix_tests)
     tl = args.time_limit
@@ -166,6 +210,8 @@ def main() -> None:
         rate1 = n / dt
     print(f"ours, 1 worker, empty program: {rate1:.0f} exec/s = {1000 / rate1:.2f} ms per "
           f"execution (the whole per-execution overhead)")
+    if args.breakdown:
+        breakdown(limits, 400)
 
     # The methods alternate in rounds over slices of each workload (in a rotating order), so
     # that a change of machine load during the run affects all of them alike.

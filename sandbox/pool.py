@@ -39,6 +39,9 @@ _PIPELINE_BYTES = 16 << 10
 _probe_cache: dict[tuple[str, str], tuple[bool, str]] = {}
 _probe_lock = threading.Lock()
 _cgroup_serial = itertools.count(1)   # process-wide: several Sandboxes may live at once
+# Imported by every worker once, so that programs find them loaded: modules that solutions
+# commonly import, whose import costs a program more than their memory costs a fork.
+DEFAULT_PRELOAD = ("re", "collections", "functools", "heapq", "bisect", "math", "typing")
 
 
 class _InfraError(Exception):
@@ -164,6 +167,7 @@ class _Job:
     keep_output: bool
     done: Callable[[Execution], None]
     attempts: int = 0
+    t_sent: int = 0          # perf_counter_ns when sent to a worker (trace mode)
 
 
 class _Batch:
@@ -202,11 +206,16 @@ class Sandbox:
     processes and turning OOM kills into MEMORY_LIMIT.
     ``python``: the interpreter programs run under (default: this one, with its venv); it
     needs only its standard library.
+    ``preload``: modules each worker imports once for its programs (default
+    ``DEFAULT_PRELOAD``); a program's ``import`` of one is then free, but every module makes
+    each fork copy a little more memory.
+    ``trace``: record the timestamps (``time.perf_counter_ns``, one clock for every process)
+    of each execution's stages in ``traces`` -- for ``benchmarks/sandbox.py --breakdown``.
     """
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None,
-                 isolation: str = "auto", cgroups: bool = True, python: str | None = None
-                 ) -> None:
+                 isolation: str = "auto", cgroups: bool = True, python: str | None = None,
+                 preload: Sequence[str] | None = None, trace: bool = False) -> None:
         self.limits = limits if limits is not None else Limits()
         if not isinstance(self.limits, Limits):
             raise TypeError(f"limits must be a sandbox.Limits, got {type(self.limits).__name__}")
@@ -216,6 +225,12 @@ class Sandbox:
         self.n_workers = n
         self.stats = SandboxStats()
         self._stats_lock = threading.Lock()
+        self.preload = list(DEFAULT_PRELOAD if preload is None else preload)
+        for name in self.preload:
+            if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+                raise ValueError(f"preload: {name!r} is not a module name")
+        self.trace = bool(trace)
+        self.traces: list[dict[str, int]] = []
         self._python_chosen = python is not None
         self.python = os.path.abspath(python) if python else sys.executable
         if not os.access(self.python, os.X_OK):
@@ -239,7 +254,8 @@ class Sandbox:
         cfg: dict = {"namespaces": self.isolation == "namespaces",
                      "nested": self.isolation == "userns",
                      "tmp_bytes": int(self.limits.tmp_mb) << 20,
-                     "sys_path": isolation.site_packages(self.python)}
+                     "sys_path": isolation.site_packages(self.python),
+                     "preload": self.preload}
         if os.geteuid() == 0:
             # A distinct unprivileged uid per worker (and per orchestrator process), so that
             # RLIMIT_NPROC counts only that worker's program and no two programs share a uid.
@@ -395,10 +411,14 @@ class Sandbox:
 
     def _meta(self, job: _Job) -> dict:
         lim = self.limits
-        return {"op": "run", "cpu_s": job.cpu_limit, "wall_s": job.cpu_limit * lim.wall_factor,
+        meta = {"op": "run", "cpu_s": job.cpu_limit, "wall_s": job.cpu_limit * lim.wall_factor,
                 "mem_bytes": int(lim.memory_mb) << 20, "out_bytes": lim.output_bytes,
                 "nproc": int(lim.processes), "nofile": int(lim.open_files),
                 "tmp_bytes": int(lim.tmp_mb) << 20}
+        if self.trace:
+            meta["trace"] = True
+            job.t_sent = time.perf_counter_ns()
+        return meta
 
     def _send(self, index: int, job: _Job) -> None:
         h = self._handles[index]
@@ -415,6 +435,7 @@ class Sandbox:
         if h is None:
             raise _InfraError("worker gone")
         reply, out, err = h.receive(job.cpu_limit * lim.wall_factor + _REPLY_SLACK_S)
+        t_received = time.perf_counter_ns() if self.trace else 0
         oom = h.cgroup is not None and h.cgroup.oom_since_last()
         if not reply.get("stage"):
             raise _InfraError(f"execution set-up failed in the worker (exit "
@@ -428,6 +449,9 @@ class Sandbox:
         stderr_tail = err.decode("utf-8", "replace")
         verdict, detail = classify(reply, stdout, stderr_tail, job.expected, job.cpu_limit,
                                    lim.float_tol, oom=oom)
+        if self.trace and isinstance(reply.get("trace"), dict):
+            self.traces.append(dict(reply["trace"], t_sent=job.t_sent, t_received=t_received,
+                                    t_judged=time.perf_counter_ns(), worker=index))
         return Execution(verdict=verdict, stdout=stdout if job.keep_output else "",
                          stderr_tail=stderr_tail, exit_code=reply.get("exit_code"),
                          signal=reply.get("signal"), wall_s=float(reply["wall_s"]),

@@ -6,7 +6,7 @@ carries a program and a stdin only.
 
 Namespaces mode (root + bubblewrap; the worker already has its own mount, IPC, PID, network and
 UTS namespaces from bubblewrap). Once per worker: private tmpfs /tmp and /dev/shm (sized, mode
-1777) and a base /proc. Per execution:
+1777). Per execution:
 
   worker ──fork──> child: PID 1 of a fresh PID namespace (killing it kills everything it
                    started), in a fresh IPC namespace, with a /proc of that PID namespace
@@ -18,14 +18,15 @@ UTS namespaces from bubblewrap). Once per worker: private tmpfs /tmp and /dev/sh
          interpreter does.
   worker: waits on a pidfd with the wall limit, SIGKILLs on timeout, reaps, reads stdout/stderr
           from the memfds (the kernel already capped them), replies. Then, with no process of
-          the program left (the kernel has killed its whole PID namespace), it gives /tmp or
-          /dev/shm a fresh tmpfs if the program changed it in any way, and every PROC_BATCH
-          executions it drops the stack of /proc mounts with one lazy unmount.
+          the program left (the kernel has killed its whole PID namespace), it detaches the
+          child's /proc and gives /tmp or /dev/shm a fresh tmpfs if the program changed it.
 
-Why not a fresh mount namespace per execution: creating one copies the mount tree, and the last
-exit from it unmounts every copy behind an expedited RCU grace period; together ~0.9 ms of the
-~2 ms an execution cost. An unmount pays that grace period too, hence one per PROC_BATCH
-executions for /proc, and one for /tmp only after a program wrote there.
+Why not a fresh mount namespace per execution: creating one copies the whole mount tree, and
+the last exit from it tears down every copy (and their superblocks) before the child counts as
+exited; together ~0.9 ms of the ~2 ms an execution cost. Now an execution mounts one /proc, and
+the worker unmounts it after it has replied (one RCU grace period, off the reply's path); a
+/tmp is replaced only after a program wrote there. (A /proc mounted once per worker would show
+the worker's PID namespace: other pid numbers, and no view of a program's own children.)
 
 Other modes: ``nested`` (a user namespace, non-root) gives each execution its own PID, mount and
 IPC namespaces through an intermediate process, as does namespaces mode if the per-worker mounts
@@ -70,8 +71,10 @@ CODE_CACHE_SIZE = 64                 # programs whose code objects a worker keep
 CODE_CACHE_BYTES = 1 << 20           # ... and their total source size (the heap is forked)
 CODE_CACHE_MAX_PROGRAM = 256 << 10
 MAX_REQUEST_BLOB = 1 << 30
-PROC_BATCH = 32                      # /proc mounts stacked before one lazy unmount drops them
 TMP_DIRS = ("/tmp", "/dev/shm")
+# trace mode: when a child started, had its namespaces and /proc, its fds, its rlimits, its
+# uid (set-up done), and its stdio (about to compile/run)
+CHILD_STAMPS = ("t_child", "t_ns", "t_fds", "t_limits", "t_setup", "t_ready")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _now = time.perf_counter_ns
@@ -81,10 +84,6 @@ def _check(rc: int, what: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _ns_bytes(*stamps: int) -> bytes:
-    return b"".join(s.to_bytes(8, "little") for s in stamps)
 
 
 class Worker:
@@ -108,8 +107,7 @@ class Worker:
         self.ns_error = ""
         self.shared_mounts = False   # per-worker /tmp, /dev/shm and /proc stack (see top)
         self._tmp_state: dict[str, tuple[int, int, int]] = {}
-        self._proc_base = -1
-        self._stacked = 0
+        self._proc_dev = -1          # st_dev of the worker's own /proc
         self._code_cache: collections.OrderedDict[bytes, types.CodeType] = \
             collections.OrderedDict()
         self._code_bytes = 0
@@ -140,7 +138,7 @@ class Worker:
                            "the Python installation, and programs never run as root")
         # Memfds for stdin/stdout/stderr, reused between executions only where no process of
         # the previous program can have survived it (its PID namespace is gone, or its uid was
-        # swept); made now, while /proc/self is ours (the /proc stack hides it later).
+        # swept).
         self.reuse_files = self.private or self.drop_uid
         self._files = self._fresh_files() if self.reuse_files else []
         if self.ns:
@@ -203,7 +201,7 @@ class Worker:
         os.chdir("/")   # never keep a replaced tmpfs busy
         for target in TMP_DIRS:
             self._fresh_tmpfs(target, replace=False)
-        self._mount_proc_base()
+        self._proc_dev = os.stat("/proc").st_dev
 
     def _fresh_tmpfs(self, target: str, replace: bool) -> None:
         """A new, empty tmpfs on ``target`` (the previous one detached: no process uses it)."""
@@ -225,35 +223,21 @@ class Worker:
             return True
         return bool(os.listdir(target))
 
-    def _mount_proc_base(self) -> None:
-        """A /proc of the worker's PID namespace (processes of other uids hidden) that the
-        children's /proc mounts stack on, and an O_PATH handle to unmount it with them."""
-        _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                           b"hidepid=invisible"), "mount proc")
-        self._proc_base = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._stacked = 0
-
-    def _drop_proc_stack(self) -> None:
-        """Detach the base /proc and every child /proc on top of it: one grace period."""
-        os.fchdir(self._proc_base)
-        try:
-            _check(_libc.umount2(b".", MNT_DETACH), "umount /proc stack")
-        finally:
-            os.chdir("/")
-            os.close(self._proc_base)
-        self._mount_proc_base()
-
     def after_execution(self) -> None:
-        """Between executions (no program process is alive): make /tmp and /dev/shm pristine
-        again where a program touched them; bound the /proc stack."""
+        """Between executions (no program process is alive): detach the child's /proc (each
+        proc mount has a device of its own: unmount until ours is on top again), and make
+        /tmp and /dev/shm pristine again where a program touched them."""
         if not self.shared_mounts:
             return
+        for _ in range(8):
+            if os.stat("/proc").st_dev == self._proc_dev:
+                break
+            _check(_libc.umount2(b"/proc", MNT_DETACH), "umount /proc")
+        else:
+            raise OSError("the /proc of earlier executions would not go")
         for target in TMP_DIRS:
             if self._tmp_touched(target):
                 self._fresh_tmpfs(target, replace=True)
-        self._stacked += 1
-        if self._stacked >= PROC_BATCH:
-            self._drop_proc_stack()
 
     def _resize_tmp(self, tmp_bytes: int) -> None:
         if tmp_bytes != self.tmp_bytes:
@@ -271,6 +255,7 @@ class Worker:
 
     def serve(self) -> None:
         protocol.write_frame(self.wfd, self.hello())
+        cleanup_ns = 0
         while True:
             try:
                 meta, program, stdin = protocol.read_frame(self.rfd, MAX_REQUEST_BLOB)
@@ -285,12 +270,16 @@ class Worker:
                     reply, out, err = self.execute(meta, program, stdin, t_req)
                 except OSError as e:   # e.g. fork() failed: an infrastructure failure
                     reply, out, err = {"op": "error", "detail": f"worker: {e}"}, b"", b""
+                if "trace" in reply:   # the clean-up after the previous execution
+                    reply["trace"]["cleanup_ns"] = cleanup_ns
                 protocol.write_frame(self.wfd, reply, out, err)
+                t_clean = _now()
                 try:
                     self.after_execution()
                 except OSError as e:   # the next program must not see this one's files
                     os.write(2, f"sandbox worker: cleaning up failed: {e}\n".encode())
                     os._exit(1)
+                cleanup_ns = _now() - t_clean
             else:
                 protocol.write_frame(self.wfd, {"op": "error", "detail": f"unknown op {op!r}"})
 
@@ -403,7 +392,8 @@ class Worker:
             stage = b""
         stamps = b""
         if stage[:1] == b"T":   # trace: the child's own timestamps come first
-            stamps, stage = stage[1:25], stage[25:]
+            n = 8 * len(CHILD_STAMPS)
+            stamps, stage = stage[1:1 + n], stage[1 + n:]
         reply = {"op": "result", "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
                  "timed_out": timed_out, "maxrss_kb": ru.ru_maxrss, "stage": stage.decode()}
         if os.WIFSIGNALED(status):
@@ -420,10 +410,10 @@ class Worker:
         start = max(0, err_size - STDERR_TAIL)
         err = os.pread(ferr, err_size - start, start)
         if trace:
-            child = [int.from_bytes(stamps[i:i + 8], "little") for i in (0, 8, 16)] \
-                if len(stamps) == 24 else [0, 0, 0]
-            reply["trace"] = {"t_fork": t_fork, "t_child": child[0], "t_setup": child[1],
-                              "t_ready": child[2], "t_exited": t_exited, "t_reaped": t_reaped}
+            reply["trace"] = {"t_fork": t_fork, "t_exited": t_exited, "t_reaped": t_reaped,
+                              "minflt": ru.ru_minflt}
+            for k, name in enumerate(CHILD_STAMPS):
+                reply["trace"][name] = int.from_bytes(stamps[8 * k:8 * k + 8], "little")
         return reply, out, err
 
     def _remember_code(self, program: bytes, stage: str) -> None:
@@ -527,11 +517,12 @@ class Worker:
     def _child(self, req: dict, program: bytes, code: types.CodeType | None, fin: int,
                fout: int, ferr: int, status_w: int, trace: bool) -> None:
         """Set the child up, then run the program. Exit 111 (no stage byte) = setup failed."""
-        t_child = _now()
+        marks = [_now()] if trace else None   # CHILD_STAMPS
         os.setsid()
         if self.shared_mounts:
             # A private SysV IPC / POSIX mqueue namespace, so that no IPC object outlives the
-            # execution; a /proc of our own PID namespace on top of the worker's.
+            # execution; a /proc of our own PID namespace on top of the worker's (the worker
+            # unmounts it afterwards).
             _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
             _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                                None), "mount proc")
@@ -546,6 +537,8 @@ class Worker:
                        "mount tmpfs")
             _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
                    "mount proc")
+        if marks is not None:
+            marks.append(_now())
         try:   # if memory runs out anywhere, the kernel kills programs first
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:
@@ -562,6 +555,8 @@ class Worker:
             status_w = 3
         os.set_inheritable(3, False)
         os.closerange(4, 1 << 16)
+        if marks is not None:
+            marks.append(_now())
         cpu_hard = int(float(req["cpu_s"])) + 1
         mem = int(req["mem_bytes"])
         for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu_hard),
@@ -570,6 +565,8 @@ class Worker:
                            (resource.RLIMIT_FSIZE, int(req["out_bytes"]) + 1),
                            (resource.RLIMIT_CORE, 0), (resource.RLIMIT_MSGQUEUE, 0)):
             resource.setrlimit(res, (value, value))
+        if marks is not None:
+            marks.append(_now())
         if self.drop_uid:
             uid = int(self.uid)
             os.setgroups([])
@@ -582,8 +579,9 @@ class Worker:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.chdir("/tmp")
-        stamps = (t_child, _now()) if trace else ()
-        _run_program(program, status_w, code, self._stdio, stamps)
+        if marks is not None:
+            marks.append(_now())
+        _run_program(program, status_w, code, self._stdio, marks)
 
 
 def _drop_capabilities() -> None:
@@ -609,14 +607,15 @@ def _killpg(pid: int) -> None:
 
 def _run_program(program: bytes, status_w: int, code: types.CodeType | None,
                  stdio: tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper],
-                 stamps: tuple[int, ...] = ()) -> None:
+                 marks: list[int] | None = None) -> None:
     """Compile (unless ``code`` is given) and run ``program`` as ``python3 main.py`` would,
     then exit. Never returns. ``stdio``: fresh text streams on fds 0, 1 and 2."""
     sys.stdin = sys.__stdin__ = stdio[0]
     sys.stdout = sys.__stdout__ = stdio[1]
     sys.stderr = sys.__stderr__ = stdio[2]
-    if stamps:
-        os.write(status_w, b"T" + _ns_bytes(*stamps, _now()))
+    if marks is not None:   # trace: CHILD_STAMPS
+        marks.append(_now())
+        os.write(status_w, b"T" + b"".join(t.to_bytes(8, "little") for t in marks))
     os.write(status_w, b"S")
     try:
         if code is None:
@@ -707,11 +706,23 @@ def _site_builtins() -> None:
     site.sethelper()
 
 
+def _preload(names: list[str]) -> None:
+    """Import modules that programs commonly use, so that each child inherits them instead of
+    importing them again (``import re`` alone is milliseconds); each costs every fork a
+    little memory to copy. Missing ones are skipped."""
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+
+
 def main() -> None:
     config = protocol.decode_json(sys.argv[1].encode()) if len(sys.argv) > 1 else {}
     sys.set_int_max_str_digits(0)  # python3's digit limit is lifted for programs (and here)
     _site_builtins()
     worker = Worker(config)
+    _preload(list(config.get("preload", ())))
     gc.collect()
     gc.freeze()  # children inherit a frozen heap: fewer copy-on-write faults after fork
     _libc.malloc_trim(0)   # hand back what compiling this file took: less memory to fork

@@ -309,3 +309,33 @@ def test_float_tolerance_is_opt_in_per_sandbox():
         assert exact.run(prog, expected="0.3").verdict == Verdict.WRONG_ANSWER
         assert tol.run(prog, expected="0.3").verdict == Verdict.OK
         assert tol.run("print(3)", expected="4").verdict == Verdict.WRONG_ANSWER
+
+
+def test_site_packages_and_site_builtins_without_site(sb):
+    """Workers run with -S (no .pth imports); programs still import installed packages from
+    site-packages and have site's builtins (exit, quit)."""
+    ex = sb.run("import numpy, sys\nprint(numpy.__name__, 'site' in sys.modules)\nexit(3)\n")
+    assert ex.exit_code == 3 and ex.stdout.startswith("numpy "), ex
+    assert sb.run("quit()\n").exit_code == 0
+
+
+def test_preload_makes_modules_free_and_is_validated():
+    prog = "import sys\nprint(sorted(m for m in ('re', 'typing', 'heapq') if m in sys.modules))\n"
+    with Sandbox(workers=1, preload=["heapq"]) as box, Sandbox(workers=1, preload=[]) as bare:
+        assert box.run(prog).stdout == "['heapq']\n"
+        assert bare.run(prog).stdout == "[]\n"
+        assert box.run("import heapq\nprint(heapq.nlargest(1, [3, 9, 2]))").stdout == "[9]\n"
+    with pytest.raises(ValueError, match="preload"):
+        Sandbox(workers=1, preload=["os; import evil"])
+
+
+def test_trace_records_every_stage_on_one_clock():
+    with Sandbox(workers=1, trace=True) as box:
+        box.run_matrix(["print(1)"], [TestCase("", "1")] * 3)
+        traces = list(box.traces)
+    assert len(traces) == 3
+    order = ["t_sent", "t_req", "t_fork", "t_child", "t_ns", "t_fds", "t_limits", "t_setup",
+             "t_ready", "t_exited", "t_reaped", "t_reply", "t_received", "t_judged"]
+    for t in traces[1:]:    # (the first request is sent before the worker waits for it)
+        assert [t[k] for k in order] == sorted(t[k] for k in order), t
+        assert t["t_forked"] >= t["t_fork"] and t["minflt"] > 0

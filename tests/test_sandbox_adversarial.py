@@ -297,3 +297,92 @@ def test_memory_of_all_processes_is_bounded_by_the_worker_cgroup():
         assert box.run(one, expected=str(150 << 20)).verdict == Verdict.OK
         assert _settled_descendants(before) == before
     assert not any(os.path.exists(d) for d in dirs), "cgroups left behind"
+
+
+# ---------------------------------------------------------------- one worker, run after run
+# Each execution has a fresh PID and IPC namespace and its own /proc, while /tmp and /dev/shm
+# are per-worker mounts made fresh whenever a program touched them: these tests run programs
+# back to back on ONE worker and check that nothing of one run reaches the next.
+@pytest.fixture(scope="module")
+def one():
+    with Sandbox(workers=1, limits=Limits(time_s=2.0, tmp_mb=4)) as box:
+        if box.isolation != "namespaces":
+            pytest.skip(f"per-execution namespaces need bubblewrap as root (running "
+                        f"{box.isolation!r})")
+        yield box
+
+
+_LEAVE_FILES = ("import os, sys\ntag = sys.stdin.read()\n"
+                "for d in ('/tmp', '/dev/shm'):\n"
+                "    os.makedirs(f'{d}/sub_{tag}/deeper', exist_ok=True)\n"
+                "    open(f'{d}/{tag}', 'w').write(tag)\n"
+                "    open(f'{d}/sub_{tag}/deeper/f', 'w').write(tag)\n"
+                "print(sorted(os.listdir('/tmp')), sorted(os.listdir('/dev/shm')))\n")
+_LOOK = ("import os\nst = os.statvfs('/tmp')\n"
+         "print(sorted(os.listdir('/tmp')), sorted(os.listdir('/dev/shm')), "
+         "st.f_bfree == st.f_blocks)\n")
+
+
+def test_files_in_tmp_and_dev_shm_do_not_reach_the_next_run(one):
+    for k in range(3):
+        tag = f"t{k}_{secrets.token_hex(4)}"
+        ex = one.run(_LEAVE_FILES, tag)
+        assert ex.verdict == Verdict.OK, ex
+        assert ex.stdout == f"{sorted([tag, 'sub_' + tag])} {sorted([tag, 'sub_' + tag])}\n"
+        after = one.run(_LOOK)
+        assert after.stdout == "[] [] True\n", after
+    # a file made and deleted again also leaves the next run a pristine tmpfs
+    one.run("import os\nopen('/tmp/x', 'w').close()\nos.unlink('/tmp/x')\n"
+            "os.mkdir('/dev/shm/d')\nos.rmdir('/dev/shm/d')\n")
+    assert one.run(_LOOK).stdout == "[] [] True\n"
+
+
+def test_tmp_size_limit_holds_and_a_full_tmp_is_not_inherited(one):
+    prog = ("import os\ntry:\n    with open('/tmp/big', 'wb') as f:\n"
+            "        for _ in range(16):\n            f.write(b'x' * (1 << 20))\n"
+            "    print('wrote 16 MB')\nexcept OSError as e:\n    print('full')\n")
+    assert one.run(prog).stdout == "full\n"        # Limits.tmp_mb=4
+    assert one.run(_LOOK).stdout == "[] [] True\n"
+
+
+def test_background_process_does_not_survive_into_the_next_run(one):
+    """A setsid double-forked daemon of one run would, if alive, write into /tmp and show up
+    in /proc; the next run sees neither, and the host sees no process of the program uid."""
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              "        for i in range(200):\n            time.sleep(0.01)\n"
+              "            open(f'/tmp/alive_{i}', 'w').close()\n"
+              "    os._exit(0)\ntime.sleep(0.05)\nprint(sorted(os.listdir('/proc')).count('1'))\n")
+    look = ("import os, time\ntime.sleep(0.1)\n"
+            "print(sorted(p for p in os.listdir('/proc') if p.isdigit()), os.listdir('/tmp'))\n")
+    before = descendants()
+    for _ in range(2):
+        assert one.run(daemon).verdict == Verdict.OK
+        ex = one.run(look)
+        assert ex.stdout == "['1'] []\n", ex
+    _assert_clean_after(one, before)
+
+
+def test_proc_shows_only_the_processes_of_this_run(one):
+    """/proc is the execution's own: pid 1 is the program, its children are 2, 3...; nothing
+    of the worker or of earlier runs, and no /proc mount of an earlier run is left behind."""
+    prog = ("import os\nkid = os.fork()\nif kid == 0:\n    import time\n    time.sleep(5)\n"
+            "    os._exit(0)\n"
+            "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+            "cmd = open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode()\n"
+            "procs = sum(1 for line in open('/proc/self/mountinfo') if ' - proc ' in line)\n"
+            "print(os.getpid(), kid, pids, os.path.basename(cmd), procs)\n"
+            "os.kill(kid, 9)\n")
+    outs = [one.run(prog).stdout for _ in range(40)]
+    py = os.path.basename(one.python)
+    assert outs[0].startswith(f"1 2 [1, 2] {py} "), outs[0]
+    assert outs == [outs[0]] * 40, sorted(set(outs))
+
+
+def test_posix_message_queues_do_not_outlive_a_run(one):
+    prog = ("import ctypes, os\nrt = ctypes.CDLL('librt.so.1', use_errno=True)\n"
+            "rt.mq_open.restype = ctypes.c_int\n"
+            "found = rt.mq_open(b'/sbx_probe', os.O_RDWR)\n"
+            "made = rt.mq_open(b'/sbx_probe', os.O_RDWR | os.O_CREAT, 0o600, None)\n"
+            "print('found' if found >= 0 else 'absent', 'made' if made >= 0 else 'refused')\n")
+    outs = [one.run(prog).stdout for _ in range(3)]
+    assert all(o.startswith("absent ") for o in outs), outs
