@@ -57,7 +57,12 @@ class WorkerCgroup:
     def __init__(self, dirs: list[str], oom_file: str, oom_key: str) -> None:
         self.dirs = dirs
         self.oom_file = oom_file
-        self.oom_key = oom_key
+        self.oom_key = oom_key.encode()
+        self._oom_fd = -1      # kept open: read after every execution, with one pread
+        try:
+            self._oom_fd = os.open(oom_file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
         self.last_oom = self.oom_kills()
 
     @classmethod
@@ -118,12 +123,13 @@ class WorkerCgroup:
             _write(os.path.join(d, "cgroup.procs"), str(pid))
 
     def oom_kills(self) -> int:
+        """The cgroup's OOM kill counter (0 where it cannot be read)."""
         try:
-            with open(self.oom_file) as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == self.oom_key:
-                        return int(value)
+            data = os.pread(self._oom_fd, 4096, 0)
+            for line in data.splitlines():
+                key, _, value = line.partition(b" ")
+                if key == self.oom_key:
+                    return int(value)
         except (OSError, ValueError):
             pass
         return 0
@@ -137,6 +143,9 @@ class WorkerCgroup:
 
     def remove(self, timeout: float = 2.0) -> None:
         """Remove the (emptied) cgroup; its processes may take a moment to go."""
+        if self._oom_fd >= 0:
+            os.close(self._oom_fd)
+            self._oom_fd = -1
         deadline = time.monotonic() + timeout
         for d in self.dirs:
             while True:

@@ -3,7 +3,9 @@
 Modes, strongest first:
   namespaces  root + bubblewrap: the worker runs in its own PID/network/IPC/UTS namespaces on a
               read-only root that holds only /usr and the Python installation; every execution gets
-              a fresh PID + mount namespace (private /tmp, /dev/shm, /proc) and an unprivileged uid.
+              a fresh PID + IPC namespace with its own /proc, an unprivileged uid, and /tmp and
+              /dev/shm that no earlier execution touched (per-worker tmpfs, replaced after a
+              program wrote there; see ``worker``).
   userns      non-root + bubblewrap: the same worker namespaces and read-only root through an
               unprivileged user namespace; each execution again gets fresh PID/mount/IPC
               namespaces (through one more fork) and drops every capability, but all programs

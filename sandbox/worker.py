@@ -56,7 +56,7 @@ import types
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path[0] != _HERE:   # run as a script (the pool imports us from _HERE, at the front)
     sys.path.insert(0, _HERE)
-import protocol  # noqa: E402
+import protocol
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
