@@ -3,8 +3,8 @@
     python -m rollout.tasks.plot_run runs/tiny_coder_s0 runs/tiny_coder_s1 --out=curve.png \
         --baseline=0.135
 
-Top: held-out code accuracy, unit-test accuracy and BoN (``eval/*``) per run; bottom: the
-training batches' code accuracy and mean code reward (``cure/*``, ``reward/*``, smoothed).
+Panels: held-out code accuracy, unit-test accuracy and BoN (``eval/*``), and the training
+batches' code accuracy (``cure/code_accuracy``, smoothed); a line per run and their mean.
 ``--baseline`` draws the warm start's held-out code accuracy as a dashed line.
 """
 from __future__ import annotations
@@ -38,41 +38,53 @@ def _smooth(values: list[float], k: int = 5) -> list[float]:
             for i in range(len(values))]
 
 
+PANELS = (("eval/code_accuracy", "held-out code accuracy"),
+          ("eval/unit_test_accuracy", "held-out unit-test accuracy"),
+          ("eval/bon_", "held-out BoN accuracy"),
+          ("cure/code_accuracy", "training batches: code accuracy (smoothed)"))
+
+
+def _series(s: dict, tag: str) -> list[tuple[int, float]]:
+    if tag.endswith("_"):  # the largest BoN pair the run logged
+        tags = sorted(t for t in s if t.startswith(tag))
+        return s[tags[-1]] if tags else []
+    return s.get(tag, [])
+
+
 def plot_runs(workdirs: list[str], out: str, baseline: float | None = None) -> pathlib.Path:
+    """One panel per metric (PANELS): a thin line per run and, with several runs, their mean
+    over the steps they all logged (thick). ``baseline`` draws a dashed line on the code panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    for i, wd in enumerate(workdirs):
-        s = read_scalars(wd)
-        color = f"C{i}"
-        name = pathlib.Path(wd).name
-        for tag, style in (("eval/code_accuracy", "-o"), ("eval/unit_test_accuracy", "--s")):
-            if tag in s:
-                steps, vals = zip(*s[tag])
-                top.plot(steps, vals, style, color=color, label=f"{name} {tag.split('/')[1]}")
-        bon = sorted(t for t in s if t.startswith("eval/bon_"))
-        if bon:
-            steps, vals = zip(*s[bon[-1]])
-            top.plot(steps, vals, ":^", color=color, label=f"{name} {bon[-1].split('/')[1]}")
-        for tag, style in (("cure/code_accuracy", "-"), ("reward/code_mean", "--")):
-            if tag in s:
-                steps, vals = zip(*s[tag])
-                bottom.plot(steps, _smooth(list(vals)), style, color=color,
-                            label=f"{name} {tag} (smoothed)")
-    if baseline is not None:
-        top.axhline(baseline, color="k", ls="--", lw=1, label="warm start code accuracy")
-    top.set_ylabel("held-out")
-    top.set_title("CURE on the tiny coder (held-out synthetic tasks)")
-    bottom.set_ylabel("training batches")
-    bottom.set_xlabel("step")
-    for ax in (top, bottom):
+    runs = [read_scalars(wd) for wd in workdirs]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, (tag, title) in zip(axes.flat, PANELS):
+        per_run = []
+        for i, (wd, s) in enumerate(zip(workdirs, runs)):
+            pts = dict(_series(s, tag))
+            if tag.startswith("cure/"):
+                pts = dict(zip(pts, _smooth(list(pts.values()))))
+            if pts:
+                ax.plot(list(pts), list(pts.values()), "-", color=f"C{i}", lw=1, alpha=0.7,
+                        label=pathlib.Path(wd).name)
+                per_run.append(pts)
+        common = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+        if len(per_run) > 1 and common:
+            ax.plot(common, [sum(p[k] for p in per_run) / len(per_run) for k in common], "-o",
+                    color="k", lw=2, ms=3, label=f"mean of {len(per_run)}")
+        if baseline is not None and tag == "eval/code_accuracy":
+            ax.axhline(baseline, color="k", ls="--", lw=1, label="warm start")
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    for ax in axes[1]:
+        ax.set_xlabel("CURE step")
+    fig.suptitle("CURE on the tiny coder (synthetic tasks)", fontsize=10)
     fig.tight_layout()
     path = pathlib.Path(out)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
