@@ -456,13 +456,17 @@ class RolloutClient:
 def export_weights(learner: Any, params: Any, channel: shm.WeightChannel, version: int,
                    dtype: str) -> float:
     """Write ``params`` in HF naming/layout (the one table, cure_jax.hf_io) into the channel
-    as ``version``; returns the bytes written."""
+    as ``version``; returns the bytes written.
+
+    Streams: each tensor goes from the learner's buffer (a view on CPU, one device-to-host
+    copy elsewhere) straight into the channel's shared memory, one at a time, so no full host
+    copy of the model is ever built; the version is published after the last tensor.
+    """
     from cure_jax import hf_io
 
-    arrays = dict(hf_io.iter_hf_arrays(learner.model(params), hf_io.parse_dtype(dtype),
-                                       cfg=learner.model_cfg))
-    channel.write(arrays, version)
-    return float(sum(a.nbytes for a in arrays.values()))
+    arrays = hf_io.iter_hf_arrays(learner.model(params), hf_io.parse_dtype(dtype),
+                                  cfg=learner.model_cfg, copy=False)
+    return float(channel.write(arrays, version))
 
 
 def weights_capacity(model_cfg: Any, dtype: str) -> int:

@@ -7,8 +7,10 @@ slice of the map; a dtype cast (bf16 file -> fp32 master weights) runs on the de
 memory holds at most one shard's bytes at a time, never the model twice.
 
 Export walks the same table the other way (cast on device when asked, one copy to host) and
-yields HF-named, HF-layout numpy arrays one parameter at a time; `save_hf_dir` streams them into size-sharded safetensors plus config and
-tokenizer files, a directory that transformers and vLLM load.
+yields HF-named, HF-layout numpy arrays one parameter at a time; `save_hf_dir` streams them into
+size-sharded safetensors plus config and tokenizer files, a directory that transformers and
+vLLM load. The weight sync streams them into the WeightChannel with `copy=False`: on the CPU
+backend each tensor then goes from the JAX buffer straight into shared memory (one memcpy).
 
 The safetensors format is small enough to read and write directly (8-byte little-endian header
 length, JSON header {name: {dtype, shape, data_offsets}}, raw bytes), which also gives bfloat16
@@ -308,8 +310,15 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
-                   cfg: QwenConfig | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (HF name, HF-layout numpy array in `dtype`) one parameter at a time, in HF order."""
+                   cfg: QwenConfig | None = None,
+                   copy: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, HF-layout numpy array in `dtype`) one parameter at a time, in HF order.
+
+    copy=False yields read-only views of the host buffers where JAX allows it (CPU arrays
+    already in `dtype`: no copy at all); each view is valid only until the params are next
+    updated or donated, so the consumer must copy it before asking for the next one (the
+    WeightChannel writer does: one copy per tensor, straight into shared memory).
+    """
     cfg = _config_of(target, cfg)
     flat = dict(nnx.to_flat_state(_state_of(target)))
     out_dtype = np.dtype(dtype)
@@ -321,8 +330,10 @@ def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
         if np.dtype(x.dtype) != out_dtype:
             x = _cast_fn(out_dtype.name, None)(x)        # cast on device: fast, one pass
             host = _to_numpy(x)                          # a fresh buffer: safe to hand out
-        else:
+        elif copy:
             host = np.array(_to_numpy(x), copy=True)     # never alias a (donatable) device buffer
+        else:
+            host = _to_numpy(x)                          # a view on CPU: the caller copies it
         yield spec.hf_name, flax_to_hf(spec, host)
 
 

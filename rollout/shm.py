@@ -23,6 +23,9 @@ WeightChannel: two buffers (double buffering), each a JSON manifest (HF name, dt
 shape, offset) followed by the tensors in HF naming and layout. The writer fills the buffer
 that is not published, then publishes it with its version; readers map the published one
 with zero copies and pin it while loading, so the writer never overwrites a buffer in use.
+The writer streams: ``write`` takes an iterator of (name, array) and ``writer()`` hands out
+views into the spare buffer, so each tensor is copied once, straight into shared memory, and
+the version is published (one 8-byte store) only after the last one.
 bfloat16: arrays of ``ml_dtypes.bfloat16`` are stored as BF16 and read back as
 ``ml_dtypes.bfloat16`` views when ml_dtypes is installed (it is, with JAX), else as uint16
 views of the same bits; ``write(..., cast="BF16")`` converts float32 with round-to-nearest-even
@@ -50,7 +53,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,6 +77,7 @@ __all__ = [
     "TornReadError",
     "WeightChannel",
     "WeightSnapshot",
+    "WeightWriter",
     "WriterDiedError",
     "cleanup_stale",
     "list_segments",
@@ -784,6 +788,57 @@ class WeightSnapshot:
                                 f"{self.version}) was rewritten while being read")
 
 
+class WeightWriter:
+    """One version being written into a WeightChannel's spare buffer (see
+    :meth:`WeightChannel.writer`): tensors are placed one after another, 64-byte aligned."""
+
+    def __init__(self, channel: WeightChannel, index: int, cast: str | None) -> None:
+        self._ch, self._index, self._cast = channel, index, cast
+        self._entries: list[list[Any]] = []
+        self._names: set[str] = set()
+        self._off = 0
+        self.nbytes = 0  # tensor bytes written so far
+
+    def _reserve(self, name: str, shape: tuple[int, ...], dt: str) -> int:
+        if name in self._names:
+            raise ValueError(f"WeightChannel {self._ch.name}: tensor {name!r} written twice "
+                             f"in one version")
+        n = int(np.prod(shape, dtype=np.int64)) * _itemsize(dt)
+        if self._off + n > self._ch.capacity:
+            raise ValueError(f"WeightChannel {self._ch.name}: tensor {name!r} does not fit "
+                             f"(capacity {self._ch.capacity} bytes per buffer, {self._off} "
+                             f"used by {len(self._entries)} tensors before it, it needs {n})")
+        off = self._off
+        self._names.add(name)
+        self._entries.append([name, dt, list(shape), off, n])
+        self._off = _align(off + n)
+        self.nbytes += n
+        return off
+
+    def add(self, name: str, a: Any) -> None:
+        """Copy ``a`` into place (converting floating arrays to the writer's ``cast``)."""
+        a = np.asarray(a)
+        dt = self._cast if (self._cast and a.dtype.kind == "f") else dtype_name(a.dtype)
+        off = self._reserve(name, tuple(a.shape), dt)
+        self._ch._copy_into(self._index, off, a, dt)
+
+    def view(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A writable view of shared memory for tensor ``name``, to be filled in place.
+
+        ``dtype``: a numpy dtype or a safetensors name ("BF16" views are uint16 bits unless
+        ml_dtypes is installed). The writer's ``cast`` does not apply: the caller writes the
+        final bytes.
+        """
+        dt = dtype if isinstance(dtype, str) else dtype_name(np.dtype(dtype))
+        if dt != "BF16" and dt not in _DTYPES:
+            raise TypeError(f"WeightChannel {self._ch.name}: tensor {name!r} has unknown dtype "
+                            f"{dt!r}")
+        shape = tuple(int(d) for d in shape)
+        off = self._reserve(name, shape, dt)
+        return np.ndarray(shape, _reader_dtype(dt), self._ch._seg.buf,
+                          self._ch._data_off(self._index) + off)
+
+
 class WeightChannel:
     """Double-buffered, versioned weights in HF naming/layout in shared memory.
 
@@ -852,12 +907,33 @@ class WeightChannel:
         return -1 if cur < 0 else int(self._bufhdr(cur)[1])
 
     # -- writer
-    def write(self, tensors: Mapping[str, np.ndarray], version: int, cast: str | None = None,
-              timeout: float = 30.0) -> None:
-        """Copy ``tensors`` (HF name -> array in HF layout) into the spare buffer and publish it.
+    def write(self, tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+              version: int, cast: str | None = None, timeout: float = 30.0) -> int:
+        """Copy ``tensors`` (HF name -> array in HF layout, or an iterator of (name, array)
+        pairs) into the spare buffer and publish it as ``version``; returns the bytes written.
 
-        ``cast`` ("BF16", "F16", "F32") converts floating tensors while copying. Blocks up to
-        ``timeout`` s while a live reader still pins the spare buffer.
+        An iterator is consumed one pair at a time and each array is copied straight into
+        shared memory (one copy in all, nothing held), so an exporter can stream a model whose
+        host copy would not fit. ``cast`` ("BF16", "F16", "F32") converts floating tensors
+        while copying. Blocks up to ``timeout`` s while a live reader still pins the spare
+        buffer. Nothing is published unless every tensor was written (see :meth:`writer`).
+        """
+        pairs = tensors.items() if isinstance(tensors, Mapping) else tensors
+        with self.writer(version, cast=cast, timeout=timeout) as w:
+            for name, a in pairs:
+                w.add(name, a)
+        return w.nbytes
+
+    @contextmanager
+    def writer(self, version: int, cast: str | None = None,
+               timeout: float = 30.0) -> Iterator[WeightWriter]:
+        """Open the spare buffer for writing ``version``; publish it when the block exits cleanly.
+
+        ``with ch.writer(v) as w:`` then ``w.add(name, array)`` (copies into place) or
+        ``w.view(name, shape, dtype)`` (a writable numpy view to fill in place). The version
+        becomes visible to readers only after the block ends without an exception: a writer
+        that raises or is killed part-way leaves the published buffer (the other one) as it
+        was, so readers never see a torn version.
         """
         if cast is not None and cast not in ("BF16", "F16", "F32"):
             raise ValueError(f"WeightChannel.write cast={cast!r}: use 'BF16', 'F16' or 'F32'")
@@ -866,30 +942,20 @@ class WeightChannel:
         tgt = 0 if cur != 0 else 1
         self._wait_unpinned(tgt, timeout)
         b = self._bufhdr(tgt)
-        b[0] = _B_WRITING
+        b[0] = _B_WRITING  # readers only ever map the published buffer; this one is not it
         b[3] += 1
-        entries, off = [], 0
-        for name, a in tensors.items():
-            a = np.asarray(a)
-            dt = cast if (cast and a.dtype.kind == "f") else dtype_name(a.dtype)
-            nbytes = int(a.size) * _itemsize(dt)
-            if off + nbytes > self.capacity:
-                raise ValueError(f"WeightChannel {self.name}: tensor {name!r} does not fit "
-                                 f"(capacity {self.capacity} bytes per buffer; need at least "
-                                 f"{self.required_capacity(tensors, cast)})")
-            self._copy_into(tgt, off, a, dt)
-            entries.append([name, dt, list(a.shape), off, nbytes])
-            off = _align(off + nbytes)
-        man = json.dumps(entries).encode()
+        w = WeightWriter(self, tgt, cast)
+        yield w
+        man = json.dumps(w._entries).encode()
         if len(man) > _W_MANIFEST_CAP:
-            raise ValueError(f"WeightChannel {self.name}: manifest of {len(entries)} tensors is "
-                             f"{len(man)} bytes, over {_W_MANIFEST_CAP}")
+            raise ValueError(f"WeightChannel {self.name}: manifest of {len(w._entries)} tensors "
+                             f"is {len(man)} bytes, over {_W_MANIFEST_CAP}")
         mo = self._manifest_off(tgt)
         self._seg.buf[mo:mo + len(man)] = np.frombuffer(man, np.uint8)
         b[2] = len(man)
         b[1] = version
         b[0] = _B_READY
-        self._h[_W_CUR] = tgt  # publish
+        self._h[_W_CUR] = tgt  # publish: one aligned 8-byte store, after everything else
 
     def _copy_into(self, i: int, off: int, a: np.ndarray, dt: str) -> None:
         o = self._data_off(i) + off

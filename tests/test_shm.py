@@ -467,3 +467,98 @@ def test_any_arrays_round_trip_exactly():
                 np.testing.assert_array_equal(b.arrays[k], v)
 
         check()
+
+
+# --------------------------------------------------------------------------- streaming writes
+
+def test_streaming_write_from_iterator_and_views():
+    w1, w2 = _weights(1), _weights(2)
+    with shm.WeightChannel.create(_run_id(), 1 << 20) as ch:
+        consumed = []
+
+        def stream():  # a generator: nothing but the pair being copied is held
+            for k, v in w1.items():
+                consumed.append(k)
+                assert ch.version == -1  # not published while tensors are still coming
+                yield k, v
+
+        assert ch.write(stream(), version=1) == sum(v.nbytes for v in w1.values())
+        assert consumed == list(w1) and ch.version == 1
+        with ch.writer(version=2) as w:
+            for k, v in w2.items():
+                dst = w.view(k, v.shape, v.dtype)
+                assert _addr_in(dst, ch._seg.buf) and dst.flags.writeable
+                dst[...] = v
+            assert ch.version == 1
+        assert w.nbytes == sum(v.nbytes for v in w2.values())
+        with ch.read() as snap:
+            assert snap.version == 2 and [i.name for i in snap.manifest] == list(w2)
+            for k, v in snap.items():
+                assert v.dtype == w2[k].dtype
+                np.testing.assert_array_equal(v, w2[k])
+
+
+def test_streaming_writer_that_fails_publishes_nothing():
+    with shm.WeightChannel.create(_run_id(), 1 << 20) as ch:
+        ch.write(_weights(1), version=1)
+
+        def broken():
+            yield "model.embed_tokens.weight", _weights(2)["model.embed_tokens.weight"]
+            raise RuntimeError("export failed")
+
+        with pytest.raises(RuntimeError, match="export failed"):
+            ch.write(broken(), version=2)
+        with pytest.raises(ValueError, match="'a' written twice"):
+            ch.write([("a", np.zeros(2)), ("a", np.ones(2))], version=2)
+        with shm.WeightChannel.create(_run_id(), 64) as small, \
+                pytest.raises(ValueError, match="'big' does not fit .* 64 bytes per buffer"):
+            small.write(iter([("big", np.zeros(17, np.float32))]), version=1)
+        assert ch.version == 1
+        with ch.read() as snap:
+            for k, v in _weights(1).items():
+                np.testing.assert_array_equal(snap.arrays()[k], v)
+        ch.write(iter(_weights(3).items()), version=2)  # the spare buffer is reusable
+        with ch.read() as snap:
+            assert snap.version == 2
+            np.testing.assert_array_equal(snap.arrays()["position_ids"], np.arange(17))
+
+
+def test_streaming_writer_killed_mid_write_never_publishes_a_torn_version():
+    run = _run_id()
+    ch = shm.WeightChannel.create(run, 1 << 22)
+    big = np.arange(1 << 18, dtype=np.float32)
+    p = _spawn(f"""
+import time, numpy as np
+from rollout import shm
+c = shm.WeightChannel.attach({ch.name!r})
+c.write({{"a": np.zeros(1 << 18, np.float32), "b": np.zeros(4, np.float32)}}, version=1)
+def stream():
+    yield "a", np.arange(1 << 18, dtype=np.float32)
+    print("MID", flush=True)
+    time.sleep(60)
+    yield "b", np.ones(4, np.float32)
+c.write(stream(), version=2)
+""")
+    try:
+        assert p.stdout.readline().strip() == "MID", p.stderr.read()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(5)
+        # The new "a" really landed in the spare buffer (the writer was mid-version) ...
+        spare = np.ndarray(big.shape, np.float32, ch._seg.buf, ch._data_off(1))
+        np.testing.assert_array_equal(spare, big)
+        # ... yet readers still get version 1, whole, and learn that the writer died.
+        assert ch.version == 1
+        with ch.read() as snap:
+            assert snap.version == 1
+            np.testing.assert_array_equal(snap.arrays()["a"], np.zeros(1 << 18, np.float32))
+        with pytest.raises(shm.WriterDiedError, match=f"writer pid {p.pid} died"):
+            ch.wait_version(2, timeout=10)
+        ch.write(iter([("a", big), ("b", np.ones(4, np.float32))]), version=2)  # a restart
+        with ch.read() as snap:
+            assert snap.version == 2
+            np.testing.assert_array_equal(snap.arrays()["a"], big)
+    finally:
+        p.kill()
+        p.wait()
+        ch.close()
+    assert shm.list_segments(run) == []
