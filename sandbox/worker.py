@@ -77,6 +77,8 @@ TMP_DIRS = ("/tmp", "/dev/shm")
 CHILD_STAMPS = ("t_child", "t_ns", "t_fds", "t_limits", "t_setup", "t_ready")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+for _name in ("setns", "unshare", "mount", "umount2", "prctl", "capset"):
+    getattr(_libc, _name)   # look each up now (CDLL caches it): not by dlsym in every child
 _now = time.perf_counter_ns
 
 
@@ -141,7 +143,7 @@ class Worker:
         # swept).
         self.reuse_files = self.private or self.drop_uid
         self._files = self._fresh_files() if self.reuse_files else []
-        if self.ns:
+        if self.ns and config.get("per_worker_mounts", True):
             try:
                 self._mount_worker_dirs()
                 self.shared_mounts = True
@@ -156,6 +158,9 @@ class Worker:
                              encoding="utf-8"),
             io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "wb", closefd=False)),
                              encoding="utf-8", errors="backslashreplace", line_buffering=True))
+        # The interpreter's own streams stay referenced here: a child replacing them must not
+        # deallocate them (tearing down three stream objects touches many pages to copy).
+        self._own_stdio = (sys.stdin, sys.stdout, sys.stderr)
 
     def _nested_works(self) -> bool:
         pid = os.fork()
