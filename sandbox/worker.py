@@ -161,6 +161,7 @@ class Worker:
         # The interpreter's own streams stay referenced here: a child replacing them must not
         # deallocate them (tearing down three stream objects touches many pages to copy).
         self._own_stdio = (sys.stdin, sys.stdout, sys.stderr)
+        self._poller = select.poll()   # waits for each child's pidfd
 
     def _nested_works(self) -> bool:
         pid = os.fork()
@@ -311,6 +312,8 @@ class Worker:
             for fd in (fin_ro, fout, ferr):   # reused files: the child writes from offset 0
                 os.lseek(fd, 0, os.SEEK_SET)
             code = self._code_cache.get(program)
+            wall_ns = int(float(req["wall_s"]) * 1e9)
+            out_cap = int(req["out_bytes"])
             if self.ns:
                 self._enter_fresh_pidns()
             t_fork = _now()
@@ -334,10 +337,14 @@ class Worker:
                 finally:
                     os._exit(111)
             t_forked = _now()
-            if self.ns:
-                self._leave_fresh_pidns()
-            reply, out, err = self._supervise(req, pid, t_fork, fout, ferr, status_r,
-                                              int(req["out_bytes"]), trace)
+            # Until the child is gone, every page we write is copied (it still shares them):
+            # only wait for it here, and tidy up (pid_for_children...) afterwards.
+            try:
+                reply, out, err = self._supervise(pid, t_fork + wall_ns, t_fork, fout, ferr,
+                                                  status_r, out_cap, trace)
+            finally:
+                if self.ns:
+                    self._leave_fresh_pidns()
             if code is None:
                 self._remember_code(program, reply.get("stage", ""))
             else:
@@ -356,20 +363,18 @@ class Worker:
                 for fd in files:
                     os.close(fd)
 
-    def _supervise(self, req: dict, pid: int, t_fork: int, fout: int, ferr: int,
+    def _supervise(self, pid: int, deadline: int, t_fork: int, fout: int, ferr: int,
                    status_r: int, out_cap: int, trace: bool) -> tuple[dict, bytes, bytes]:
         timed_out = False
         pidfd = os.pidfd_open(pid)
+        self._poller.register(pidfd, select.POLLIN)
         try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            deadline = t_fork + int(float(req["wall_s"]) * 1e9)
             while True:
                 left = deadline - _now()
                 if left <= 0:
                     timed_out = True
                     break
-                if poller.poll(left // 1_000_000 + 1):
+                if self._poller.poll(left // 1_000_000 + 1):
                     break
             if timed_out:
                 # PID 1 of the child's namespace: the kernel kills the whole namespace with it.
@@ -377,6 +382,7 @@ class Worker:
                 if not self.private:
                     _killpg(pid)
         finally:
+            self._poller.unregister(pidfd)
             os.close(pidfd)
         t_exited = _now()
         _, status, ru = os.wait4(pid, 0)
