@@ -235,6 +235,7 @@ class Sandbox:
         self.python = os.path.abspath(python) if python else sys.executable
         if not os.access(self.python, os.X_OK):
             raise ValueError(f"python: {self.python!r} is not an executable interpreter")
+        self._check_python()
         self.use_cgroups = bool(cgroups) and os.geteuid() == 0
         self.isolation = self._choose_mode(isolation)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -250,6 +251,14 @@ class Sandbox:
         self._started.wait()
 
     # ------------------------------------------------------------------ set-up
+    def _check_python(self) -> None:
+        """Ask the interpreter once what the workers need (cached): a clear error here rather
+        than workers that cannot start."""
+        try:
+            isolation.site_packages(self.python)
+        except RuntimeError as e:
+            raise ValueError(f"python: {e}") from None
+
     def _worker_config(self, index: int) -> dict:
         cfg: dict = {"namespaces": self.isolation == "namespaces",
                      "nested": self.isolation == "userns",

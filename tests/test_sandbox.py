@@ -339,3 +339,8 @@ def test_trace_records_every_stage_on_one_clock():
     for t in traces[1:]:    # (the first request is sent before the worker waits for it)
         assert [t[k] for k in order] == sorted(t[k] for k in order), t
         assert t["t_forked"] >= t["t_fork"] and t["minflt"] > 0
+
+
+def test_an_interpreter_that_cannot_run_the_worker_is_a_clear_error():
+    with pytest.raises(ValueError, match="python: .*/bin/true.* cannot prepare a sandbox worker"):
+        Sandbox(workers=1, python="/bin/true")
