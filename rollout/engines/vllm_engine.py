@@ -7,8 +7,10 @@
 - Weights are pushed in place, never by rebuilding the engine or going through disk:
   in-process engines take HF-named tensors directly (:meth:`VLLMEngine.load_weights`);
   engines with worker processes (tensor parallel) map the WeightChannel inside each worker
-  (:meth:`VLLMEngine.load_from_channel`, see ``vllm_worker``). Both reset the prefix cache,
-  or keys/values computed with the old weights would be reused.
+  (:meth:`VLLMEngine.load_from_channel`, see ``vllm_worker``). Both go through the worker
+  extension's ``load_in_place`` (vLLM's ``reload_weights``; on the CPU build with one OpenMP
+  thread, see ``vllm_worker``) and reset the prefix cache, or keys/values computed with the
+  old weights would be reused.
 """
 from __future__ import annotations
 
@@ -140,8 +142,8 @@ class VLLMEngine:
             raise RuntimeError("VLLMEngine.load_weights: the model runs in worker processes; "
                                "publish the weights to a WeightChannel and call "
                                "load_from_channel(name) instead")
-        weights = [(name, as_torch(t)) for name, t in named_tensors]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        weights = ((name, as_torch(t)) for name, t in named_tensors)
+        self.llm.collective_rpc("cure_load_weights", args=(weights,))
         self.llm.reset_prefix_cache()
 
     def load_from_channel(self, channel_name: str, min_version: int = 0,
