@@ -6,6 +6,7 @@ import os
 import resource
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -211,10 +212,33 @@ def test_interpreter_under_tmp_keeps_namespaces(tmp_path):
         assert ex.verdict == Verdict.OK, ex
 
 
+def _kill_workers(box: Sandbox) -> None:
+    """SIGKILL every worker and wait until its processes are gone (the python inside bubblewrap
+    dies a moment after bubblewrap: until then it could still answer a request)."""
+    tree = set()
+    for pid in box.worker_pids():
+        tree |= descendants(pid)
+        os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while tree & _live_pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _live_pids() -> set[int]:
+    live = set()
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                    live.add(int(name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return live
+
+
 def test_dead_worker_is_replaced_and_job_retried(sb):
     before = sb.stats.worker_starts
-    for pid in sb.worker_pids():
-        os.kill(pid, 9)
+    _kill_workers(sb)
     ex = sb.run(ECHO_SUM, "1 2", expected="3")
     assert ex.verdict == Verdict.OK, (ex, sb.stats)
     assert sb.stats.worker_starts > before, sb.stats
@@ -224,8 +248,7 @@ def test_dead_worker_is_replaced_and_job_retried(sb):
 
 def test_persistent_infrastructure_failure_is_sandbox_error(monkeypatch):
     with Sandbox(workers=1, limits=Limits(time_s=0.5)) as box:
-        for pid in box.worker_pids():
-            os.kill(pid, 9)
+        _kill_workers(box)
         monkeypatch.setattr(iso, "worker_command", lambda *args: ["/bin/false"])
         ex = box.run("print(1)")
         assert ex.verdict == Verdict.SANDBOX_ERROR and "did not start" in ex.detail
