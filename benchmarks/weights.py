@@ -167,7 +167,8 @@ def main() -> None:
     try:
         for v in range(1, args.repeats + 1):
             t0 = time.perf_counter()
-            ch.write(hf_io.iter_hf_arrays(model, np.float32, copy=False), version=v)
+            with ch.writer(version=v) as wr:  # as cure-train's export_weights does
+                hf_io.write_hf_arrays(model, wr, np.float32)
             t_export = time.perf_counter() - t0
             rep = w.call(op="push", channel=ch.name, version=v)
             total = t_export + rep["push_s"]

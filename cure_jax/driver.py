@@ -458,15 +458,16 @@ def export_weights(learner: Any, params: Any, channel: shm.WeightChannel, versio
     """Write ``params`` in HF naming/layout (the one table, cure_jax.hf_io) into the channel
     as ``version``; returns the bytes written.
 
-    Streams: each tensor goes from the learner's buffer (a view on CPU, one device-to-host
-    copy elsewhere) straight into the channel's shared memory, one at a time, so no full host
-    copy of the model is ever built; the version is published after the last tensor.
+    Streams: each device shard goes from the learner's buffer straight to its place in the
+    channel's shared memory (hf_io.write_hf_arrays), so no host copy of the model (or of one
+    whole tensor) is built; the version is published after the last tensor.
     """
     from cure_jax import hf_io
 
-    arrays = hf_io.iter_hf_arrays(learner.model(params), hf_io.parse_dtype(dtype),
-                                  cfg=learner.model_cfg, copy=False)
-    return float(channel.write(arrays, version))
+    with channel.writer(version) as w:
+        hf_io.write_hf_arrays(learner.model(params), w, hf_io.parse_dtype(dtype),
+                              cfg=learner.model_cfg)
+    return float(w.nbytes)
 
 
 def weights_capacity(model_cfg: Any, dtype: str) -> int:

@@ -9,8 +9,9 @@ memory holds at most one shard's bytes at a time, never the model twice.
 Export walks the same table the other way (cast on device when asked, one copy to host) and
 yields HF-named, HF-layout numpy arrays one parameter at a time; `save_hf_dir` streams them into
 size-sharded safetensors plus config and tokenizer files, a directory that transformers and
-vLLM load. The weight sync streams them into the WeightChannel with `copy=False`: on the CPU
-backend each tensor then goes from the JAX buffer straight into shared memory (one memcpy).
+vLLM load. The weight sync uses `write_hf_arrays` instead: each device shard is copied straight
+into its place in the WeightChannel's shared memory (one copy per byte, no host copy of the
+model, not even of one whole tensor).
 
 The safetensors format is small enough to read and write directly (8-byte little-endian header
 length, JSON header {name: {dtype, shape, data_offsets}}, raw bytes), which also gives bfloat16
@@ -24,7 +25,7 @@ import pathlib
 import shutil
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -310,15 +311,8 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
-                   cfg: QwenConfig | None = None,
-                   copy: bool = True) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (HF name, HF-layout numpy array in `dtype`) one parameter at a time, in HF order.
-
-    copy=False yields read-only views of the host buffers where JAX allows it (CPU arrays
-    already in `dtype`: no copy at all); each view is valid only until the params are next
-    updated or donated, so the consumer must copy it before asking for the next one (the
-    WeightChannel writer does: one copy per tensor, straight into shared memory).
-    """
+                   cfg: QwenConfig | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, HF-layout numpy array in `dtype`) one parameter at a time, in HF order."""
     cfg = _config_of(target, cfg)
     flat = dict(nnx.to_flat_state(_state_of(target)))
     out_dtype = np.dtype(dtype)
@@ -330,11 +324,53 @@ def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
         if np.dtype(x.dtype) != out_dtype:
             x = _cast_fn(out_dtype.name, None)(x)        # cast on device: fast, one pass
             host = _to_numpy(x)                          # a fresh buffer: safe to hand out
-        elif copy:
-            host = np.array(_to_numpy(x), copy=True)     # never alias a (donatable) device buffer
         else:
-            host = _to_numpy(x)                          # a view on CPU: the caller copies it
+            host = np.array(_to_numpy(x), copy=True)     # never alias a (donatable) device buffer
         yield spec.hf_name, flax_to_hf(spec, host)
+
+
+class ArrayWriter(Protocol):
+    """Where :func:`write_hf_arrays` puts tensors: ``view`` returns a writable numpy array of
+    that shape and dtype, filled in place (``rollout.shm.WeightWriter``)."""
+
+    def view(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
+
+
+def write_hf_arrays(target: nnx.Module | nnx.State, writer: ArrayWriter,
+                    dtype: Any = np.float32, *, cfg: QwenConfig | None = None) -> int:
+    """Write every parameter, HF-named and in HF layout, into views handed out by `writer`;
+    returns the bytes written.
+
+    Each addressable shard goes from its device buffer straight to its slice of the view (a
+    replicated slice once), so a parameter sharded over the mesh is never assembled in host
+    memory first: one copy per byte on CPU, one device-to-host transfer plus one copy
+    elsewhere. A cast to `dtype` runs on the devices, shard by shard. Parameters that span
+    processes (multi-host) are gathered first, as in :func:`iter_hf_arrays`.
+    """
+    cfg = _config_of(target, cfg)
+    flat = dict(nnx.to_flat_state(_state_of(target)))
+    out_dtype = np.dtype(dtype)
+    total = 0
+    for spec in param_table(cfg):
+        if spec.flax_path not in flat:
+            raise ValueError(f"model state has no parameter {'/'.join(map(str, spec.flax_path))} "
+                             f"(needed for {spec.hf_name})")
+        x = _leaf_value(flat[spec.flax_path])
+        dst = writer.view(spec.hf_name, spec.hf_shape, out_dtype)
+        flax_view = dst.reshape(spec.flax_shape)  # HF layout is a reshape: still a view
+        if isinstance(x, jax.Array) and x.is_fully_addressable:
+            if np.dtype(x.dtype) != out_dtype:
+                x = _cast_fn(out_dtype.name, x.sharding)(x)
+            done: set[tuple] = set()
+            for shard in x.addressable_shards:
+                key = tuple((s.start, s.stop, s.step) for s in shard.index)
+                if key not in done:
+                    done.add(key)
+                    flax_view[shard.index] = np.asarray(shard.data)
+        else:
+            flax_view[...] = np.asarray(_to_numpy(x), dtype=out_dtype)
+        total += dst.nbytes
+    return total
 
 
 def export_hf_arrays(model: nnx.Module | nnx.State, dtype: Any = np.float32, *,

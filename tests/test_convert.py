@@ -145,6 +145,33 @@ def test_load_onto_mesh_places_shards(hf_dirs):
         assert np.array_equal(_bits(exported[k]), _bits(v)), k
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_sharded_params_write_straight_into_the_weight_channel(hf_dirs, dtype):
+    """write_hf_arrays puts each device shard (replicas once) at its place in shared memory:
+    the channel then holds exactly what the gathering export gives, in HF order and layout."""
+    import uuid
+
+    from rollout import shm
+
+    hf_dir = hf_dirs[("qwen2", True)]
+    model = hf_io.load_model(hf_dir, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))
+    q = model.layers[0].self_attn.q_proj[...]
+    assert len({str(s.index) for s in q.addressable_shards}) == 8  # really split over the mesh
+    want = hf_io.export_hf_arrays(model, dtype)
+    nbytes = sum(a.nbytes for a in want.values())
+    with shm.WeightChannel.create("t" + uuid.uuid4().hex[:8], nbytes + 64 * len(want)) as ch:
+        for v in (1, 2):  # both buffers full of stale bytes: every byte must be rewritten
+            ch.write({"stale": np.full(nbytes // 4, 7.0, np.float32)}, version=v)
+        with ch.writer(version=3) as w:
+            assert hf_io.write_hf_arrays(model, w, dtype) == nbytes
+        assert w.nbytes == nbytes
+        with ch.read() as snap:
+            assert snap.version == 3 and [i.name for i in snap.manifest] == list(want)
+            for name, got in snap.items():
+                assert got.dtype == np.dtype(dtype) and got.shape == want[name].shape, name
+                assert np.array_equal(_bits(got), _bits(want[name])), name
+
+
 def _corrupt(hf_dir: pathlib.Path, out: pathlib.Path, drop=None, reshape=None, add=None):
     tensors = _read_all(hf_dir)
     if drop:
