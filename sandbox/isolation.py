@@ -30,6 +30,8 @@ log = logging.getLogger("sandbox")
 
 MODES = ("namespaces", "userns", "rlimits")
 WORKER_DIR = "/sandbox_worker"
+PROC_HOLDER = "/sandbox_proc"   # the same as worker.PROC_HOLDER
+PROC_BATCH = 64                 # children's /proc mounts a worker drops with one unmount
 _BOOT = "import sys; sys.path.insert(0, {dir!r}); import worker; worker.main()"
 _announced: set[str] = set()
 _announce_lock = threading.Lock()
@@ -191,6 +193,9 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
     for parent in sorted(parents):
         args += ["--chmod", "0755", parent]
     args += ["--ro-bind", wdir, WORKER_DIR,
-             "--proc", "/proc", "--dev", "/dev", "--dir", "/dev/shm",
+             # /proc is a symlink to a proc mount one level down: the worker can then drop
+             # the children's /proc mounts in batches (see worker.PROC_HOLDER)
+             "--proc", PROC_HOLDER + "/cur", "--symlink", PROC_HOLDER + "/cur", "/proc",
+             "--dev", "/dev", "--dir", "/dev/shm",
              "--remount-ro", "/", "--chdir", "/tmp"]
     return args + ["--"] + py + [_BOOT.format(dir=WORKER_DIR), config_json]

@@ -264,7 +264,7 @@ class Sandbox:
                      "nested": self.isolation == "userns",
                      "tmp_bytes": int(self.limits.tmp_mb) << 20,
                      "sys_path": isolation.site_packages(self.python),
-                     "preload": self.preload}
+                     "preload": self.preload, "proc_batch": isolation.PROC_BATCH}
         if os.geteuid() == 0:
             # A distinct unprivileged uid per worker (and per orchestrator process), so that
             # RLIMIT_NPROC counts only that worker's program and no two programs share a uid.

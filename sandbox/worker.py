@@ -72,6 +72,10 @@ CODE_CACHE_BYTES = 1 << 20           # ... and their total source size (the heap
 CODE_CACHE_MAX_PROGRAM = 256 << 10
 MAX_REQUEST_BLOB = 1 << 30
 TMP_DIRS = ("/tmp", "/dev/shm")
+# Where bubblewrap points the /proc symlink (see isolation.worker_command): a tmpfs "holder"
+# here carries the children's /proc mounts on its "cur" directory, so that one lazy unmount
+# of the holder drops a batch of them at once (one RCU grace period, not one each).
+PROC_HOLDER = "/sandbox_proc"
 # trace mode: when a child started, had its namespaces and /proc, its fds, its rlimits, its
 # uid (set-up done), and its stdio (about to compile/run)
 CHILD_STAMPS = ("t_child", "t_ns", "t_fds", "t_limits", "t_setup", "t_ready")
@@ -110,6 +114,9 @@ class Worker:
         self.shared_mounts = False   # per-worker /tmp, /dev/shm and /proc stack (see top)
         self._tmp_state: dict[str, tuple[int, int, int]] = {}
         self._proc_dev = -1          # st_dev of the worker's own /proc
+        self._proc_holder = False    # /proc -> PROC_HOLDER/cur: batched unmounts
+        self._proc_mounts = 0        # children's /proc mounts on the holder
+        self._proc_batch = max(1, int(config.get("proc_batch", 64)))
         self._code_cache: collections.OrderedDict[bytes, types.CodeType] = \
             collections.OrderedDict()
         self._code_bytes = 0
@@ -208,6 +215,20 @@ class Worker:
         for target in TMP_DIRS:
             self._fresh_tmpfs(target, replace=False)
         self._proc_dev = os.stat("/proc").st_dev
+        if os.path.islink("/proc") and os.readlink("/proc") == PROC_HOLDER + "/cur":
+            self._fresh_proc_holder(replace=False)
+            self._proc_holder = True
+
+    def _fresh_proc_holder(self, replace: bool) -> None:
+        """An empty holder on PROC_HOLDER (the previous one, with every /proc mounted on it,
+        detached); it hides the worker's own /proc, which the worker no longer needs."""
+        path = PROC_HOLDER.encode()
+        if replace:
+            _check(_libc.umount2(path, MNT_DETACH), f"umount {PROC_HOLDER}")
+        _check(_libc.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           b"size=64k,mode=0755"), f"mount tmpfs on {PROC_HOLDER}")
+        os.mkdir(PROC_HOLDER + "/cur", 0o755)
+        self._proc_mounts = 0
 
     def _fresh_tmpfs(self, target: str, replace: bool) -> None:
         """A new, empty tmpfs on ``target`` (the previous one detached: no process uses it)."""
@@ -230,17 +251,24 @@ class Worker:
         return bool(os.listdir(target))
 
     def after_execution(self) -> None:
-        """Between executions (no program process is alive): detach the child's /proc (each
-        proc mount has a device of its own: unmount until ours is on top again), and make
-        /tmp and /dev/shm pristine again where a program touched them."""
+        """Between executions (no program process is alive): detach the children's /proc
+        mounts (every ``proc_batch`` executions with the holder, else this child's: each proc
+        mount has a device of its own, unmount until ours is on top again), and make /tmp and
+        /dev/shm pristine again where a program touched them. A /proc left stacked is hidden
+        under the next child's and shows a dead PID namespace: no process, nothing to read."""
         if not self.shared_mounts:
             return
-        for _ in range(8):
-            if os.stat("/proc").st_dev == self._proc_dev:
-                break
-            _check(_libc.umount2(b"/proc", MNT_DETACH), "umount /proc")
+        if self._proc_holder:
+            self._proc_mounts += 1
+            if self._proc_mounts >= self._proc_batch:
+                self._fresh_proc_holder(replace=True)
         else:
-            raise OSError("the /proc of earlier executions would not go")
+            for _ in range(8):
+                if os.stat("/proc").st_dev == self._proc_dev:
+                    break
+                _check(_libc.umount2(b"/proc", MNT_DETACH), "umount /proc")
+            else:
+                raise OSError("the /proc of earlier executions would not go")
         for target in TMP_DIRS:
             if self._tmp_touched(target):
                 self._fresh_tmpfs(target, replace=True)
