@@ -154,9 +154,9 @@ STAGES = [
 ]
 
 
-def breakdown(limits: Limits, n: int) -> None:
+def breakdown(limits: Limits, n: int, preload: list[str] | None) -> None:
     """Median ms per stage of an empty program on one worker."""
-    with Sandbox(workers=1, limits=limits, trace=True) as one:
+    with Sandbox(workers=1, limits=limits, trace=True, preload=preload) as one:
         run_ours(one, [(["pass"], [TestCase("", "")] * 50, None)])   # warm-up
         one.traces.clear()
         dt, k, _ = run_ours(one, [(["pass"], [TestCase("", "")] * n, None)])
@@ -196,7 +196,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6, help="alternations of the methods")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print the per-stage time of one execution")
+    ap.add_argument("--preload", default=None,
+                    help="comma-separated modules the workers preload ('' for none; default: "
+                         "the Sandbox default)")
     args = ap.parse_args()
+    preload = None if args.preload is None else [m for m in args.preload.split(",") if m]
     trivial, mix = workloads(args.trivial, args.mix_programs, args.mix_tests)
     tl = args.time_limit
     limits = Limits(time_s=tl, wall_factor=2.0)
@@ -204,21 +208,21 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {args.workers} workers/threads per method; "
           f"interpreter {PYTHON}")
 
-    with Sandbox(workers=1, limits=limits) as one:
+    with Sandbox(workers=1, limits=limits, preload=preload) as one:
         run_ours(one, [(["pass"], [TestCase("", "")] * 100, None)])   # warm-up
         dt, n, _ = run_ours(one, [(["pass"], [TestCase("", "")] * 400, None)])
         rate1 = n / dt
     print(f"ours, 1 worker, empty program: {rate1:.0f} exec/s = {1000 / rate1:.2f} ms per "
           f"execution (the whole per-execution overhead)")
     if args.breakdown:
-        breakdown(limits, 400)
+        breakdown(limits, 400, preload)
 
     # The methods alternate in rounds over slices of each workload (in a rotating order), so
     # that a change of machine load during the run affects all of them alike.
     rows = {(wl, k): [0.0, 0, 0] for wl in ("trivial", "mix")
             for k in ("ours", "subprocess", "reference")}
     with tempfile.TemporaryDirectory(prefix="sbx-bench-") as tmp, \
-            Sandbox(workers=args.workers, limits=limits) as sb:
+            Sandbox(workers=args.workers, limits=limits, preload=preload) as sb:
         print(f"isolation: {sb.isolation}, memory cgroups: {sb.memory_cgroups}")
         run_ours(sb, [trivial])   # warm-up
         for wl, groups in (("trivial", [trivial]), ("mix", mix)):
