@@ -1,42 +1,47 @@
 """Sandbox worker: a pre-started process that forks one child per execution.
 
-Runs as a script (``python -S -s -P -B worker.py '<json config>'``), usually inside bubblewrap,
-and imports only the stdlib and ``protocol`` beside it. It never sees expected outputs: a request
+Started by the pool as ``python -S -s -P -B -c "import worker; worker.main()" '<json config>'``
+(from a private copy of this file with its bytecode precompiled), usually inside bubblewrap; it
+imports only the stdlib and ``protocol`` beside it. It never sees expected outputs: a request
 carries a program and a stdin only.
 
 Namespaces mode (root + bubblewrap; the worker already has its own mount, IPC, PID, network and
 UTS namespaces from bubblewrap). Once per worker: private tmpfs /tmp and /dev/shm (sized, mode
-1777). Per execution:
+1777), and a small "holder" tmpfs at PROC_HOLDER that /proc (a symlink) leads into. Per
+execution:
 
   worker ──fork──> child: PID 1 of a fresh PID namespace (killing it kills everything it
                    started), in a fresh IPC namespace, with a /proc of that PID namespace
-                   mounted on top of the worker's /proc (it sees its own processes only,
-                   numbered from 1)
+                   mounted at /proc (it sees its own processes only, numbered from 1)
   child: stdio onto memfds (stdin read-only), all other fds closed, setsid, rlimits (AS, CPU,
          NPROC, NOFILE, FSIZE = output cap, CORE 0, MSGQUEUE 0), drop to an unprivileged uid,
          no_new_privs, compile, run the program as ``__main__`` and finish like the
          interpreter does.
   worker: waits on a pidfd with the wall limit, SIGKILLs on timeout, reaps, reads stdout/stderr
           from the memfds (the kernel already capped them), replies. Then, with no process of
-          the program left (the kernel has killed its whole PID namespace), it detaches the
-          child's /proc and gives /tmp or /dev/shm a fresh tmpfs if the program changed it.
+          the program left (the kernel has killed its whole PID namespace), it gives /tmp or
+          /dev/shm a fresh tmpfs if the program changed them in any way; every ``proc_batch``
+          executions it detaches the holder, and with it every child's /proc, in one go.
 
-Why not a fresh mount namespace per execution: creating one copies the whole mount tree, and
-the last exit from it tears down every copy (and their superblocks) before the child counts as
-exited; together ~0.9 ms of the ~2 ms an execution cost. Now an execution mounts one /proc, and
-the worker unmounts it after it has replied (one RCU grace period, off the reply's path); a
-/tmp is replaced only after a program wrote there. (A /proc mounted once per worker would show
-the worker's PID namespace: other pid numbers, and no view of a program's own children.)
+Why not a fresh mount namespace per execution (as before): creating one copies the whole mount
+tree, and the last exit from it unmounts every copy behind an RCU grace period before the child
+counts as exited: ~0.9 ms of the ~2 ms an execution cost on a quiet 2-vCPU VM, several ms on a
+loaded one. Now an execution makes one mount (its /proc), and unmounts are batched. A /proc
+mounted once per worker would not do: it shows the worker's PID namespace, with other pid
+numbers, and hiding the worker there (hidepid) hides a program's own children too (they are not
+dumpable after the uid change).
 
 Other modes: ``nested`` (a user namespace, non-root) gives each execution its own PID, mount and
 IPC namespaces through an intermediate process, as does namespaces mode if the per-worker mounts
 cannot be made; without namespaces (rlimits mode) leftovers are killed by uid or as orphans.
 
-The worker is lean on purpose (``-S``: no site, so no .pth imports; no json/re/traceback/hashlib
-of its own): fork copies the page tables of every anonymous page and exit frees them, and
-each MB of worker heap costs ~60 us per execution on a small VM. Programs still get the
-interpreter's site-packages on sys.path (passed in the config) and the ``exit``/``quit``
-builtins.
+Every page that the worker or a child writes after a fork is a page fault, and a copy while
+both live; fork and exit also copy and free the page tables of all the worker's memory. Hence a
+lean worker (``-S``: no site and no .pth imports; no json/re/traceback/hashlib of its own; code
+precompiled; only the ``preload`` modules the pool asks for), libc functions looked up before
+forking, stdio objects built once, and a worker that only waits while a child lives. Programs
+still get the interpreter's site-packages on sys.path (passed in the config) and the
+``exit``/``quit`` builtins.
 """
 from __future__ import annotations
 
