@@ -81,7 +81,8 @@ def _interpreter_info(python: str) -> tuple[str, str, tuple[str, ...], str]:
             import subprocess
             import tempfile
             here = os.path.dirname(os.path.abspath(__file__))
-            wdir = tempfile.mkdtemp(prefix="cure-sandbox-worker-")
+            _sweep_worker_dirs(tempfile.gettempdir())
+            wdir = tempfile.mkdtemp(prefix=f"{_WDIR_PREFIX}{os.getpid()}-")
             atexit.register(shutil.rmtree, wdir, True)
             for name in WORKER_FILES:
                 shutil.copyfile(os.path.join(here, name), os.path.join(wdir, name))
@@ -100,6 +101,21 @@ def _interpreter_info(python: str) -> tuple[str, str, tuple[str, ...], str]:
                          ("site-packages", "dist-packages") and os.path.isdir(p))
             _info_cache[python] = (prefix, base, site, wdir)
         return _info_cache[python]
+
+
+_WDIR_PREFIX = "cure-sandbox-worker-"
+
+
+def _sweep_worker_dirs(parent: str) -> None:
+    """Remove the worker directories of processes that died without cleaning up."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_WDIR_PREFIX):].split("-")[0]
+        if name.startswith(_WDIR_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _prefixes(python: str) -> tuple[str, str]:
