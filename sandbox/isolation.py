@@ -86,17 +86,19 @@ def _interpreter_info(python: str) -> tuple[str, str, tuple[str, ...], str]:
             atexit.register(shutil.rmtree, wdir, True)
             for name in WORKER_FILES:
                 shutil.copyfile(os.path.join(here, name), os.path.join(wdir, name))
+            what = f"python {python!r} cannot prepare a sandbox worker (Python >= 3.11 needed)"
             try:
                 done = subprocess.run([python, "-s", "-P", "-c", _QUERY] +
                                       [os.path.join(wdir, n) for n in WORKER_FILES],
                                       capture_output=True, text=True, timeout=60,
-                                      env=worker_env())
+                                      env=worker_env(), check=False)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise RuntimeError(f"{what}: {e}") from None
+            try:
                 prefix, base, path = json.loads(done.stdout)
-            except (OSError, ValueError, subprocess.SubprocessError) as e:
-                err = (done.stderr.strip().splitlines() or [""])[-1] if "done" in locals() \
-                    else str(e)
-                raise RuntimeError(f"python {python!r} cannot prepare a sandbox worker "
-                                   f"(Python >= 3.11 needed): {err or e}") from None
+            except ValueError:
+                err = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                raise RuntimeError(f"{what}: {err}") from None
             site = tuple(p for p in path if os.path.basename(p.rstrip("/")) in
                          ("site-packages", "dist-packages") and os.path.isdir(p))
             _info_cache[python] = (prefix, base, site, wdir)
