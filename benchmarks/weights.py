@@ -1,9 +1,11 @@
 """Weight sync of a ~0.5 GB policy: ours (in memory) vs memcpy and vs disk + engine rebuild.
 
-Ours, as cure-train does it every step: the learner process (JAX) exports its params through
-the one HF mapping table (cure_jax.hf_io) into the shared-memory WeightChannel; the rollout
-process (vLLM, in-process CPU engine) maps the channel with zero copies and pushes the tensors
-into the running engine (``reload_weights`` + prefix-cache reset).
+Ours, as cure-train does it every step: the learner process (JAX) writes its params through
+the one HF mapping table (``cure_jax.hf_io.write_hf_arrays``) straight into the shared-memory
+WeightChannel (one copy per byte); the rollout process (vLLM, in-process CPU engine) maps the
+channel with zero copies and pushes the tensors into the running engine (``reload_weights``
+with one OpenMP thread, tied-head refresh, prefix-cache reset; see rollout/engines/vllm_worker).
+One extra push runs under cProfile to show where the push time goes.
 
 Baselines measured in the same run, on the same bytes:
 - memcpy: one ``np.copyto`` of a buffer of the same size (the bandwidth ceiling);
@@ -68,6 +70,23 @@ def worker(model_dir: str, fd: int) -> None:
             ch.close()
             reply(op="pushed", version=v, push_s=dt,
                   sample=eng.generate([[5, 6, 7, 8]], 1, greedy)[0][0].token_ids)
+        elif cmd["op"] == "profile_push":  # one more push under cProfile: where the time goes
+            import cProfile
+            import pstats
+
+            ch = shm.WeightChannel.attach(cmd["channel"])
+            prof = cProfile.Profile()
+            t0 = time.perf_counter()
+            prof.runcall(push_from_channel, eng, ch, cmd["version"])
+            total = time.perf_counter() - t0
+            ch.close()
+            parts = {"repack": 0.0, "copy": 0.0}
+            for (_, _, fn), (_, _, tt, _, _) in pstats.Stats(prof).stats.items():
+                if "create_onednn_mm_handler" in fn or "convert_weight_packed" in fn:
+                    parts["repack"] += tt
+                elif "copy_" in fn or fn == "<built-in method torch._ops.aten.>":
+                    parts["copy"] += tt
+            reply(op="profiled", total_s=total, **parts)
         elif cmd["op"] == "rebuild":
             t0 = time.perf_counter()
             eng.close()
@@ -176,6 +195,13 @@ def main() -> None:
             print(f"  sync {v}: export+channel {t_export:.3f}s push {rep['push_s']:.3f}s "
                   f"= {total:.3f}s ({nbytes / total / 1e9:.2f} GB/s)", flush=True)
         sample_ours = rep["sample"]
+        with ch.writer(version=args.repeats + 1) as wr:
+            hf_io.write_hf_arrays(model, wr, np.float32)
+        prof = w.call(op="profile_push", channel=ch.name, version=args.repeats + 1)
+        print(f"  push under cProfile {prof['total_s']:.3f}s: oneDNN repacking "
+              f"{prof['repack']:.3f}s, tensor copies {prof['copy']:.3f}s, rest (vLLM's reload "
+              f"bookkeeping, prefix-cache reset, profiler) "
+              f"{prof['total_s'] - prof['repack'] - prof['copy']:.3f}s", flush=True)
         # Reference way: save a HF checkpoint to disk, build a new engine from it.
         disk_dir = tmp / "step"
         t0 = time.perf_counter()
