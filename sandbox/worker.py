@@ -87,7 +87,10 @@ CHILD_STAMPS = ("t_child", "t_ns", "t_fds", "t_limits", "t_setup", "t_ready")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 for _name in ("setns", "unshare", "mount", "umount2", "prctl", "capset"):
-    getattr(_libc, _name)   # look each up now (CDLL caches it): not by dlsym in every child
+    try:   # look each up now (CDLL caches it): not by dlsym in every child
+        getattr(_libc, _name)
+    except AttributeError:
+        pass
 _now = time.perf_counter_ns
 
 
@@ -565,8 +568,8 @@ class Worker:
         os.setsid()
         if self.shared_mounts:
             # A private SysV IPC / POSIX mqueue namespace, so that no IPC object outlives the
-            # execution; a /proc of our own PID namespace on top of the worker's (the worker
-            # unmounts it afterwards).
+            # execution; a /proc of our own PID namespace on top of the previous one (the
+            # worker unmounts them, in batches when /proc leads to its holder).
             _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
             _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                                None), "mount proc")
