@@ -213,6 +213,7 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
     args += ["--ro-bind", wdir, WORKER_DIR,
              # /proc is a symlink to a proc mount one level down: the worker can then drop
              # the children's /proc mounts in batches (see worker.PROC_HOLDER)
+             "--perms", "0755", "--dir", PROC_HOLDER,
              "--proc", PROC_HOLDER + "/cur", "--symlink", PROC_HOLDER + "/cur", "/proc",
              "--dev", "/dev", "--dir", "/dev/shm",
              "--remount-ro", "/", "--chdir", "/tmp"]

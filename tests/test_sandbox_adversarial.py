@@ -389,3 +389,22 @@ def test_posix_message_queues_do_not_outlive_a_run(one):
             "print('found' if found >= 0 else 'absent', 'made' if made >= 0 else 'refused')\n")
     outs = [one.run(prog).stdout for _ in range(3)]
     assert all(o.startswith("absent ") for o in outs), outs
+
+
+def test_fallback_with_a_mount_namespace_per_run_isolates_too(monkeypatch):
+    """Where the per-worker mounts cannot be made, each run gets its own mount namespace
+    (private /tmp, /dev/shm and /proc) instead: the same guarantees."""
+    orig = Sandbox._worker_config
+    monkeypatch.setattr(Sandbox, "_worker_config",
+                        lambda self, i: dict(orig(self, i), per_worker_mounts=False))
+    with Sandbox(workers=1, limits=Limits(time_s=2.0, tmp_mb=4)) as box:
+        if box.isolation != "namespaces":
+            pytest.skip(f"per-execution namespaces need bubblewrap as root (running "
+                        f"{box.isolation!r})")
+        assert not box._handles[0].hello["shared_mounts"]
+        tag = secrets.token_hex(4)
+        assert box.run(_LEAVE_FILES, tag).verdict == Verdict.OK
+        assert box.run(_LOOK).stdout == "[] [] True\n"
+        ex = box.run("import os\nprint(os.getpid(), sorted(p for p in os.listdir('/proc') "
+                     "if p.isdigit()))\n")
+        assert ex.stdout == "1 ['1']\n", ex
