@@ -22,9 +22,15 @@ from typing import Any
 import numpy as np
 
 from rollout import shm
-from rollout.engines.base import EngineConfig, Prompt, Sample, SamplingConfig, check_generate_args
+from rollout.engines.base import (
+    EngineConfig,
+    Prompt,
+    Sample,
+    SamplingConfig,
+    check_generate_args,
+)
 from rollout.engines.hf_engine import as_torch
-from rollout.engines.vllm_worker import QUALNAME as WORKER_EXTENSION
+from rollout.engines.vllm_worker import QUALNAME as WORKER_EXTENSION, on_cpu_build
 
 
 @contextlib.contextmanager
@@ -40,12 +46,6 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _cpu_build() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
 
 
 class VLLMEngine:
@@ -79,7 +79,7 @@ class VLLMEngine:
         if config.max_model_len is not None:
             kwargs["max_model_len"] = config.max_model_len
         chunked = config.enable_chunked_prefill
-        if chunked is None and _cpu_build():
+        if chunked is None and on_cpu_build():
             chunked = False  # seeded requests crash chunked prefill there (see EngineConfig)
         if chunked is not None:
             kwargs["enable_chunked_prefill"] = chunked
