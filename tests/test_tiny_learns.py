@@ -3,8 +3,9 @@ coder raises held-out code accuracy above the warm start.
 
 The run is the real loop (vLLM CPU build, sandbox, JAX learner, weight push) with the default
 config and its seeds, shortened to STEPS steps; held-out evaluation runs at step 0 (the warm
-start) and at the end. MARGIN comes from the measured spread over training seeds (README,
-"A tiny coder that learns on a laptop"): every seed rose by at least MIN_RISE at step STEPS.
+start) and at the end, with 16 programs per problem (976 in all) to keep its own noise small.
+MARGIN comes from the measured spread over training seeds (README, "A tiny coder that learns
+on a laptop"): every seed rose by at least MIN_RISE by step STEPS.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from rollout.tasks.plot_run import read_scalars
 from tests.helpers.cure_runs import ROOT, cure_train, train_env
 
-STEPS = 30
-MIN_RISE = 0.0  # smallest rise of held-out code accuracy over the measured training seeds
-MARGIN = 0.0    # half of MIN_RISE: a rise at least this large says CURE learned
+STEPS = 50
+# Rises of held-out code accuracy by step 50 over training seeds 0, 1, 2 (4 programs per
+# problem): +0.057, +0.049, +0.049. This test (16 programs per problem) measured 0.112 -> 0.196.
+MIN_RISE = 0.049
+MARGIN = 0.025  # half of MIN_RISE: a rise at least this large says CURE learned
 
 
 @pytest.mark.slow
@@ -26,8 +29,8 @@ def test_short_cure_run_raises_held_out_code_accuracy(tmp_path):
     r = subprocess.run(
         cure_train(tmp_path, f"--config.train.steps={STEPS}", f"--config.train.eval_every={STEPS}",
                    "--config.train.checkpoint_every=0", "--config.train.text_every=0",
-                   "--config.train.histogram_every=0"),
-        capture_output=True, text=True, env=train_env(), cwd=str(ROOT), timeout=900, check=False)
+                   "--config.train.histogram_every=0", "--config.eval.k_code=16"),
+        capture_output=True, text=True, env=train_env(), cwd=str(ROOT), timeout=1800, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     acc = dict(read_scalars(tmp_path)["eval/code_accuracy"])
     assert sorted(acc) == [0, STEPS], acc
