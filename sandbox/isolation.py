@@ -133,6 +133,19 @@ def site_packages(python: str | None = None) -> list[str]:
     return list(_interpreter_info(python or sys.executable)[2])
 
 
+# Each worker mounts its own tmpfs on /tmp, which hides an interpreter or venv living under /tmp
+# (a CI checkout, say) from the programs. Such roots are also bound here, outside /tmp.
+TMP_MIRROR = "/run/cure-sandbox-tmp"
+
+
+def program_path(path: str) -> str:
+    """Where a host path of the interpreter's installation is seen by programs in the
+    namespace sandbox: the path itself, or its mirror when it lies under /tmp."""
+    if path == "/tmp" or path.startswith("/tmp/"):
+        return TMP_MIRROR + path[len("/tmp"):]
+    return path
+
+
 def _python_roots(python: str) -> list[str]:
     """Directories the interpreter needs: its installation, the venv, their site-packages."""
     prefix, base = _prefixes(python)
@@ -201,11 +214,12 @@ def worker_command(mode: str, config_json: str, python: str | None = None) -> li
     args += ["--tmpfs", "/tmp"]
     parents: set[str] = set()
     for root in _python_roots(python):
-        args += ["--ro-bind", root, root]
-        parent = os.path.dirname(root)
-        while parent != "/":
-            parents.add(parent)
-            parent = os.path.dirname(parent)
+        for dest in {root, program_path(root)}:
+            args += ["--ro-bind", root, dest]
+            parent = os.path.dirname(dest)
+            while parent != "/":
+                parents.add(parent)
+                parent = os.path.dirname(parent)
     # bwrap copies the modes of host parents (e.g. /root is 0700): open them for the
     # unprivileged program, they are empty directories in the sandbox.
     for parent in sorted(parents):

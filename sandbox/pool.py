@@ -265,7 +265,8 @@ class Sandbox:
         cfg: dict = {"namespaces": self.isolation == "namespaces",
                      "nested": self.isolation == "userns",
                      "tmp_bytes": int(self.limits.tmp_mb) << 20,
-                     "sys_path": isolation.site_packages(self.python),
+                     "sys_path": [isolation.program_path(d) if self.isolation != "rlimits" else d
+                                  for d in isolation.site_packages(self.python)],
                      "preload": self.preload, "proc_batch": isolation.PROC_BATCH}
         if os.geteuid() == 0:
             # A distinct unprivileged uid per worker (and per orchestrator process), so that

@@ -93,7 +93,9 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(tmp_path):
                             "--config.progress=false",
                             f"--config.sandbox.isolation={SANDBOX_ISOLATION}"]
 
-    with FakeOpenAI(answer, delay_s=0.25) as srv:
+    # 0.5 s an answer, so the Ctrl-C below lands with seconds of work left (a run that had
+    # already finished would exit 0)
+    with FakeOpenAI(answer, delay_s=0.5) as srv:
         proc = subprocess.Popen(args(srv.base_url), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60

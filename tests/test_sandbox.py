@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import resource
 import sys
 import threading
@@ -200,16 +201,25 @@ def test_namespaces_mode_when_root_with_bwrap(sb):
 @pytest.mark.skipif(os.geteuid() != 0 or iso.bwrap_path() is None,
                     reason="the strongest isolation needs root and bubblewrap")
 def test_interpreter_under_tmp_keeps_namespaces(tmp_path):
-    """A venv under /tmp (a CI checkout) must not be hidden by the sandbox's private /tmp."""
+    """A venv under /tmp (a CI checkout) must not be hidden by the sandbox's private /tmp: the
+    interpreter starts, and programs import the packages of the venv's site-packages."""
     import subprocess
     assert str(tmp_path).startswith("/tmp/")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = pathlib.Path(subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True).stdout.strip())
+    (site / "venv_only_pkg.py").write_text("ANSWER = 42\n")
     with Sandbox(workers=1, limits=Limits(time_s=1.0), isolation="namespaces",
                  python=str(venv / "bin" / "python")) as box:
         assert box.isolation == "namespaces"
         ex = box.run(ECHO_SUM, "2 3", expected="5")
         assert ex.verdict == Verdict.OK, ex
+        for _ in range(2):  # also after the worker replaced its /tmp
+            ex = box.run("import os, venv_only_pkg\nprint(venv_only_pkg.ANSWER)\n"
+                         "open('/tmp/x', 'w').write('x')\n")
+            assert ex.verdict == Verdict.OK and ex.stdout.strip() == "42", ex
 
 
 def _kill_workers(box: Sandbox) -> None:
