@@ -96,8 +96,11 @@ def test_ctrl_c_keeps_what_finished_and_the_same_command_resumes(tmp_path):
     # 0.5 s an answer, so the Ctrl-C below lands with seconds of work left (a run that had
     # already finished would exit 0)
     with FakeOpenAI(answer, delay_s=0.5) as srv:
+        # SIGINT at its default in the child: a test run started in the background by a
+        # non-interactive shell inherits it ignored, and Python then never raises Ctrl-C
         proc = subprocess.Popen(args(srv.base_url), cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
                 not samples.exists() or len(samples.read_text().splitlines()) < 3):
