@@ -141,16 +141,11 @@ def test_shipped_policy_solves_some_but_not_all_held_out_tasks():
 def test_default_config_starts_from_the_shipped_policy_on_the_task_splits():
     """configs/tiny.py (the README's first command) passes the driver's and the learner's
     validation, starting from the shipped tiny coder."""
-    import importlib.util
-
     from cure_jax.config import validate_config
     from cure_jax.driver import cure_settings, learner_view
+    from tests.helpers.cure_runs import tiny_config
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
-    spec = importlib.util.spec_from_file_location("tiny_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = tiny_config()
     settings = cure_settings(config)
     assert pathlib.Path(config.model.hf_dir) == ASSET
     assert settings.data_eval.endswith("eval.json") and settings.data_train.endswith("train.json")
