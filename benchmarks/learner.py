@@ -59,7 +59,7 @@ def bench_ours(args, qcfg):
 
     from cure_jax import sharding
     from cure_jax.config import LearnerConfig
-    from cure_jax.train_step import make_learner
+    from cure_jax.learner import make_learner
     mesh = sharding.make_mesh(data=1, fsdp=-1, tp=1)
     cfg = LearnerConfig(lr=1e-5, kl_coef=0.0, kl_reference="none", ppo_epochs=1, minibatches=1,
                         micro_batch_size=0, logprob_chunk=args.chunk, length_bucket=64, grad_clip=1.0)

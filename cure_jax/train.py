@@ -25,7 +25,7 @@ from cure_jax import checkpoint as ckpt_lib
 from cure_jax import distributed, sharding
 from cure_jax.config import Settings, validate_config
 from cure_jax.summaries import SummaryWriter
-from cure_jax.train_step import Learner, TrainState, make_learner
+from cure_jax.learner import Learner, TrainState, make_learner
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from cure_jax.config import LearnerConfig, SyntheticRolloutConfig
 from cure_jax.experience import ExperienceBatch, ExperienceError
 from cure_jax.models.qwen import QwenConfig
 from cure_jax.synthetic_rollout import SyntheticRollout, group_advantages
-from cure_jax.train_step import make_learner
+from cure_jax.learner import make_learner
 
 MODEL = QwenConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=10000.0,

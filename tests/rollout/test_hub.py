@@ -363,7 +363,7 @@ def test_importing_the_data_modules_stays_light():
             "heavy = [m for m in ('huggingface_hub', 'jax', 'torch', 'vllm', 'httpx') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=60,
+                         cwd=pathlib.Path(__file__).resolve().parents[2], timeout=60,
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ from rollout import eval_main
 from rollout import evaluate as ev
 from rollout.problems import write_problems
 from tests.helpers.fake_openai import FakeOpenAI
-from tests.test_evaluate import (
+from tests.rollout.test_evaluate import (
     BON,
     EXPECTED,
     PROBLEMS,
@@ -22,7 +22,7 @@ from tests.test_evaluate import (
     answer,
 )
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CURE_EVAL = [sys.executable, "-c", "from rollout.eval_main import run; run()"]
 
 

@@ -102,7 +102,7 @@ def test_splits_export_as_stdio_json(tmp_path):
 def test_shipped_task_files_match_the_generators():
     from rollout.problems import load_problems
 
-    assets = pathlib.Path(__file__).resolve().parent.parent / "rollout" / "assets" / "tasks"
+    assets = pathlib.Path(__file__).resolve().parents[2] / "rollout" / "assets" / "tasks"
     assert load_problems(assets / "train.json") == task_problems("train")
     assert load_problems(assets / "eval.json") == task_problems("eval")
 

@@ -11,7 +11,7 @@ import pytest
 
 from cure_jax.config import ConfigError, validate_config
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):

@@ -20,7 +20,7 @@ from rollout.warmstart_corpus import (
     train_tokenizer,
 )
 
-ASSET = pathlib.Path(__file__).resolve().parent.parent / "rollout" / "assets" / "tiny_coder"
+ASSET = pathlib.Path(__file__).resolve().parents[2] / "rollout" / "assets" / "tiny_coder"
 KINDS = ("sum_plus", "repeat_word", "multiples")
 
 

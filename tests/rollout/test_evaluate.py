@@ -281,7 +281,7 @@ def test_the_evaluation_modules_import_neither_jax_nor_torch():
             "bad = [m for m in ('jax', 'flax', 'torch', 'vllm', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
-                       cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+                       cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
 
 
@@ -303,11 +303,11 @@ def _matrix_problem(task: str, gen: np.ndarray, gt: np.ndarray, code_ok, test_ok
 
 
 def test_pipeline_metrics_equal_the_cure_definitions_on_the_core_tables(tmp_path):
-    """The CURE core's hand-worked tables (tests/test_metrics.py) and random tables, realised
+    """The CURE core's hand-worked tables (tests/rollout/test_metrics.py) and random tables, realised
     as programs and tests, run through samples -> sandbox -> records -> metrics: the result
     equals rollout.metrics on the tables themselves."""
     from rollout import metrics
-    from tests.test_metrics import GEN, GT
+    from tests.rollout.test_metrics import GEN, GT
 
     rng = np.random.default_rng(0)
     cases = [("core", GEN, GT, [1, 1, 1, 1], [1] * 5),

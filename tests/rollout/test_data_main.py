@@ -14,7 +14,7 @@ import pytest
 
 from rollout import data_main, hub
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def cure_data(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
