@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rollout import shm
+from rollout.contract.ring_buffer import RolloutBuffer
 
 
 def make_batch(rows: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
@@ -44,7 +44,7 @@ def nbytes(batch: dict[str, np.ndarray]) -> int:
 
 
 def _produce_shm(name: str, rows: int, seq_len: int, batches: int, ready) -> None:
-    buf = shm.RolloutBuffer.attach(name)
+    buf = RolloutBuffer.attach(name)
     buf.open_writer()
     b = make_batch(rows, seq_len, 0)
     ready.wait()
@@ -64,8 +64,8 @@ def _produce_queue(q, rows: int, seq_len: int, batches: int, ready) -> None:
 
 def bench_shm(rows: int, seq_len: int, batches: int, slots: int) -> float:
     size = nbytes(make_batch(rows, seq_len, 0))
-    buf = shm.RolloutBuffer.create(f"bench{os.getpid()}", num_slots=slots,
-                                   slot_capacity=size + (1 << 16))
+    buf = RolloutBuffer.create(f"bench{os.getpid()}", num_slots=slots,
+                               slot_capacity=size + (1 << 16))
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     p = ctx.Process(target=_produce_shm, args=(buf.name, rows, seq_len, batches, ready))

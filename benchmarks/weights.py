@@ -47,7 +47,7 @@ def engine_options(model_dir: str) -> dict:
 # ----------------------------------------------------------------------------- rollout side
 def worker(model_dir: str, fd: int) -> None:
     """The vLLM process: JSON commands on stdin, one JSON reply per line on ``fd``."""
-    from rollout import shm
+    from rollout.contract.weight_channel import WeightChannel
     from rollout.engines import SamplingConfig, make_engine, push_from_channel
 
     out = os.fdopen(fd, "w")
@@ -63,7 +63,7 @@ def worker(model_dir: str, fd: int) -> None:
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "push":
-            ch = shm.WeightChannel.attach(cmd["channel"])
+            ch = WeightChannel.attach(cmd["channel"])
             t0 = time.perf_counter()
             v = push_from_channel(eng, ch, min_version=cmd["version"])
             dt = time.perf_counter() - t0
@@ -74,7 +74,7 @@ def worker(model_dir: str, fd: int) -> None:
             import cProfile
             import pstats
 
-            ch = shm.WeightChannel.attach(cmd["channel"])
+            ch = WeightChannel.attach(cmd["channel"])
             prof = cProfile.Profile()
             t0 = time.perf_counter()
             prof.runcall(push_from_channel, eng, ch, cmd["version"])
@@ -150,8 +150,8 @@ def main() -> None:
 
     from cure_jax import hf_io
     from cure_jax.models.qwen import Qwen, QwenConfig
-    from rollout import shm
-    from rollout.tiny_model import ensure_tiny_hf_dir
+    from rollout.contract.weight_channel import WeightChannel
+    from rollout.random_policy import ensure_random_policy_dir
 
     cfg = QwenConfig(vocab_size=args.vocab, hidden_size=args.hidden,
                      intermediate_size=args.intermediate, num_hidden_layers=args.layers,
@@ -160,7 +160,7 @@ def main() -> None:
                      torch_dtype="float32")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cure-bench-weights-"))
     hf = cfg.to_hf_dict()
-    model_dir = ensure_tiny_hf_dir(tmp / "base", hf, seed=0)
+    model_dir = ensure_random_policy_dir(tmp / "base", hf, seed=0)
     model = Qwen(cfg, rngs=nnx.Rngs(1))  # the learner's params (differ from the base dir's)
     specs = hf_io.hf_specs(cfg, np.float32)
     nbytes = sum(int(np.prod(s)) * 4 for _, s, _ in specs)
@@ -181,7 +181,7 @@ def main() -> None:
 
     w = Worker(str(model_dir))
     print(f"vLLM engine built in {w.ready['build_s']:.1f}s", flush=True)
-    ch = shm.WeightChannel.create(f"benchw{os.getpid()}", nbytes + 64 * len(specs))
+    ch = WeightChannel.create(f"benchw{os.getpid()}", WeightChannel.required_capacity(specs))
     ours = []
     try:
         for v in range(1, args.repeats + 1):

@@ -14,14 +14,17 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(
-        "_cure_qwen2_5_7b", pathlib.Path(__file__).with_name("qwen2_5_7b.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
-    c.model.preset = "qwen2.5-14b-instruct"
-    c.model.remat_policy = "full"
-    c.learner.micro_batch_size = 4
-    c.learner.offload_reference = True
+    c = _sibling("qwen2_5_7b").get_config()
+    c.model.update({"preset": "qwen2.5-14b-instruct", "remat_policy": "full"})
+    c.learner.update({"micro_batch_size": 4, "offload_reference": True})
     c.rollout.engine_options.gpu_memory_utilization = 0.9
     return c
+
+
+def _sibling(name: str):
+    """Another config file of this directory, as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f"_cure_config_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

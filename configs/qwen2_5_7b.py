@@ -19,53 +19,44 @@ Before training:
 """
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
+
+from cure_jax.config import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+    c = default_config()
+    c.model.update({"preset": "qwen2.5-7b-instruct",
+                    "remat_policy": "dots_with_no_batch_dims_saveable"})
+    # The learner: "reference-faithful" (configs/learner_presets.py, bf16 compute over fp32
+    # weights), with real old log-probs and a frozen reference (so PPO clip and KL act),
+    # truncated IS against the rollout log-probs, codes and tests in one batch.
+    _sibling("learner_presets").apply_preset(c, "reference-faithful")
+    c.learner.update({"tis_cap": 2.0, "micro_batch_size": 8, "length_bucket": 512})
+    c.train.update({"steps": 120, "eval_every": 10})
 
-    c.model = ml_collections.ConfigDict({
-        "preset": "qwen2.5-7b-instruct", "hf_dir": "", "init_checkpoint": "", "param_dtype": "float32",
-        "dtype": "bfloat16", "attention_impl": "auto", "remat_policy": "dots_with_no_batch_dims_saveable"})
-    c.model.arch = ml_collections.ConfigDict()
-
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tp": 1})
-
-    # "reference-faithful" (configs/learner_presets.py), with real old log-probs and a frozen
-    # reference (so PPO clip and KL act), codes and tests in one batch.
-    c.learner = ml_collections.ConfigDict({
-        "lr": 1e-6, "lr_schedule": "constant", "warmup_steps": 0, "decay_steps": 0, "final_lr_ratio": 0.0,
-        "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0,
-        "clip_low": 0.2, "clip_high": 0.2, "dual_clip": 0.0, "log_ratio_clamp": 20.0,
-        "kl_coef": 0.01, "kl_estimator": "k3", "kl_reference": "initial", "entropy_coef": 0.0,
-        "tis_cap": 2.0, "agg_mode": "token-mean", "norm_constant": 0.0,
-        "ppo_epochs": 1, "minibatches": 1, "micro_batch_size": 8, "old_logprobs": "recompute",
-        "temperature": 1.0, "logprob_chunk": 1024, "length_bucket": 512, "offload_reference": False})
-
-    c.train = ml_collections.ConfigDict({
-        "steps": 120, "log_every": 1, "histogram_every": 10, "text_every": 10, "checkpoint_every": 10,
-        "eval_every": 10, "keep_checkpoints": 3, "async_checkpoint": True})
-
-    c.rollout = ml_collections.ConfigDict({
-        "source": "cure", "mode": "sync", "engine": "vllm", "model_path": "", "devices": "4,5,6,7",
-        "problems_per_step": 100, "k_code": 16, "k_case": 16, "max_gt_tests": 8, "temperature": 1.0,
-        "top_p": 1.0, "top_k": 0, "max_tokens": 10240, "max_len": 9216, "seed": 0, "show_example": True,
-        "max_staleness": 1, "weights_dtype": "bfloat16", "drop_zero_signal": True, "restarts": 1,
-        "startup_timeout_s": 1800.0, "step_timeout_s": 7200.0, "heartbeat_timeout_s": 120.0})
-    c.rollout.engine_options = ml_collections.ConfigDict({
-        "dtype": "bfloat16", "tensor_parallel_size": 4, "gpu_memory_utilization": 0.85,
-        "max_model_len": 12288, "enable_prefix_caching": True})
-    c.rollout.prompts = ml_collections.ConfigDict({"mode": "auto"})
-
-    c.cure = ml_collections.ConfigDict({"scaling": "fraction", "label_free": False,
-                                            "long_cot_tests": False, "long_cot_codes": False})
-    c.data = ml_collections.ConfigDict({"train": "data/CodeContests_train.json",
-                                            "eval": "data/LiveBench.json"})
-    c.sandbox = ml_collections.ConfigDict({"workers": 0, "isolation": "auto", "time_multiplier": 1.0,
-                                               "memory_mb": 1024})
-    c.eval = ml_collections.ConfigDict({
-        "k_code": 16, "k_case": 16, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 10240, "seed": 0,
-        "bon": ((1, 16), (4, 16), (16, 16)), "max_problems": 0})
+    c.rollout.update({
+        "source": "cure", "devices": "4,5,6,7", "problems_per_step": 100,
+        "k_code": 16, "k_case": 16, "max_gt_tests": 8, "temperature": 1.0, "top_p": 1.0,
+        "top_k": 0, "max_tokens": 10240, "max_len": 9216, "weights_dtype": "bfloat16",
+        "restarts": 1, "startup_timeout_s": 1800.0, "step_timeout_s": 7200.0,
+        "heartbeat_timeout_s": 120.0})
+    c.rollout.engine_options.update({"dtype": "bfloat16", "tensor_parallel_size": 4,
+                                     "gpu_memory_utilization": 0.85, "max_model_len": 12288})
+    c.cure.scaling = "fraction"
+    c.data.update({"train": "data/CodeContests_train.json", "eval": "data/LiveBench.json"})
+    c.eval.update({"k_code": 16, "k_case": 16, "temperature": 0.8, "top_p": 0.95, "top_k": 40,
+                   "max_tokens": 10240, "seed": 0, "bon": ((1, 16), (4, 16), (16, 16))})
     return c
+
+
+def _sibling(name: str):
+    """Another config file of this directory, as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f"_cure_config_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -19,18 +19,19 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(
-        "_cure_qwen2_5_7b", pathlib.Path(__file__).with_name("qwen2_5_7b.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
+    c = _sibling("qwen2_5_7b").get_config()
     c.model.preset = "qwen3-4b"
-    c.cure.long_cot_tests = True
-    c.cure.long_cot_min_len = 1000.0
-    c.cure.long_cot_max_len = 8000.0
+    c.cure.update({"long_cot_tests": True, "long_cot_min_len": 1000.0, "long_cot_max_len": 8000.0})
     c.rollout.max_tokens = 16384
-    c.rollout.max_len = 9216
-    c.rollout.engine_options.tensor_parallel_size = 2
-    c.rollout.engine_options.max_model_len = 18432
+    c.rollout.engine_options.update({"tensor_parallel_size": 2, "max_model_len": 18432})
     c.eval.max_tokens = 16384
     return c
+
+
+def _sibling(name: str):
+    """Another config file of this directory, as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f"_cure_config_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -23,6 +23,8 @@ import pathlib
 
 import ml_collections
 
+from cure_jax.config import default_config
+
 ASSETS = pathlib.Path(__file__).resolve().parent.parent / "rollout" / "assets"
 VARIANTS = ("", "random", "synthetic")
 
@@ -42,61 +44,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _random_policy() -> ml_collections.ConfigDict:
-    """Every field of the CURE loop, set for the random policy on the embedded problems."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-
-    c.model = ml_collections.ConfigDict()
-    c.model.preset = ""
-    c.model.hf_dir = ""
-    c.model.init_checkpoint = ""
+    """The random policy on the embedded problems: the defaults (cure_jax.config) plus these."""
+    c = default_config()
     c.model.arch = ml_collections.ConfigDict({
         "family": "qwen2", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
         "rope_theta": 10000.0, "tie_word_embeddings": False, "max_position_embeddings": 1024})
-    c.model.param_dtype = "float32"
-    c.model.dtype = "float32"
-    c.model.attention_impl = "auto"
-    c.model.remat_policy = "none"
-
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tp": 1})
-
-    c.learner = ml_collections.ConfigDict({
-        "lr": 3e-3, "lr_schedule": "constant", "warmup_steps": 0, "decay_steps": 0, "final_lr_ratio": 0.0,
-        "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0,
-        "clip_low": 0.2, "clip_high": 0.28, "dual_clip": 0.0, "log_ratio_clamp": 20.0,
-        "kl_coef": 0.01, "kl_estimator": "k3", "kl_reference": "initial", "entropy_coef": 0.0,
-        "tis_cap": 2.0, "agg_mode": "token-mean", "norm_constant": 0.0,
-        "ppo_epochs": 1, "minibatches": 1, "micro_batch_size": 0, "old_logprobs": "recompute",
-        "temperature": 1.0, "logprob_chunk": 256, "length_bucket": 256, "offload_reference": False})
-
-    c.train = ml_collections.ConfigDict({
-        "steps": 3, "log_every": 1, "histogram_every": 5, "text_every": 10, "checkpoint_every": 2,
-        "eval_every": 3, "keep_checkpoints": 3, "async_checkpoint": True})
-
-    c.rollout = ml_collections.ConfigDict({
-        "source": "cure", "mode": "sync", "engine": "vllm", "model_path": "", "devices": "",
-        "problems_per_step": 2, "k_code": 4, "k_case": 4, "max_gt_tests": 8, "temperature": 1.0, "top_p": 1.0,
-        "top_k": 0, "max_tokens": 48, "max_len": 1024, "seed": 0, "show_example": True, "max_staleness": 1,
-        "weights_dtype": "float32", "drop_zero_signal": False, "restarts": 0,
-        "startup_timeout_s": 600.0, "step_timeout_s": 900.0, "heartbeat_timeout_s": 30.0})
+    c.learner.update({"lr": 3e-3, "clip_high": 0.28, "tis_cap": 2.0, "logprob_chunk": 256,
+                      "length_bucket": 256})
+    c.train.update({"steps": 3, "histogram_every": 5, "checkpoint_every": 2, "eval_every": 3})
+    c.rollout.update({"source": "cure", "problems_per_step": 2, "k_code": 4, "k_case": 4,
+                      "max_tokens": 48, "max_len": 1024, "drop_zero_signal": False,
+                      "step_timeout_s": 900.0})
     # vLLM's CPU build in-process (one process, no workers); the hf backend ignores these.
-    c.rollout.engine_options = ml_collections.ConfigDict({
-        "dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "in_process": True,
+    c.rollout.engine_options.update({
+        "dtype": "float32", "max_model_len": 1024, "in_process": True,
         "distributed_executor_backend": "uni", "gpu_memory_utilization": 0.5, "kv_cache_gb": 1})
-    c.rollout.prompts = ml_collections.ConfigDict({"mode": "auto"})
-    c.rollout.synthetic = ml_collections.ConfigDict({
-        "num_prompts": 4, "group_size": 4, "prompt_len": 6, "response_len": 6, "target_token": 3,
-        "temperature": 1.0})
-
-    c.cure = ml_collections.ConfigDict({"scaling": "fraction", "label_free": False,
-                                            "long_cot_tests": False, "long_cot_codes": False})
-    c.data = ml_collections.ConfigDict({"train": "embedded:train", "eval": "embedded:eval"})
-    c.sandbox = ml_collections.ConfigDict({"workers": 2, "isolation": "auto"})
-    # Evaluation sampling (the paper's temperature/top_p/top_k), seeded.
-    c.eval = ml_collections.ConfigDict({
-        "k_code": 2, "k_case": 2, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 32, "seed": 12345,
-        "bon": ((1, 2), (2, 2)), "max_problems": 4})
+    c.rollout.synthetic.update({"prompt_len": 6, "response_len": 6})
+    c.sandbox.workers = 2
+    # Evaluation sampling: the paper's temperature/top_p/top_k (the defaults), seeded.
+    c.eval.update({"k_code": 2, "k_case": 2, "max_tokens": 32, "bon": ((1, 2), (2, 2)),
+                   "max_problems": 4})
     return c
 
 
@@ -111,8 +79,7 @@ def _tiny_coder(c: ml_collections.ConfigDict) -> None:
     c.rollout.update({"problems_per_step": 8, "k_code": 8, "k_case": 8, "max_gt_tests": 5,
                       "max_tokens": 128, "max_len": 512})
     c.rollout.engine_options.update({"gpu_memory_utilization": 0.3})
-    c.eval.update({"k_code": 4, "k_case": 4, "max_gt_tests": 0, "temperature": 1.0,
-                   "top_p": 1.0, "top_k": 0, "max_tokens": 128, "seed": 12345,
-                   "bon": ((1, 4), (4, 4)), "max_problems": 0})
+    c.eval.update({"k_code": 4, "k_case": 4, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                   "max_tokens": 128, "bon": ((1, 4), (4, 4)), "max_problems": 0})
     c.data.update({"train": str(ASSETS / "tasks" / "train.json"),
                    "eval": str(ASSETS / "tasks" / "eval.json")})

@@ -1,5 +1,6 @@
 """Orbax checkpoints of the learner: arrays (params, optimizer state, step, RNG) plus the
-driver's JSON state (data cursor and anything else it needs to continue exactly).
+driver's JSON state (data cursor and anything else it needs to continue exactly). The
+directory names are rollout.contract.checkpoint_layout's (the rollout side reads them too).
 
 * async saves (arrays are copied to host before `save` returns; writing runs in background),
 * keep-N policy, resume from the latest step in the directory,
@@ -21,6 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from rollout.contract import checkpoint_layout as layout
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,8 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                             enable_async_checkpointing=async_save)
-        handlers = {"state": ocp.StandardCheckpointHandler(), "driver": ocp.JsonCheckpointHandler()}
+        handlers = {layout.STATE_ITEM: ocp.StandardCheckpointHandler(),
+                    layout.DRIVER_ITEM: ocp.JsonCheckpointHandler()}
         self._mngr = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
 
     # -- queries
@@ -123,13 +127,13 @@ class Checkpointer:
         return list(self._mngr.all_steps())
 
     def step_dir(self, step: int) -> pathlib.Path:
-        return self.directory / str(step)
+        return layout.step_dir(self.directory, step)
 
     # -- save
     def save(self, step: int, state: Any, driver: dict[str, Any] | None = None, *, force: bool = True) -> bool:
         """Save arrays of `state` and the JSON-able `driver` dict at `step` (async if enabled)."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(to_nested(state)),
-                                  driver=ocp.args.JsonSave(dict(driver or {})))
+        args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardSave(to_nested(state)),
+                                     layout.DRIVER_ITEM: ocp.args.JsonSave(dict(driver or {}))})
         return self._mngr.save(step, args=args, force=force)
 
     def wait(self) -> None:
@@ -145,12 +149,13 @@ class Checkpointer:
         where = self.step_dir(step)
         try:
             meta = self._mngr.item_metadata(step)
-            stored = meta["state"] if meta is not None else None
+            stored = meta[layout.STATE_ITEM] if meta is not None else None
         except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged metadata
             raise CheckpointError(f"checkpoint {where}: unreadable metadata ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if stored is None:
-            raise CheckpointError(f"checkpoint {where}: no 'state' item (incomplete or not a cure-train checkpoint)")
+            raise CheckpointError(f"checkpoint {where}: no {layout.STATE_ITEM!r} item (incomplete or not a "
+                                  "cure-train checkpoint)")
         want_paths, want_leaves, _ = _paths_and_leaves(target_nested)
         have_paths, have_leaves, _ = _paths_and_leaves(stored)
         have = dict(zip(have_paths, have_leaves))
@@ -187,14 +192,15 @@ class Checkpointer:
             return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh)
         target = to_nested(jax.tree.map(abstract, like))
         self._check_compatible(step, target)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), driver=ocp.args.JsonRestore())
+        args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target),
+                                     layout.DRIVER_ITEM: ocp.args.JsonRestore()})
         try:
             out = self._mngr.restore(step, args=args)
         except Exception as e:  # noqa: BLE001 - surface any storage failure as one clear line
             msg = str(e).splitlines()[0] if str(e) else ""
             raise CheckpointError(f"checkpoint {self.step_dir(step)}: corrupt or unreadable "
                                   f"({type(e).__name__}: {msg[:300]})") from None
-        return from_nested(out["state"], like), dict(out["driver"] or {})
+        return from_nested(out[layout.STATE_ITEM], like), dict(out[layout.DRIVER_ITEM] or {})
 
     def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, driver) of the newest checkpoint, or None when the directory has none."""

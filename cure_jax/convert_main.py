@@ -30,6 +30,8 @@ from typing import Any
 
 from absl import app, flags
 
+from rollout.contract import checkpoint_layout, cli
+
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (input or output).")
 _CKPT_DIR = flags.DEFINE_string("ckpt_dir", None, "Orbax checkpoint directory.")
 _BASE_HF_DIR = flags.DEFINE_string("base_hf_dir", None,
@@ -47,6 +49,7 @@ _ATOL = flags.DEFINE_float("atol", 1e-3, "verify: fail (exit 1) when max_abs_err
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "verify: number of prompts.")
 
 COMMANDS = ("hf-to-orbax", "orbax-to-hf", "verify")
+PROG = "cure-convert"
 
 
 class ConvertError(Exception):
@@ -85,40 +88,25 @@ def save_params_checkpoint(ckpt_dir: str | pathlib.Path, model_or_state, cfg) ->
     from flax import nnx
 
     ckpt = pathlib.Path(ckpt_dir).absolute()
-    if (ckpt / "params").exists():
-        raise ConvertError(f"{ckpt / 'params'}: already exists (choose an empty --ckpt_dir)")
+    params = ckpt / checkpoint_layout.PARAMS_DIR
+    if params.exists():
+        raise ConvertError(f"{params}: already exists (choose an empty --ckpt_dir)")
     ckpt.mkdir(parents=True, exist_ok=True)
     state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(ckpt / "params", _nested_from_state(state))
+    checkpointer.save(params, _nested_from_state(state))
     checkpointer.wait_until_finished()
-    (ckpt / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+    (ckpt / checkpoint_layout.CONFIG_FILE).write_text(json.dumps(cfg.to_hf_dict(), indent=2))
     return ckpt
 
 
-def _is_step_dir(p: pathlib.Path) -> bool:
-    return p.is_dir() and (p / "state").is_dir()
-
-
 def locate_params(ckpt_dir: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, tuple[str, ...]]:
-    """(Orbax PyTree directory, key prefix of the params inside it) for any supported layout."""
-    ckpt = pathlib.Path(ckpt_dir).absolute()
-    if not ckpt.is_dir():
-        raise ConvertError(f"{ckpt}: checkpoint directory not found")
-    if (ckpt / "params").is_dir() and step is None:
-        return ckpt / "params", ()
-    if _is_step_dir(ckpt):
-        return ckpt / "state", ("params",)
-    root = ckpt / "checkpoints" if (ckpt / "checkpoints").is_dir() else ckpt
-    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and _is_step_dir(p))
-    if not steps:
-        raise ConvertError(f"{ckpt}: no Orbax checkpoint here (expected params/, <step>/state/ "
-                           "or checkpoints/<step>/state/)")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise ConvertError(f"{root}: no step {step} (available: {steps})")
-    return root / str(step) / "state", ("params",)
+    """(Orbax PyTree directory, key prefix of the params inside it) for any supported layout
+    (rollout.contract.checkpoint_layout)."""
+    try:
+        return checkpoint_layout.find_params(ckpt_dir, step)
+    except checkpoint_layout.LayoutError as e:
+        raise ConvertError(str(e)) from None
 
 
 def checkpoint_config(ckpt_dir: str | pathlib.Path, base_hf_dir: str | None):
@@ -128,7 +116,7 @@ def checkpoint_config(ckpt_dir: str | pathlib.Path, base_hf_dir: str | None):
     if base_hf_dir:
         return QwenConfig.from_hf_dir(base_hf_dir)
     ckpt = pathlib.Path(ckpt_dir).absolute()
-    for cand in (ckpt / "config.json", ckpt.parent / "config.json"):
+    for cand in (ckpt / checkpoint_layout.CONFIG_FILE, ckpt.parent / checkpoint_layout.CONFIG_FILE):
         if cand.is_file():
             try:
                 return QwenConfig.from_hf_dir(cand)
@@ -281,25 +269,24 @@ def cmd_verify() -> int:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"usage: cure-convert {{{'|'.join(COMMANDS)}}} --flags ...")
+        cli.exit_error(PROG, f"usage: cure-convert {{{'|'.join(COMMANDS)}}} --flags ...",
+                       cli.EXIT_USAGE)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
-    try:
+    # Bad inputs (missing or mismatched directories, checkpoints, configs) are usage errors.
+    with cli.errors(PROG, usage=(ConvertError, ValueError, FileNotFoundError, KeyError)):
         if argv[1] == "hf-to-orbax":
             cmd_hf_to_orbax()
         elif argv[1] == "orbax-to-hf":
             cmd_orbax_to_hf()
-        else:
-            sys.exit(cmd_verify())
-    except (ConvertError, ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"cure-convert: error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        elif cmd_verify():
+            cli.exit_error(PROG, f"verify: max_abs_err exceeds --atol={_ATOL.value}",
+                           cli.EXIT_FAILURE)
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG, flags.FLAGS))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""The experience batch of DESIGN.md (one row per response), its validation, length bucketing
+"""The learner's experience batch (one row per response), its validation, length bucketing
 and placement onto the mesh (every host feeds its own rows).
+
+Its fields, dtypes and ranks are those of the experience schema (``rollout.contract.schema``,
+the training fields: every one but ``has_signal``); this module adds the value checks the
+learner relies on.
 
 Row i holds a prompt followed by a response, right-padded:
   tokens[i, :P_i]            prompt        (P_i = prompt_len[i] >= 1)
@@ -16,17 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 
-FIELDS: dict[str, tuple[Any, int]] = {  # name -> (dtype, ndim)
-    "tokens": (np.int32, 2),
-    "prompt_len": (np.int32, 1),
-    "response_len": (np.int32, 1),
-    "rollout_logprobs": (np.float32, 2),
-    "advantage": (np.float32, 1),
-    "kind": (np.int8, 1),
-    "problem_id": (np.int32, 1),
-    "policy_version": (np.int32, 1),
-    "reward": (np.float32, 1),
-}
+from rollout.contract import schema
+
+# name -> (dtype, ndim) of every training field, from the schema.
+FIELDS: dict[str, tuple[Any, int]] = {k: (schema.FIELDS[k], schema.NDIM[k])
+                                      for k in schema.LEARNER_FIELDS}
 
 
 class ExperienceError(ValueError):
@@ -154,6 +152,11 @@ class ExperienceBatch:
         length = max(b.length for b in batches)
         bs = [b.with_length(length) for b in batches]
         return cls(**{k: np.concatenate([getattr(b, k) for b in bs]) for k in FIELDS})
+
+
+if tuple(f.name for f in dataclasses.fields(ExperienceBatch)) != schema.LEARNER_FIELDS:
+    raise ImportError("cure_jax.experience.ExperienceBatch: its fields differ from "
+                      "rollout.contract.schema.LEARNER_FIELDS")
 
 
 def process_rows(num_rows: int, process_index: int | None = None, process_count: int | None = None) -> slice:

@@ -331,7 +331,7 @@ def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
 
 class ArrayWriter(Protocol):
     """Where :func:`write_hf_arrays` puts tensors: ``view`` returns a writable numpy array of
-    that shape and dtype, filled in place (``rollout.shm.WeightWriter``)."""
+    that shape and dtype, filled in place (``rollout.contract.weight_channel.WeightWriter``)."""
 
     def view(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
 

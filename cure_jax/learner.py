@@ -154,14 +154,6 @@ class Learner:
     def _loss(self, params, mb, denom, self_old: bool):
         logp, entropy = self._logprobs(params, mb["tokens"])
         mask = mb["loss_mask"]
-        if self.cfg_objective == "sft":
-            numer = losses.aggregate_numerator(losses.cross_entropy_per_token(logp), mask,
-                                               self.loss_cfg.agg_mode, self.loss_cfg.norm_constant)
-            maskf = mask.astype(jnp.float32)
-            sums = {k: jnp.zeros(()) for k in losses.METRIC_KEYS}
-            sums["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy) * maskf)
-            sums["pg_loss"] = jnp.sum(jax.lax.stop_gradient(-logp) * maskf)
-            return numer / denom, sums
         old = jax.lax.stop_gradient(logp) if self_old else mb["old_logp"]
         if self.loss_cfg.entropy_coef == 0.0:
             entropy = jax.lax.stop_gradient(entropy)
@@ -169,8 +161,6 @@ class Learner:
             self.loss_cfg, logp=logp, old_logp=old, advantage=mb["advantage"], mask=mask,
             ref_logp=mb.get("ref_logp"), rollout_logp=mb.get("rollout_logp"), entropy=entropy)
         return numer / denom, sums
-
-    cfg_objective = "policy_gradient"
 
     def _compile(self) -> None:
         bs, rs, rep = self.batch_sharding, self.row_sharding, self.replicated
@@ -285,8 +275,7 @@ class Learner:
         """Reference/old log-probs the loss needs, the micro-batch keys and the jitted accumulator."""
         cfg = self.cfg
         extra: dict[str, np.ndarray] = {}
-        use_kl = self.loss_cfg.kl_coef > 0 and self.cfg_objective != "sft"
-        if use_kl:
+        if self.loss_cfg.kl_coef > 0:
             if ref_params is None:
                 raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
             extra["ref_logp"] = self._fill_logprobs(self._logprobs_ref_jit, ref_params, batch)
@@ -351,11 +340,6 @@ class Learner:
         return self._fill_logprobs(self._logprobs_jit, params, batch)
 
 
-def make_learner(model_cfg: QwenConfig, cfg: LearnerConfig, mesh: Mesh, *, objective: str = "policy_gradient",
-                 **kw) -> Learner:
-    """Learner for `objective` 'policy_gradient' (default) or 'sft' (cross-entropy warm start)."""
-    if objective not in ("policy_gradient", "sft"):
-        raise ValueError(f"objective: unknown {objective!r}")
-    learner = Learner(model_cfg, cfg, mesh, **kw)
-    learner.cfg_objective = objective
-    return learner
+def make_learner(model_cfg: QwenConfig, cfg: LearnerConfig, mesh: Mesh, **kw) -> Learner:
+    """The policy-gradient learner; keyword arguments as for `Learner`."""
+    return Learner(model_cfg, cfg, mesh, **kw)

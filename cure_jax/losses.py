@@ -145,16 +145,11 @@ def truncated_is_weight(old_logp: jax.Array, rollout_logp: jax.Array, cap: float
     return jax.lax.stop_gradient(jnp.minimum(w, cap))
 
 
-# ----------------------------------------------------------------------------- SFT
-def cross_entropy_per_token(logp: jax.Array) -> jax.Array:
-    r"""Supervised per-token loss l_t = -\log\pi_\theta(y_t | y_{<t}); aggregate with a mask."""
-    return -logp
-
-
+# ----------------------------------------------------------------------------- cross-entropy
 def cross_entropy_loss(logp: jax.Array, mask: jax.Array, mode: str = "token-mean",
                        norm_constant: float | None = None) -> jax.Array:
-    r"""Supervised cross-entropy: \mathrm{agg}(-\log\pi_\theta(y_t|y_{<t}), m) (warm starts)."""
-    return aggregate(cross_entropy_per_token(logp), mask, mode, norm_constant)
+    r"""Supervised cross-entropy \mathrm{agg}(-\log\pi_\theta(y_t|y_{<t}), m) (the warm start's loss)."""
+    return aggregate(-logp, mask, mode, norm_constant)
 
 
 # ----------------------------------------------------------------------------- combined

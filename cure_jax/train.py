@@ -1,14 +1,18 @@
-"""`train_and_evaluate(config, workdir)`: the learner side of cure-train.
+"""`train_and_evaluate(config, workdir)`: the one trainer loop of cure-train.
 
-`rollout.source = "cure"` runs the CURE loop of `cure_jax.driver` (rollout server, sandbox,
-CURE rewards, weight sync, evaluation). `rollout.source = "synthetic"` runs the learner alone
-on the seeded synthetic source below: it builds the mesh, the learner and its state (resuming
-from the newest checkpoint in `<workdir>/checkpoints` when there is one), then runs
-`train.steps` RL steps.
+It validates the whole config (`cure_jax.config.load_config`), builds the mesh and the learner,
+starts from the newest checkpoint in `<workdir>/checkpoints` (else from `model.init_checkpoint`,
+`model.hf_dir` or a seeded random init), then runs `train.steps` steps::
 
-Per step: sample experience, update the policy, write TensorBoard summaries (process 0), save
-a checkpoint every `train.checkpoint_every` steps, at the end, and on SIGTERM/SIGINT (then exit).
-The driver state saved beside the arrays holds the data cursor (next step to sample).
+    exp = source.next(step, params, version)     # experience (cure_jax.sources)
+    state = learner.update(state, exp.batch)      # one policy-gradient step (cure_jax.learner)
+    source.publish(params, version, step)         # the new weights reach the sampler
+    hooks                                         # evaluation, TensorBoard, console, stop, checkpoint
+
+The experience source is the rollout server (`rollout.source = "cure"`: sampling, sandbox, CURE
+rewards on the rollout side) or the in-process synthetic one (`"synthetic"`). The cadences
+(`train.eval_every`, `log_every`, `histogram_every`, `text_every`, `checkpoint_every`) are hooks
+(cure_jax.hooks); SIGTERM/SIGINT saves a checkpoint at the next step boundary and exits.
 """
 from __future__ import annotations
 
@@ -19,49 +23,33 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 
-from cure_jax import checkpoint as ckpt_lib
-from cure_jax import distributed, sharding
-from cure_jax.config import Settings, validate_config
-from cure_jax.summaries import SummaryWriter
+from cure_jax import distributed, hooks, sharding
+from cure_jax.checkpoint import Checkpointer
+from cure_jax.config import Config, ConfigError, load_config
 from cure_jax.learner import Learner, TrainState, make_learner
+from cure_jax.sources import make_source
+from cure_jax.summaries import SummaryWriter
+from rollout.contract.checkpoint_layout import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
 
-SCALAR_TAGS = {  # learner metric -> TensorBoard tag
-    "pg_loss": "loss/pg", "kl": "loss/kl", "entropy": "policy/entropy",
-    "clip_frac": "loss/clip_frac", "dual_clip_frac": "loss/dual_clip_frac",
-    "log_ratio": "policy/log_ratio", "abs_log_ratio": "policy/abs_log_ratio",
-    "tis_weight": "policy/tis_weight", "grad_norm": "opt/grad_norm", "lr": "opt/lr",
-    "perf/tokens_per_s": "perf/tokens_per_s", "perf/padded_tokens": "perf/padded_tokens",
-    "perf/response_tokens": "perf/response_tokens",
-    "time/prep_s": "time/logprobs_s", "time/update_s": "time/update_s",
-}
 
-
-class Preempted(SystemExit):
-    """Raised after the checkpoint that a SIGTERM/SIGINT asked for is safely written."""
-
-
-def build(settings: Settings) -> tuple[Learner, Any]:
-    """Mesh and learner from validated settings."""
-    m = settings.mesh
+def build_learner(cfg: Config) -> Learner:
+    """The mesh of `cfg.mesh` and the learner of `cfg.model` / `cfg.learner` on it."""
+    m = cfg.mesh
     mesh = sharding.make_mesh(data=m.data, fsdp=m.fsdp, tp=m.tp)
-    learner = make_learner(settings.model.qwen_config(), settings.learner, mesh,
-                           param_dtype=settings.model.param_dtype, dtype=settings.model.dtype,
-                           seed=settings.seed)
-    return learner, mesh
+    return make_learner(cfg.model.qwen_config(), cfg.learner, mesh,
+                        param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype, seed=cfg.seed)
 
 
-def _initial_state(learner: Learner, settings: Settings) -> TrainState:
-    """Initial train state: params from `model.init_checkpoint` (an Orbax checkpoint written by
-    `cure-convert hf-to-orbax` or a cure-train run), else from the safetensors of `model.hf_dir`,
-    else a seeded random init; fresh optimizer state in every case."""
+def initial_state(learner: Learner, cfg: Config) -> TrainState:
+    """Params from `model.init_checkpoint` (an Orbax checkpoint written by `cure-convert
+    hf-to-orbax` or a cure-train run), else from the safetensors of `model.hf_dir`, else a
+    seeded random init; a fresh optimizer state in every case."""
     from flax import nnx
 
-    from cure_jax.config import ConfigError
-    m = settings.model
+    m = cfg.model
     if m.init_checkpoint:
         from cure_jax.convert_main import ConvertError, restore_params
         try:
@@ -83,119 +71,77 @@ def _initial_state(learner: Learner, settings: Settings) -> TrainState:
     return learner.init_state()
 
 
-def _sample_text(batch, rows: int = 2) -> str:
-    lines = []
-    for i in range(min(rows, batch.num_rows)):
-        p, r = int(batch.prompt_len[i]), int(batch.response_len[i])
-        lines.append(f"prompt {batch.tokens[i, :p].tolist()} -> response "
-                     f"{batch.tokens[i, p:p + r].tolist()} (reward {float(batch.reward[i]):.3f}, "
-                     f"advantage {float(batch.advantage[i]):+.3f})")
-    return "\n\n".join(lines)
-
-
-def rollout_source(config: Any) -> str:
-    r = config.get("rollout") if hasattr(config, "get") else None
-    return (r.get("source") if r is not None and hasattr(r, "get") else None) or "synthetic"
-
-
-def validate(config: Any) -> None:
-    """Check the whole config before any work (ConfigError naming the field).
-
-    With `rollout.source = "cure"` the CURE loop (cure_jax.driver) owns the config's rollout
-    and train-loop fields and validates them together with the learner's sections."""
-    from cure_jax.driver import cure_settings, learner_view
-    validate_config(learner_view(config))
-    if rollout_source(config) == "cure":
-        cure_settings(config)
-
-
 def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
-    """Validate `config`, then train (resuming from `workdir`); returns the final train state.
+    """Validate `config`, then train in `workdir` (resuming); returns the final train state.
 
-    `rollout.source = "cure"` runs the CURE loop with its rollout server (cure_jax.driver);
-    `"synthetic"` runs the learner on the seeded synthetic source below. Raises ConfigError,
-    CheckpointError or (CURE loop) RolloutServerError, each a one-line message; cure-train
-    (cure_jax.train_main) turns them into `cure-train: error: ...` and exit status 1."""
-    from cure_jax.driver import learner_view, train_cure
-    if rollout_source(config) == "cure":
-        return train_cure(config, workdir)
-    settings = validate_config(learner_view(config))
+    Raises ConfigError, CheckpointError or (rollout-server source) RolloutServerError, each a
+    one-line message that cure-train prints as `cure-train: error: ...` with exit status 1."""
+    cfg = load_config(config)
     distributed.initialize()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(
-            config.to_dict() if hasattr(config, "to_dict") else dict(config), indent=1, default=str))
-    learner, _ = build(settings)
-    from cure_jax.synthetic_rollout import SyntheticRollout
-    source = SyntheticRollout(settings.synthetic, learner, settings.seed)
-
-    tc = settings.train
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints,
-                                 async_save=tc.async_checkpoint)
-    initial = _initial_state(learner, settings)
+        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
+    learner = build_learner(cfg)
+    tc = cfg.train
+    ckpt = Checkpointer(workdir / CHECKPOINTS_DIR, keep=tc.keep_checkpoints,
+                        async_save=tc.async_checkpoint)
+    initial = initial_state(learner, cfg)
     ref_params = None
-    if settings.learner.kl_coef > 0 and settings.learner.kl_reference == "initial":
+    if cfg.learner.kl_coef > 0 and cfg.learner.kl_reference == "initial":
         ref_params = learner.reference_params(initial.params)
     restored = ckpt.restore_latest(learner.abstract_state())
     if restored is None:
-        state, cursor = initial, 0
+        state, cursor, version = initial, 0, 0
         log.info("starting from scratch in %s", workdir)
     else:
-        step, state, driver = restored
-        cursor = int(driver.get("cursor", step))
-        log.info("resumed from step %d (cursor %d) in %s", step, cursor, workdir)
-        print(f"cure-train: resumed from checkpoint step {step}", flush=True)
-        del initial
+        step, state, meta = restored
+        cursor, version = int(meta.get("cursor", step)), int(meta.get("version", step))
+        print(f"cure-train: resumed from checkpoint step {step} (cursor {cursor}, policy "
+              f"version {version})", flush=True)
+    del initial, restored
+
     writer = SummaryWriter(workdir / "tb")
-    stop = ckpt_lib.StopSignal().install()
-
-    def save(next_cursor: int) -> None:
-        ckpt.save(next_cursor, state, {"cursor": next_cursor, "source": settings.rollout_source,
-                                       "seed": settings.seed, "time": time.time()})
-
+    source = None
+    checkpoints = None
     try:
+        source = make_source(cfg, learner, workdir)
+        evaluation = hooks.Evaluation(source, writer, tc.eval_every)
+        checkpoints = hooks.Checkpoints(ckpt, writer, source, tc.checkpoint_every, cfg.seed)
+        step_hooks = [evaluation, hooks.Scalars(writer, tc.log_every),
+                      hooks.Distributions(learner, writer, tc.histogram_every),
+                      hooks.Texts(writer, tc.text_every), hooks.Console(), checkpoints]
+        checkpoints.stop.install()
+        source.start(state.params, version, cursor)
+        evaluation.at_start(cursor)
         for step in range(cursor, tc.steps):
             t0 = time.perf_counter()
-            batch = source.sample(state.params, step)
-            t_sample = time.perf_counter() - t0
-            hist_step = tc.histogram_every and step % tc.histogram_every == 0
-            learner_vs_rollout = None
-            if hist_step:
-                lp = learner.logprobs(state.params, batch)
-                m = batch.response_mask() > 0
-                learner_vs_rollout = (lp - batch.rollout_logprobs)[m]
-            state, metrics = learner.update(state, batch, ref_params)
-            t_step = time.perf_counter() - t0
-            if tc.log_every and step % tc.log_every == 0:
-                scalars = {tag: metrics[k] for k, tag in SCALAR_TAGS.items() if k in metrics}
-                scalars.update({"reward/mean": float(batch.reward.mean()),
-                                "reward/max": float(batch.reward.max()),
-                                "advantage/abs_mean": float(np.abs(batch.advantage).mean()),
-                                "time/sample_s": t_sample, "time/step_s": t_step,
-                                "perf/step_tokens_per_s": float(batch.response_mask().sum()) / t_step})
-                writer.scalars(step, scalars)
-                log.info("step %d reward %.3f pg %.4f kl %.4f grad_norm %.3f (%.2fs)", step,
-                         scalars["reward/mean"], metrics["pg_loss"], metrics["kl"],
-                         metrics["grad_norm"], t_step)
-            if hist_step:
-                writer.histogram(step, "dist/advantage", batch.advantage)
-                writer.histogram(step, "dist/log_ratio_learner_vs_rollout", learner_vs_rollout)
-            if tc.text_every and step % tc.text_every == 0:
-                writer.text(step, "samples/responses", _sample_text(batch))
-            done = step + 1
-            if stop.requested:
-                save(done)
-                ckpt.wait()
-                writer.flush()
-                log.warning("stopped by signal %s after step %d; checkpoint saved", stop.signum, step)
-                raise Preempted(128 + (stop.signum or 0))
-            if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
-                save(done)
-            if step % 10 == 0:
-                writer.flush()
+            exp = source.next(step, state.params, version)
+            for h in step_hooks:
+                if hasattr(h, "before_update"):
+                    h.before_update(step, state.params, exp)
+            t1 = time.perf_counter()
+            metrics: dict[str, float] = {}
+            if exp.batch is not None:
+                state, metrics = learner.update(state, exp.batch, ref_params)
+                version += 1
+            scalars = {"time/learn_s": time.perf_counter() - t1}
+            scalars.update(source.publish(state.params, version, step, exp.batch is not None))
+            scalars["time/step_s"] = time.perf_counter() - t0
+            scalars["policy/version"] = float(version)
+            if exp.batch is not None:
+                scalars["perf/step_tokens_per_s"] = (float(exp.batch.response_mask().sum())
+                                                     / scalars["time/step_s"])
+            info = hooks.StepInfo(step=step, steps=tc.steps, state=state, version=version,
+                                  experience=exp, metrics=metrics, scalars=scalars)
+            for h in step_hooks:
+                h.after_step(info)
+        source.finish()
     finally:
+        if source is not None:
+            source.close()
         ckpt.close()
         writer.close()
-        stop.restore()
+        if checkpoints is not None:
+            checkpoints.stop.restore()
     return state

@@ -1,18 +1,21 @@
 """cure-train: `cure-train --config=configs/tiny.py --workdir=DIR [--config.learner.lr=...]`.
 
 Loads the ml_collections config (any field overridable on the command line), validates it
-before any work (a bad field is one line on stderr, exit status 2) and hands over to
-`cure_jax.train.train_and_evaluate(config, workdir)`, which resumes from the newest checkpoint
-in the workdir. A config, checkpoint or rollout-server error during the run is one line on
-stderr and exit status 1 (no traceback).
+before any work and hands over to `cure_jax.train.train_and_evaluate(config, workdir)`, which
+resumes from the newest checkpoint in the workdir. Errors follow rollout.contract.cli: one line
+on stderr, exit status 2 for a bad command line or config (before any work starts), 1 for a
+checkpoint or rollout-server failure during the run (no traceback).
 """
 from __future__ import annotations
 
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from rollout.contract import cli
+
+PROG = "cure-train"
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                           lock_config=True)
@@ -25,37 +28,28 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from cure_jax.config import ConfigError
-    from cure_jax.train import validate
+        cli.exit_error(PROG, f"unexpected arguments: {argv[1:]}", cli.EXIT_USAGE)
+    from cure_jax.config import load_config
     config = _CONFIG.value
     if config is None:
-        print("cure-train: error: --config is required", file=sys.stderr)
-        sys.exit(2)
+        cli.exit_error(PROG, "--config is required", cli.EXIT_USAGE)
     if not _WORKDIR.value:
-        print("cure-train: error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    try:
-        validate(config)
-    except ConfigError as e:
-        print(f"cure-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.exit_error(PROG, "--workdir is required", cli.EXIT_USAGE)
+    with cli.errors(PROG):
+        load_config(config)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     logging.getLogger("cure_jax").setLevel(logging.INFO)
     from cure_jax import distributed
     from cure_jax.checkpoint import CheckpointError
-    from cure_jax.driver import RolloutServerError
     from cure_jax.train import train_and_evaluate
+    from rollout.contract.control import RolloutServerError
     distributed.initialize(force=_DISTRIBUTED.value)
-    try:
+    with cli.errors(PROG, failure=(CheckpointError, RolloutServerError)):  # one line each
         train_and_evaluate(config, _WORKDIR.value)
-    except (CheckpointError, ConfigError, RolloutServerError) as e:  # each one line already
-        print(f"cure-train: error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
-def _unknown_override(argv: list[str]) -> str | None:
+def _unknown_override(argv: list[str], err: Exception | None = None) -> str | None:
     """The first `--config.a.b=...` override whose path the config file does not define."""
     import importlib.util
     cfg_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -82,19 +76,9 @@ def _unknown_override(argv: list[str]) -> str | None:
     return None
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (bad override path or value) instead of traces."""
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # noqa: BLE001 - flags/ml_collections raise many types
-        msg = _unknown_override(argv) or " ".join(str(e).split())
-        print(f"cure-train: error: {msg}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROG, flags.FLAGS, _unknown_override))
 
 
 if __name__ == "__main__":

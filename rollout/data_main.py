@@ -4,26 +4,24 @@
     cure-data list
     cure-data validate PATH              # a .json / .jsonl file or a directory of them
 
-Errors are one line on stderr and exit code 2 (no traceback).
+Errors are one line on stderr (no traceback), exit status 2 for a bad command line (unknown
+command, flag or dataset name, missing PATH) and 1 when the work fails (the download, or a file
+that does not validate): rollout.contract.cli.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
 from rollout import hub, problems
+from rollout.contract import cli
+from rollout.contract.cli import UsageError
 
 USAGE = ("usage: cure-data download --dataset=NAME --out=DIR [--hub_dir=MIRROR | "
          "--revision=REV] | "
          "cure-data list | cure-data validate PATH")
-EXIT_ERROR = 2
-
-
-class UsageError(Exception):
-    """Bad command line; reported as one line."""
-
+PROG = "cure-data"
 
 def _define_flags(fv: flags.FlagValues) -> None:
     if "hub_dir" in fv:
@@ -46,6 +44,9 @@ def cmd_download(dataset: str | None, out: str | None, hub_dir: str | None,
         raise UsageError("download needs --dataset=NAME")
     if not out:
         raise UsageError("download needs --out=DIR")
+    if hub_dir is not None and revision is not None:
+        raise UsageError("a revision applies to the hub, not to a local mirror "
+                         "(--hub_dir holds one version)")
     result = hub.download_dataset(dataset, out, hub_dir=hub_dir, revision=revision)
     return f"wrote {result.path}: {result.num_problems} problems ({result.dataset}, from {result.source})"
 
@@ -90,33 +91,18 @@ def dispatch(args: Sequence[str], fv: flags.FlagValues) -> str:
     raise UsageError(f"unknown command {command!r}; {USAGE}")
 
 
-def _fail(message: str) -> None:
-    print(f"cure-data: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(EXIT_ERROR)
-
-
 def main(argv: Sequence[str]) -> None:
     """absl main: ``argv[0]`` is the program, the rest are the positional arguments."""
-    try:
+    with cli.errors(PROG, usage=(hub.UnknownDatasetError, FileNotFoundError),
+                    failure=(hub.DatasetDownloadError, problems.ProblemFormatError, OSError)):
         print(dispatch(list(argv[1:]), flags.FLAGS))
-    except (UsageError, hub.DatasetDownloadError, problems.ProblemFormatError,
-            FileNotFoundError, OSError) as e:
-        _fail(str(e))
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Parse absl flags, turning a flag error into one line and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(f"{e}; {USAGE}")
-        raise  # unreachable: _fail exits
 
 
 def run() -> None:
     """Console-script entry point (``cure-data``)."""
     _define_flags(flags.FLAGS)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROG, flags.FLAGS,
+                                                lambda argv, e: f"{e}; {USAGE}"))
 
 
 if __name__ == "__main__":

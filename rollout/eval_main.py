@@ -3,7 +3,9 @@
     cure-eval --config=configs/eval.py [--config.<field>=<value> ...]
 
 Every field of configs/eval.py can be overridden. The config is validated before any work
-starts; a bad field is one line on stderr naming it (``config.<field>: ...``) and exit code 2.
+starts; a bad field is one line on stderr naming it (``config.<field>: ...``) and exit code 2; a
+failure while evaluating (a dead endpoint, a model that does not load) is one line and exit
+code 1 (rollout.contract.cli).
 An interrupted run (Ctrl-C, a dead endpoint) resumes when the same command is run again.
 """
 from __future__ import annotations
@@ -18,11 +20,14 @@ from ml_collections import config_flags
 
 from rollout import eval_report
 from rollout import evaluate as ev
+from rollout.contract import cli
+from rollout.contract.config import ConfigError
+from rollout.contract.sections import check_data_spec
 from rollout.engines.api_engine import ApiConfig, ApiError
 from rollout.problems import ProblemFormatError
 from rollout.prompts import PromptConfig
 
-EXIT_ERROR = 2
+PROG = "cure-eval"
 _CONFIG: Any = None  # the --config flag, defined by run() (importing this module parses nothing)
 
 
@@ -41,10 +46,6 @@ def _define_flags() -> None:
         _CONFIG = config_flags.DEFINE_config_file(
             "config", default=default_config_path(),
             help_string="evaluation config file (default: configs/eval.py)")
-
-
-class ConfigError(ValueError):
-    """A config field with a bad value; ``str(err)`` starts with ``config.<field>:``."""
 
 
 def parse_bon(value: Any) -> tuple[tuple[int, int], ...]:
@@ -118,7 +119,7 @@ def build(cfg: Any) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     try:
-        sampling = ev.Sampling(**dict(cfg.sampling))
+        sampling = ev.eval_sampling(**dict(cfg.sampling))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.{e}") from None
     p = cfg.prompts
@@ -151,27 +152,24 @@ def build(cfg: Any) -> dict[str, Any]:
                 "prompt_config": prompts, "sandbox_factory": sandbox_factory}
 
 
-def _fail(message: str) -> None:
-    print(f"cure-eval: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(EXIT_ERROR)
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {' '.join(argv[1:])!r}; use --config.<field>=<value>")
+        cli.exit_error(PROG, f"unexpected arguments {' '.join(argv[1:])!r}; use "
+                       "--config.<field>=<value>", cli.EXIT_USAGE)
     cfg = _CONFIG.value
     try:
-        parts = build(cfg)
-        datasets = ev.resolve_datasets(cfg.dataset, data_dir=cfg.data_dir,
-                                       max_problems=cfg.max_problems)
-        result = ev.evaluate(datasets, parts.pop("coder"), cfg.out_dir, progress=cfg.progress,
-                             **parts)
+        with cli.errors(PROG, usage=(FileNotFoundError,),
+                        failure=(ev.EvalError, ApiError, ProblemFormatError)):
+            parts = build(cfg)
+            check_data_spec(cfg.dataset, "config.dataset")
+            datasets = ev.resolve_datasets(cfg.dataset, data_dir=cfg.data_dir,
+                                           max_problems=cfg.max_problems)
+            result = ev.evaluate(datasets, parts.pop("coder"), cfg.out_dir,
+                                 progress=cfg.progress, **parts)
     except KeyboardInterrupt:
         print(f"cure-eval: interrupted; samples so far are in {cfg.out_dir}/{ev.SAMPLES_FILE}; "
               "run the same command again to resume", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, ev.EvalError, ApiError, ProblemFormatError, FileNotFoundError) as e:
-        _fail(str(e))
     out = pathlib.Path(cfg.out_dir)
     if cfg.tensorboard_dir:
         n = ev.write_summaries(result, cfg.tensorboard_dir, cfg.tensorboard_step)
@@ -181,15 +179,11 @@ def main(argv: Sequence[str]) -> None:
           f"({sum(r['n_problems'] for r in result.values())} problems)")
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        msg = str(e).strip("\"'")
-        if isinstance(e, (AttributeError, KeyError)):
-            msg = f"unknown config field {msg!r} (see configs/eval.py)"
-        _fail(msg)
-        raise  # unreachable
+def _explain_flag_error(argv: list[str], e: Exception) -> str:
+    msg = str(e).strip("\"'")
+    if isinstance(e, (AttributeError, KeyError)):
+        return f"unknown config field {msg!r} (see configs/eval.py)"
+    return msg
 
 
 def run() -> None:
@@ -197,8 +191,9 @@ def run() -> None:
     try:
         _define_flags()
     except (OSError, ImportError, SyntaxError, AttributeError, flags.Error) as e:
-        _fail(f"cannot load the default config {default_config_path()}: {e}")
-    app.run(main, flags_parser=_parse_flags)
+        cli.exit_error(PROG, f"cannot load the default config {default_config_path()}: {e}",
+                       cli.EXIT_USAGE)
+    app.run(main, flags_parser=cli.flags_parser(PROG, flags.FLAGS, _explain_flag_error))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ For a batch of problems::
     rollout.rewards.batch_rewards: raw CURE rewards -> per-problem normalised advantages
     rows: one per response (codes then tests of problem 0, then problem 1, ...)
 
-Rows follow the experience contract of DESIGN.md: ``tokens`` int32 [N, L] (prompt then
-response, right-padded), ``prompt_len``, ``response_len`` int32 [N], ``rollout_logprobs``
-float32 [N, L] (log-prob of ``tokens[i, t]`` at response positions, 0 elsewhere),
-``advantage``, ``reward`` float32 [N], ``kind`` int8 [N] (0 code, 1 test), ``problem_id``,
-``policy_version`` int32 [N]; plus ``has_signal`` int8 [N]: 0 for a row whose group (its
-problem's codes, or its tests) carries no signal (advantage 0). Such rows are kept and marked,
-never silently dropped; whether the learner sees them is the driver's choice.
+Rows follow the experience schema (``rollout.contract.schema``): ``tokens`` int32 [N, L]
+(prompt then response, right-padded), ``prompt_len``, ``response_len`` int32 [N],
+``rollout_logprobs`` float32 [N, L] (log-prob of ``tokens[i, t]`` at response positions, 0
+elsewhere), ``advantage``, ``reward`` float32 [N], ``kind`` int8 [N] (0 code, 1 test),
+``problem_id``, ``policy_version`` int32 [N]; plus ``has_signal`` int8 [N]: 0 for a row whose
+group (its problem's codes, or its tests) carries no signal (advantage 0). Such rows are kept
+and marked, never silently dropped; whether the learner sees them is the driver's choice.
 
 A response longer than ``max_len - prompt_len`` tokens is truncated for training (the reference
 generates 10k tokens and trains on 8k); its reward still comes from the whole response.
@@ -32,138 +32,43 @@ import collections
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from rollout import metrics as cure_metrics
+from rollout.contract.schema import KIND_CODE, KIND_TEST
+from rollout.contract.sections import EvalConfig, RolloutConfig
 from rollout.engines.base import Sample, SamplingConfig
+from rollout.execution import execute
 from rollout.parsing import ParsedCode, ParsedTest, parse_code, parse_test
 from rollout.problems import Problem
 from rollout.prompts import STOP_STRINGS, PromptBuilder
 from rollout.rewards import BatchRewards, RewardConfig, batch_rewards
 
 __all__ = [
-    "EXPERIENCE_FIELDS",
     "EvalConfig",
     "ExecutedBatch",
     "ExperienceMaker",
     "RolloutConfig",
+    "heldout_sampling",
     "step_seed",
+    "train_sampling",
 ]
 
-# name -> dtype of every array the maker returns (the contract plus has_signal).
-EXPERIENCE_FIELDS: dict[str, Any] = {
-    "tokens": np.int32, "prompt_len": np.int32, "response_len": np.int32,
-    "rollout_logprobs": np.float32, "advantage": np.float32, "kind": np.int8,
-    "problem_id": np.int32, "policy_version": np.int32, "reward": np.float32,
-    "has_signal": np.int8,
-}
-KIND_CODE, KIND_TEST = 0, 1
+
+# The row length L is rounded up to a multiple of this.
+LENGTH_MULTIPLE = 8
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}: {msg}")
+def train_sampling(cfg: RolloutConfig, seed: int | None) -> SamplingConfig:
+    """Sampling of a training request: the log-probs of the sampled tokens are experience."""
+    return SamplingConfig.of(cfg, seed=seed, logprobs=True, stop=STOP_STRINGS)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Sampling:
-    """What training and evaluation sampling share: samples per problem, the sampler, seeds."""
-
-    _section: ClassVar[str]
-    _logprobs: ClassVar[bool]
-    _greedy_ok: ClassVar[bool]  # evaluation may decode greedily; training must sample
-
-    k_code: int = 16
-    k_case: int = 16
-    max_gt_tests: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 10240
-    seed: int = 0
-    stop: tuple[str, ...] = STOP_STRINGS
-
-    def __post_init__(self) -> None:
-        p = self._section
-        object.__setattr__(self, "stop", tuple(self.stop))
-        _check(self.k_code >= 1, f"{p}.k_code", f"must be >= 1 (got {self.k_code})")
-        _check(self.k_case >= 1, f"{p}.k_case", f"must be >= 1 (got {self.k_case})")
-        _check(self.max_gt_tests >= 0, f"{p}.max_gt_tests", f"must be >= 0, 0 = all (got {self.max_gt_tests})")
-        if self._greedy_ok:
-            _check(self.temperature >= 0, f"{p}.temperature", f"must be >= 0 (got {self.temperature})")
-        else:
-            _check(self.temperature > 0, f"{p}.temperature", f"must be > 0 for sampling (got {self.temperature})")
-        _check(0 < self.top_p <= 1, f"{p}.top_p", f"must be in (0, 1] (got {self.top_p})")
-        _check(self.top_k >= 0, f"{p}.top_k", f"must be >= 0, 0 = off (got {self.top_k})")
-        _check(self.max_tokens >= 1, f"{p}.max_tokens", f"must be >= 1 (got {self.max_tokens})")
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any], prefix: str | None = None) -> Any:
-        """From a dict; an unknown key is a one-line error naming it."""
-        if hasattr(m, "to_dict"):
-            m = m.to_dict()
-        prefix = prefix or cls._section
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(m) - names)
-        if unknown:
-            raise ValueError(f"{prefix}.{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
-        return cls(**dict(m))
-
-    def sampling(self, seed: int | None) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_tokens=self.max_tokens, stop=self.stop, seed=seed,
-                              logprobs=self._logprobs)
-
-
-@dataclasses.dataclass(frozen=True)
-class RolloutConfig(_Sampling):
-    """Sampling of one training step (reference: k_code = k_case = 16, temperature 1, top_p 1,
-    at most 8 ground-truth tests, 10k new tokens, training on the first 8k).
-
-    max_len: longest row (prompt + response) handed to the learner; 0 = no cap.
-    seed: base of per-request seeds (step s uses :func:`step_seed`); < 0 = unseeded.
-    length_multiple: the row length L is rounded up to a multiple of this.
-    """
-
-    _section: ClassVar[str] = "rollout"
-    _logprobs: ClassVar[bool] = True
-    _greedy_ok: ClassVar[bool] = False
-
-    max_len: int = 0
-    show_example: bool = True
-    length_multiple: int = 8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.max_len >= 0, "rollout.max_len", f"must be >= 0, 0 = no cap (got {self.max_len})")
-        _check(self.length_multiple >= 1, "rollout.length_multiple", f"must be >= 1 (got {self.length_multiple})")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig(_Sampling):
-    """Sampling of the periodic evaluation (the paper's: temperature 0.8, top_p 0.95, top_k 40,
-    no public example in the test prompt) and the BoN pairs to report."""
-
-    _section: ClassVar[str] = "eval"
-    _logprobs: ClassVar[bool] = False
-    _greedy_ok: ClassVar[bool] = True
-
-    max_gt_tests: int = 0
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    max_tokens: int = 2048
-    seed: int = 12345
-    bon: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "bon", tuple(tuple(int(x) for x in b) for b in self.bon))
-        for b in self.bon:
-            _check(len(b) == 2 and 1 <= b[0] <= self.k_code and 0 <= b[1] <= self.k_case,
-                   "eval.bon", f"pair {b} needs 1 <= n <= k_code and 0 <= m <= k_case")
+def heldout_sampling(cfg: EvalConfig, seed: int | None) -> SamplingConfig:
+    """Sampling of an evaluation request (no log-probs)."""
+    return SamplingConfig.of(cfg, seed=seed, logprobs=False, stop=STOP_STRINGS)
 
 
 def step_seed(base: int, step: int, kind: int) -> int | None:
@@ -198,19 +103,12 @@ class ExecutedBatch:
         return np.array([p.ok for p in self.parsed_tests[i]], dtype=bool)
 
 
-def _gt_tests(problem: Problem, max_gt: int) -> list[tuple[str, str]]:
-    tests = problem.private_tests()
-    return tests[:max_gt] if max_gt > 0 else tests
-
-
 def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
                          problems: Sequence[Problem], *, k_code: int, k_case: int,
                          code_sampling: SamplingConfig, test_sampling: SamplingConfig,
-                         max_gt_tests: int, show_example: bool) -> ExecutedBatch:
+                         max_gt_tests: int, show_example: bool | None) -> ExecutedBatch:
     """Sample codes and tests for every problem, parse them and run the whole batch's matrices
-    in one ``sandbox.run_matrices`` call."""
-    from sandbox import TestCase, Verdict
-
+    in one ``sandbox.run_matrices`` call (:func:`rollout.execution.execute`)."""
     t0 = time.perf_counter()
     code_prompts = [builder.code_prompt(p) for p in problems]
     test_prompts = [builder.test_prompt(p, show_example) for p in problems]
@@ -224,38 +122,12 @@ def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
     parsed_codes = [[parse_code(s.text) for s in row] for row in codes]
     parsed_tests = [[parse_test(s.text) for s in row] for row in tests]
 
-    groups, layout = [], []
-    for i, p in enumerate(problems):
-        rows = [j for j, pc in enumerate(parsed_codes[i]) if pc.ok]
-        cols = [k for k, pt in enumerate(parsed_tests[i]) if pt.ok]
-        gt = _gt_tests(p, max_gt_tests)
-        cases = [TestCase(parsed_tests[i][k].input, parsed_tests[i][k].output) for k in cols]
-        cases += [TestCase(a, b) for a, b in gt]
-        layout.append((rows, cols, len(gt)))
-        groups.append(([parsed_codes[i][j].code for j in rows], cases, p.test_time_limit))
-    live = [g for g, (progs, cases, _) in enumerate(groups) if progs and cases]
-    ran = sandbox.run_matrices([groups[g] for g in live]) if live else []
-    results: dict[int, Any] = dict(zip(live, ran))
+    ran = execute(problems, parsed_codes, parsed_tests, max_gt_tests=max_gt_tests,
+                  sandbox=sandbox)
     t2 = time.perf_counter()
-
-    verdicts: collections.Counter = collections.Counter()
-    gen_passed, gt_passed = [], []
-    for g, (rows, cols, n_gt) in enumerate(layout):
-        gen = np.zeros((k_code, k_case), dtype=bool)
-        gtp = np.zeros((k_code, n_gt), dtype=bool)
-        res = results.get(g)
-        if res is not None:
-            v = res.verdicts
-            verdicts.update(Verdict(int(x)).name for x in v.ravel())
-            ok = res.passed
-            r = np.asarray(rows)
-            if cols:
-                gen[np.ix_(r, np.asarray(cols))] = ok[:, :len(cols)]
-            gtp[r, :] = ok[:, len(cols):]
-        gen_passed.append(gen)
-        gt_passed.append(gtp)
-    return ExecutedBatch(list(problems), codes, tests, parsed_codes, parsed_tests, gen_passed,
-                         gt_passed, verdicts, {"generate_s": t1 - t0, "sandbox_s": t2 - t1})
+    return ExecutedBatch(list(problems), codes, tests, parsed_codes, parsed_tests,
+                         ran.gen_passed, ran.gt_passed, ran.counts,
+                         {"generate_s": t1 - t0, "sandbox_s": t2 - t1})
 
 
 def _describe(prefix: str, x: np.ndarray) -> dict[str, float]:
@@ -289,9 +161,10 @@ class ExperienceMaker:
             raise ValueError("problems: a training step needs at least one problem")
         ex = generate_and_execute(
             self.engine, self.builder, self.sandbox, problems, k_code=cfg.k_code,
-            k_case=cfg.k_case, code_sampling=cfg.sampling(step_seed(cfg.seed, step, KIND_CODE)),
-            test_sampling=cfg.sampling(step_seed(cfg.seed, step, KIND_TEST)),
-            max_gt_tests=cfg.max_gt_tests, show_example=cfg.show_example)
+            k_case=cfg.k_case,
+            code_sampling=train_sampling(cfg, step_seed(cfg.seed, step, KIND_CODE)),
+            test_sampling=train_sampling(cfg, step_seed(cfg.seed, step, KIND_TEST)),
+            max_gt_tests=cfg.max_gt_tests, show_example=None)  # the prompt config decides
         t0 = time.perf_counter()
         P = len(problems)
         code_len = [np.array([len(s.token_ids) for s in ex.codes[i]]) for i in range(P)]
@@ -340,7 +213,7 @@ class ExperienceMaker:
             rlen = np.minimum(rlen, np.maximum(cfg.max_len - plen, 0)).astype(np.int32)
             plen = np.minimum(plen, cfg.max_len).astype(np.int32)
         total = plen + rlen
-        m = cfg.length_multiple
+        m = LENGTH_MULTIPLE
         L = max(m, -(-int(total.max(initial=1)) // m) * m)
         tokens = np.zeros((n, L), np.int32)
         logp = np.zeros((n, L), np.float32)
@@ -405,8 +278,9 @@ class ExperienceMaker:
             raise ValueError("evaluate: no problems")
         ex = generate_and_execute(
             self.engine, self.builder, self.sandbox, problems, k_code=config.k_code,
-            k_case=config.k_case, code_sampling=config.sampling(config.seed),
-            test_sampling=config.sampling(None if config.seed < 0 else config.seed + 7919),
+            k_case=config.k_case, code_sampling=heldout_sampling(config, config.seed),
+            test_sampling=heldout_sampling(config,
+                                           None if config.seed < 0 else config.seed + 7919),
             max_gt_tests=config.max_gt_tests, show_example=False)
         tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i], config.bon,
                                               code_parsed=ex.code_parsed(i),

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jinja2
+
+from rollout.contract.sections import PromptConfig
 
 __all__ = [
     "STOP_STRINGS",
@@ -35,8 +36,6 @@ DEFAULT_RAW_TEMPLATE = TEMPLATE_DIR / "raw_prompt.jinja"
 
 # Generation stops at any of these (reference/cure.md).
 STOP_STRINGS: tuple[str, ...] = ("</answer>", "User:", "Human:", "Assistant:", "<|im_end|>", "<|endoftext|>")
-
-MODES = ("auto", "chat", "raw")
 
 
 class ChatTokenizer(Protocol):
@@ -55,46 +54,6 @@ def has_chat_template(tokenizer: object | None) -> bool:
     if tokenizer is None or not callable(getattr(tokenizer, "apply_chat_template", None)):
         return False
     return getattr(tokenizer, "chat_template", "unset") is not None
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    """How prompts are built.
-
-    mode: "chat" (tokenizer chat template), "raw" (``raw_template``) or "auto" (chat when the
-      tokenizer has a chat template, else raw).
-    code_template / test_template / raw_template: paths of the user's own Jinja files; None
-      uses the packaged ones in ``rollout/templates/``.
-    show_example_in_test_prompt: show the first public example in the test prompt (training:
-      True; evaluation: False).
-    system_prompt: optional system message (chat) / preamble (raw).
-    """
-
-    mode: str = "auto"
-    code_template: str | pathlib.Path | None = None
-    test_template: str | pathlib.Path | None = None
-    raw_template: str | pathlib.Path | None = None
-    show_example_in_test_prompt: bool = True
-    system_prompt: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"PromptConfig.mode: expected one of {MODES}, got {self.mode!r}")
-        for name in ("code_template", "test_template", "raw_template"):
-            path = getattr(self, name)
-            if path is None:
-                continue
-            if not isinstance(path, (str, pathlib.Path)):
-                raise ValueError(f"PromptConfig.{name}: expected a file path, got {path!r}")
-            if not pathlib.Path(path).is_file():
-                raise ValueError(f"PromptConfig.{name}: template file not found: {path}")
-        if not isinstance(self.show_example_in_test_prompt, bool):
-            raise ValueError(
-                "PromptConfig.show_example_in_test_prompt: expected a bool, got "
-                f"{self.show_example_in_test_prompt!r}"
-            )
-        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
-            raise ValueError(f"PromptConfig.system_prompt: expected a string, got {self.system_prompt!r}")
 
 
 @functools.lru_cache(maxsize=64)

@@ -63,6 +63,8 @@ from typing import Literal
 
 import numpy as np
 
+from rollout.contract.sections import EPS, SCALINGS, RewardConfig
+
 __all__ = [
     "SCALINGS",
     "BatchRewards",
@@ -74,12 +76,10 @@ __all__ = [
     "mask_unparsed",
     "min_test_reward",
     "normalize",
-    "test_rewards",
+    "unit_test_rewards",
 ]
 
 Scaling = Literal["fraction", "count", "binary"]
-SCALINGS: tuple[str, ...] = ("fraction", "count", "binary")
-EPS = 1e-6
 
 
 def _bool2d(x: object, name: str) -> np.ndarray:
@@ -167,7 +167,7 @@ def _check_scaling(scaling: str) -> None:
         raise ValueError(f"scaling: expected one of {SCALINGS}, got {scaling!r}")
 
 
-def test_rewards(
+def unit_test_rewards(
     gen_passed: np.ndarray,
     correct: np.ndarray,
     scaling: Scaling = "fraction",
@@ -207,9 +207,6 @@ def test_rewards(
     else:
         r = c - (a > 0)
     return np.where(tp, r, min_test_reward(scaling, n_w))
-
-
-test_rewards.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
 
 
 def normalize(raw: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, bool]:
@@ -253,40 +250,6 @@ def length_aware(
     v = np.full(r.shape, min(float(vp.min()), -1.0))
     v[pos] = vp
     return normalize(v, eps)
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """How rewards become advantages.
-
-    scaling: unit-test reward form ("fraction" = reference, "count" = paper, "binary" = any/all).
-    label_free: score codes against the model's own tests instead of ground truth.
-    long_cot_tests / long_cot_codes: apply the length-aware transformation (needs lengths).
-    long_cot_min_len / long_cot_max_len: the clip range of the length threshold T.
-    eps: a group whose std is at most eps carries no signal.
-    """
-
-    scaling: Scaling = "fraction"
-    label_free: bool = False
-    long_cot_tests: bool = False
-    long_cot_codes: bool = False
-    long_cot_min_len: float = 1000.0
-    long_cot_max_len: float = 8000.0
-    eps: float = EPS
-
-    def __post_init__(self) -> None:
-        if self.scaling not in SCALINGS:
-            raise ValueError(f"RewardConfig.scaling: expected one of {SCALINGS}, got {self.scaling!r}")
-        for name in ("label_free", "long_cot_tests", "long_cot_codes"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"RewardConfig.{name}: expected a bool, got {getattr(self, name)!r}")
-        if not 0 <= self.long_cot_min_len <= self.long_cot_max_len:
-            raise ValueError(
-                "RewardConfig.long_cot_min_len/long_cot_max_len: need 0 <= min <= max, got "
-                f"{self.long_cot_min_len}, {self.long_cot_max_len}"
-            )
-        if not self.eps >= 0:
-            raise ValueError(f"RewardConfig.eps: expected >= 0, got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -338,8 +301,8 @@ def _arrays(seq: Sequence[object], name: str, ndim: int) -> tuple[list[np.ndarra
 def _pad(arrays: list[np.ndarray], shapes: np.ndarray, width: tuple[int, ...], dtype: type) -> np.ndarray:
     """Stack 1-D or 2-D arrays (``shapes`` [P, ndim]) into a zero-padded [P, *width] array.
 
-    Uniform shapes take one concatenate; ragged ones one slice assignment per problem (about a
-    microsecond each: measured faster than a vectorised scatter at these sizes).
+    Uniform shapes take one concatenate; ragged ones one slice assignment per problem (faster
+    than a vectorised scatter at these sizes).
     """
     P = len(arrays)
     if P == 0 or 0 in width:
@@ -425,7 +388,7 @@ def batch_rewards(
     mode), optional ``code_parsed[p]`` bool [n_p], ``test_parsed[p]`` bool [m_p] and token
     lengths ``code_lengths[p]`` [n_p], ``test_lengths[p]`` [m_p] (needed by the long-CoT
     options). Numbers of codes and tests may differ between problems. Same formulas as
-    :func:`code_rewards`, :func:`test_rewards`, :func:`normalize` and :func:`length_aware`.
+    :func:`code_rewards`, :func:`unit_test_rewards`, :func:`normalize` and :func:`length_aware`.
     """
     P = len(gen_passed)
     if not config.label_free and gt_passed is None:

@@ -1,22 +1,14 @@
 """The rollout server process: ``python -m rollout.server --spec=FILE --ctl-in=FD --ctl-out=FD``.
 
-cure-train (``cure_jax.driver``) starts it and talks to it over two inherited pipes carrying
-JSON lines (never stdout, which libraries write to). Commands, answered in order:
+cure-train starts it through ``rollout.contract.control.RolloutClient`` and talks to it over two
+inherited pipes carrying JSON lines; the commands and replies are documented in
+``rollout.contract.control`` (the protocol's one home).
 
-    {"id": 3, "cmd": "rollout", "step": 7, "problem_ids": [...]}  -> experience into the buffer
-    {"id": 4, "cmd": "load_weights", "version": 8}                 -> WeightChannel -> engine
-    {"id": 5, "cmd": "evaluate", "split": "eval", "max_problems": 0} -> held-out metrics
-    {"id": 6, "cmd": "stop"}
-
-Replies: ``{"type": "ready", ...}`` once at start-up; per command ``{"type": "done", "id": ...}``
-or ``{"type": "error", "id": ..., "message": "<one line>"}``; ``{"type": "progress", "id",
-"phase"}`` while a command runs; and ``{"type": "heartbeat"}`` every ``heartbeat_s`` from a
-background thread, so the driver tells a dead or frozen server from a slow one.
-
-Experience (``rollout.experience_maker``) goes into the driver's RolloutBuffer with the step
-statistics as the slot's meta; weights come from the driver's WeightChannel and are pushed into
-the engine in place (``rollout.engines.push_from_channel``). Every row carries the version of
-the weights that produced it.
+Experience (``rollout.experience_maker``) is checked against ``rollout.contract.schema`` and
+goes into the learner's RolloutBuffer with the step statistics as the slot's meta; weights come
+from the learner's WeightChannel and are pushed into the engine in place
+(``rollout.engines.push_from_channel``). Every row carries the version of the weights that
+produced it.
 
 The server dies with its parent (PR_SET_PDEATHSIG, and EOF on the command pipe).
 """
@@ -34,49 +26,13 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["load_split", "main"]
+from rollout.contract import schema
+from rollout.contract.control import ServerChannel
+from rollout.contract.ring_buffer import RolloutBuffer
+from rollout.contract.weight_channel import WeightChannel
+from rollout.datasets import spec_problems
 
-
-def load_split(spec: str) -> list:
-    """Problems of a data spec: ``embedded:<split>`` or a .json/.jsonl file or directory."""
-    from rollout.problems import embedded_problems, load_problems
-
-    if spec.startswith("embedded:"):
-        return embedded_problems(spec.split(":", 1)[1])
-    return load_problems(spec)
-
-
-class _Channel:
-    """JSON lines over two pipe fds; writes are serialised (the heartbeat thread shares it)."""
-
-    def __init__(self, fd_in: int, fd_out: int) -> None:
-        self._in = os.fdopen(fd_in, "r", encoding="utf-8")
-        self._fd_out = fd_out
-        self._lock = threading.Lock()
-
-    def send(self, msg: Mapping[str, Any]) -> None:
-        data = (json.dumps(msg, default=_jsonable) + "\n").encode()
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd_out, view)
-                view = view[n:]
-
-    def recv(self) -> dict | None:
-        line = self._in.readline()
-        if not line:
-            return None
-        return json.loads(line)
-
-
-def _jsonable(x: Any) -> Any:
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
+__all__ = ["main"]
 
 
 def _die_with_parent() -> None:
@@ -93,47 +49,44 @@ def _die_with_parent() -> None:
 class Server:
     """Owns the engine, the sandbox and the shared-memory endpoints."""
 
-    def __init__(self, spec: Mapping[str, Any], chan: _Channel) -> None:
-        from rollout.experience_maker import EvalConfig, ExperienceMaker, RolloutConfig
-        from rollout.prompts import PromptBuilder, PromptConfig
-        from rollout.rewards import RewardConfig
+    def __init__(self, spec: Mapping[str, Any], chan: ServerChannel) -> None:
+        from rollout.contract.sections import ServerConfig
+        from rollout.experience_maker import ExperienceMaker
+        from rollout.prompts import PromptBuilder
 
         self.spec = spec
         self.chan = chan
         self.version = -1
         self.busy: str | None = None
         t0 = time.perf_counter()
-        self.rollout_cfg = RolloutConfig.from_mapping(spec.get("rollout", {}))
-        self.eval_cfg = EvalConfig.from_mapping(spec.get("eval", {}))
-        reward_cfg = RewardConfig(**spec.get("rewards", {}))
-        prompt_cfg = PromptConfig(**spec.get("prompts", {}))
-        data = spec.get("data", {})
-        self.train = load_split(data.get("train", "embedded:train"))
-        self.splits = {"eval": data.get("eval", "embedded:eval")}
+        cfg = ServerConfig.from_spec(spec)  # cure-train's sections, rebuilt and re-validated
+        self.rollout_cfg, self.eval_cfg = cfg.rollout, cfg.eval
+        self.data_dir = cfg.data.data_dir  # where hub datasets are read/downloaded
+        self.train = spec_problems(cfg.data.train, data_dir=self.data_dir)
+        self.splits = {"eval": cfg.data.eval}
 
-        from rollout import shm
-        self.buffer = shm.RolloutBuffer.attach(spec["buffer"])
+        self.buffer = RolloutBuffer.attach(spec["buffer"])
         self.buffer.open_writer()
-        self.channel = shm.WeightChannel.attach(spec["channel"])
+        self.channel = WeightChannel.attach(spec["channel"])
 
         engine_cfg = dict(spec["engine"])
-        tiny = spec.get("tiny_model")
+        tiny = spec.get("random_policy")
         if tiny:
-            from rollout.tiny_model import ensure_tiny_hf_dir
+            from rollout.random_policy import ensure_random_policy_dir
 
-            ensure_tiny_hf_dir(tiny["dir"], tiny["hf_config"], int(tiny.get("seed", 0)))
+            ensure_random_policy_dir(tiny["dir"], tiny["hf_config"], int(tiny.get("seed", 0)))
             engine_cfg["model"] = tiny["dir"]
         from rollout.engines import make_engine
 
         self.engine = make_engine(engine_cfg)
         from sandbox import Limits, Sandbox
 
-        sb = dict(spec.get("sandbox", {}))
-        workers = int(sb.pop("workers", 0)) or None
-        isolation = sb.pop("isolation", "auto")
-        self.sandbox = Sandbox(workers=workers, limits=Limits(**sb), isolation=isolation)
-        builder = PromptBuilder(prompt_cfg, tokenizer=getattr(self.engine, "tokenizer", None))
-        self.maker = ExperienceMaker(self.engine, self.sandbox, self.rollout_cfg, reward_cfg,
+        sb = cfg.sandbox
+        self.sandbox = Sandbox(workers=sb.workers or None, limits=Limits(**sb.limits()),
+                               isolation=sb.isolation)
+        builder = PromptBuilder(cfg.rollout.prompts,
+                                tokenizer=getattr(self.engine, "tokenizer", None))
+        self.maker = ExperienceMaker(self.engine, self.sandbox, self.rollout_cfg, cfg.cure,
                                      builder)
         self.startup_s = time.perf_counter() - t0
 
@@ -150,6 +103,7 @@ class Server:
                                            version=self.version)
         self._progress(cmd, "write")
         t0 = time.perf_counter()
+        schema.check_rows(arrays)
         seq = self.buffer.put(arrays, meta=stats, version=self.version,
                               timeout=float(self.spec.get("put_timeout_s", 600.0)))
         return {"seq": seq, "step": step, "version": self.version, "rows": len(arrays["kind"]),
@@ -169,7 +123,7 @@ class Server:
         split = str(cmd.get("split", "eval"))
         if split not in self.splits:
             raise ValueError(f"evaluate: unknown split {split!r} (known: {sorted(self.splits)})")
-        problems = load_split(self.splits[split])
+        problems = spec_problems(self.splits[split], data_dir=self.data_dir)
         n = int(cmd.get("max_problems", 0))
         if n > 0:
             problems = problems[:n]
@@ -199,7 +153,7 @@ class Server:
                     traceback.print_exc()
 
 
-def _heartbeat(chan: _Channel, period: float, server_ref: list) -> None:
+def _heartbeat(chan: ServerChannel, period: float, server_ref: list) -> None:
     while True:
         time.sleep(period)
         srv = server_ref[0] if server_ref else None
@@ -224,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     with open(args.spec, encoding="utf-8") as f:
         spec = json.load(f)
-    chan = _Channel(args.ctl_in, args.ctl_out)
+    chan = ServerChannel(args.ctl_in, args.ctl_out)
     ref: list = []
     threading.Thread(target=_heartbeat, args=(chan, float(spec.get("heartbeat_s", 0.5)), ref),
                      daemon=True, name="heartbeat").start()

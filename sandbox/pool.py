@@ -208,7 +208,7 @@ class Sandbox:
     needs only its standard library.
     ``preload``: modules each worker imports once for its programs (default
     ``DEFAULT_PRELOAD``); a program's ``import`` of one is then free, but every module makes
-    each fork copy a little more memory (typing: ~1.5 MB, ~0.03 ms per execution). Only
+    each fork copy a little more memory. Only
     modules whose import starts no thread and draws no randomness (not ``random``: every
     child would inherit one seed).
     ``trace``: record the timestamps (``time.perf_counter_ns``, one clock for every process)

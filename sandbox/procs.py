@@ -45,11 +45,6 @@ def descendants(root: int | None = None) -> set[int]:
     return out
 
 
-def processes_of_uids(uids: range) -> list[int]:
-    """Live processes whose real uid is in ``uids`` (the sandbox's program uids)."""
-    return [pid for pid, (_, uid) in process_table().items() if uid in uids]
-
-
 def tasks_of_uid(uid: int) -> int:
     """Number of tasks (threads included, as RLIMIT_NPROC counts them) whose real uid is
     ``uid``, among those this process can see."""

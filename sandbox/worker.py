@@ -23,13 +23,12 @@ execution:
           /dev/shm a fresh tmpfs if the program changed them in any way; every ``proc_batch``
           executions it detaches the holder, and with it every child's /proc, in one go.
 
-Why not a fresh mount namespace per execution (as before): creating one copies the whole mount
-tree, and the last exit from it unmounts every copy behind an RCU grace period before the child
-counts as exited: ~0.9 ms of the ~2 ms an execution cost on a quiet 2-vCPU VM, several ms on a
-loaded one. Now an execution makes one mount (its /proc), and unmounts are batched. A /proc
-mounted once per worker would not do: it shows the worker's PID namespace, with other pid
-numbers, and hiding the worker there (hidepid) hides a program's own children too (they are not
-dumpable after the uid change).
+Why not a fresh mount namespace per execution: creating one copies the whole mount tree, and
+the last exit from it unmounts every copy behind an RCU grace period before the child counts as
+exited, a large share of an execution's cost. So an execution makes one mount (its /proc), and
+unmounts are batched. A /proc mounted once per worker would not do: it shows the worker's PID
+namespace, with other pid numbers, and hiding the worker there (hidepid) hides a program's own
+children too (they are not dumpable after the uid change).
 
 Other modes: ``nested`` (a user namespace, non-root) gives each execution its own PID, mount and
 IPC namespaces through an intermediate process, as does namespaces mode if the per-worker mounts

@@ -1,8 +1,11 @@
-"""Build ``train.json`` and ``eval.json`` from ``specs.py`` by running the reference solutions.
+"""Build ``train.json`` and ``eval.json`` from ``specs.json`` by running the reference solutions.
 
-Every expected output is what the problem's reference solution prints for that input,
-run as a real process with this interpreter, so the shipped outputs are right by
-construction. Run after editing ``specs.py``:
+``specs.json`` holds each embedded problem's statement, reference solution and test inputs
+(statements and solutions as lists of lines). Expected outputs are not written there: every
+expected output is what the problem's reference solution prints for that input, run as a real
+process with this interpreter, so the shipped outputs are right by construction. Every
+statement fixes the exact input and output format; inputs end with a newline. Run after
+editing ``specs.json``:
 
     python -m rollout.embedded.generate          # rewrite the JSON files
     python -m rollout.embedded.generate --check  # exit 1 if the files are out of date
@@ -11,19 +14,56 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
+import json
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
 
-from rollout.embedded import specs as specs_lib
 from rollout.problems import Problem, problems_to_json, write_problems
 
 TIME_LIMIT_S = 2.0      # the problems' test_time_limit; every solution needs well under it
 _RUN_TIMEOUT_S = 30.0   # generous: generation must never be flaky on a loaded machine
 HERE = pathlib.Path(__file__).resolve().parent
-SPLITS = {"train": specs_lib.TRAIN, "eval": specs_lib.EVAL}
+SPECS_PATH = HERE / "specs.json"
+SPLITS = ("train", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One embedded problem before its outputs are computed."""
+
+    task_id: str
+    difficulty: str
+    question: str
+    solution: str
+    public: tuple[str, ...]
+    private: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.public) <= 2:
+            raise ValueError(f"{self.task_id}: needs 1-2 public tests, has {len(self.public)}")
+        if len(self.private) < 5:
+            raise ValueError(f"{self.task_id}: needs >= 5 private tests, has {len(self.private)}")
+        for inp in self.public + self.private:
+            if not inp.endswith("\n"):
+                raise ValueError(f"{self.task_id}: test input {inp!r} must end with a newline")
+        if len(set(self.public + self.private)) != len(self.public + self.private):
+            raise ValueError(f"{self.task_id}: duplicate test inputs")
+
+
+def load_specs(split: str, path: str | pathlib.Path = SPECS_PATH) -> list[Spec]:
+    """The specs of one split (``train`` or ``eval``), in file order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown embedded split {split!r}; expected one of {SPLITS}")
+    rows = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))[split]
+    return [Spec(task_id=r["task_id"], difficulty=r["difficulty"],
+                 question="\n".join(r["question"]) + "\n",
+                 solution="\n".join(r["solution"]) + "\n",
+                 public=tuple(r["public"]), private=tuple(r["private"]))
+            for r in rows]
 
 
 def run_solution(solution_path: str, stdin: str) -> str:
@@ -46,7 +86,7 @@ def _expected(stdout: str) -> str:
 
 def build_split(split: str, workers: int | None = None) -> list[Problem]:
     """Run every reference solution of ``split`` on all its inputs and build the Problems."""
-    specs = SPLITS[split]
+    specs = load_specs(split)
     with tempfile.TemporaryDirectory(prefix="cure-embedded-") as tmp, \
             concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 2) as pool:
         jobs = {}

@@ -17,6 +17,9 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
+from rollout.contract.config import Section, check
+from rollout.contract.sections import SamplingFields, check_sampling
+
 Prompt = Union[str, Sequence[int]]
 
 BACKENDS = ("vllm", "hf")
@@ -24,8 +27,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample. ``temperature == 0`` means greedy; ``seed`` seeds request i with seed + i."""
+class SamplingConfig(Section):
+    """How to sample one request: the one sampling type of every engine and of every caller.
+    ``temperature == 0`` means greedy; ``seed`` seeds request i with seed + i (None: unseeded).
+    Config sections hold the sampler fields; :meth:`of` turns them into this."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -36,20 +41,21 @@ class SamplingConfig:
     logprobs: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0):
-            raise ValueError(f"SamplingConfig.temperature={self.temperature}: must be >= 0")
-        if not (0 < self.top_p <= 1):
-            raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"SamplingConfig.top_k={self.top_k}: must be >= 0 (0 = off)")
-        if self.max_tokens < 1:
-            raise ValueError(f"SamplingConfig.max_tokens={self.max_tokens}: must be >= 1")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        else:
-            object.__setattr__(self, "stop", tuple(self.stop))
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"SamplingConfig.stop={self.stop!r}: must be non-empty strings")
+        super().__post_init__()
+
+    def validate(self, path: str) -> None:
+        check_sampling(self, path, greedy_ok=True)
+        check(all(self.stop), f"{path}.stop", f"must be non-empty strings (got {self.stop!r})")
+
+    @classmethod
+    def of(cls, fields: SamplingFields, *, seed: int | None, logprobs: bool,
+           stop: Sequence[str] = ()) -> SamplingConfig:
+        """The sampling of a config section's sampler fields (temperature, top_p, top_k,
+        max_tokens: :class:`rollout.contract.sections.SamplingFields`)."""
+        return cls(temperature=fields.temperature, top_p=fields.top_p, top_k=fields.top_k,
+                   max_tokens=fields.max_tokens, stop=tuple(stop), seed=seed, logprobs=logprobs)
 
     @property
     def greedy(self) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout import shm
+from rollout.contract.weight_channel import TornReadError, WeightChannel
 from rollout.engines.base import (
     EngineConfig,
     Prompt,
@@ -152,9 +152,9 @@ class VLLMEngine:
         versions = self.llm.collective_rpc("cure_load_from_channel",
                                            args=(channel_name, min_version, timeout))
         if len(set(versions)) != 1:
-            raise shm.TornReadError(f"WeightChannel {channel_name}: workers loaded different "
-                                    f"versions {versions}; the channel was republished during "
-                                    f"the load, load again")
+            raise TornReadError(f"WeightChannel {channel_name}: workers loaded different "
+                                f"versions {versions}; the channel was republished during "
+                                f"the load, load again")
         self.llm.reset_prefix_cache()
         self.weights_version = int(versions[0])
         return self.weights_version
@@ -169,7 +169,7 @@ class VLLMEngine:
             pass
 
 
-def push_from_channel(engine: Any, channel: shm.WeightChannel | str, min_version: int = 0,
+def push_from_channel(engine: Any, channel: WeightChannel | str, min_version: int = 0,
                       timeout: float = 60.0) -> int:
     """Push the channel's published weights into a running engine in place; returns the version.
 
@@ -182,7 +182,7 @@ def push_from_channel(engine: Any, channel: shm.WeightChannel | str, min_version
     if isinstance(engine, VLLMEngine) and not engine.in_process:
         name = channel if isinstance(channel, str) else channel.name
         return engine.load_from_channel(name, min_version, timeout)
-    ch = shm.WeightChannel.attach(channel) if isinstance(channel, str) else channel
+    ch = WeightChannel.attach(channel) if isinstance(channel, str) else channel
     try:
         ch.wait_version(min_version, timeout=timeout)
         with ch.read() as snap:

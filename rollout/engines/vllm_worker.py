@@ -13,15 +13,13 @@ storage (CUDA graphs keep pointing at it). That processing is why a bare
 embedding's logits copy) was repacked into a oneDNN kernel buffer at load time and the plain
 weight dropped, so there is nowhere to copy into without repacking; on GPU, quantized layers
 and re-laid-out kernels need the same. (A CPU-only loader that skips the meta-tensor round trip
-and stages each layer in a reused warm buffer was measured too: 0.165 s against 0.18 s for a
-0.5 GB model, not worth depending on vLLM's private reload internals.)
+and stages each layer in a reused warm buffer gains little, see benchmarks/RESULTS.md, and would
+depend on vLLM's private reload internals.)
 
 On the CPU build a push runs with one OpenMP thread (:func:`_one_omp_thread`). The push is
 memory bound, and vLLM pins its OpenMP team to cores, so where the cores are shared (CI, a
-laptop) a parallel copy stalls at every barrier: on 2 shared cores torch ``copy_`` ran at
-3.5 GB/s with 2 threads and 24 GB/s with 1, and a 0.5 GB fp32 push took 0.75-1.7 s with the
-engine's 2 threads, 0.16-0.2 s with 1 (0.1 s of it oneDNN repacking, the floor here).
-Generation keeps the engine's thread count.
+laptop) a parallel copy stalls at every barrier; one thread is several times faster there (see
+benchmarks/RESULTS.md). Generation keeps the engine's thread count.
 """
 from __future__ import annotations
 
@@ -29,7 +27,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from rollout import shm
+from rollout.contract.weight_channel import WeightChannel
 from rollout.engines.hf_engine import as_torch
 
 QUALNAME = "rollout.engines.vllm_worker.ChannelWorkerExtension"
@@ -72,9 +70,8 @@ def refresh_tied_cpu_kernels(model: Any) -> int:
     head's weight *is* the embedding's Parameter, and a checkpoint (or a push) carries only
     ``embed_tokens.weight``: ``reload_weights`` refreshes the embedding layer and copies the
     new values into the shared storage, but the head received nothing, so it is left with its
-    old packed copy and vLLM computes logits with the weights from before the push (measured
-    on rollout/assets/tiny_coder: sampled-token log-probs off by up to 0.27). GPU builds read
-    the shared Parameter directly and need nothing.
+    old packed copy and vLLM computes logits with the weights from before the push. GPU
+    builds read the shared Parameter directly and need nothing.
     """
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
@@ -119,7 +116,7 @@ class ChannelWorkerExtension:
         chans = self.__dict__.setdefault("_cure_channels", {})
         ch = chans.get(channel_name)
         if ch is None:
-            ch = chans[channel_name] = shm.WeightChannel.attach(channel_name)
+            ch = chans[channel_name] = WeightChannel.attach(channel_name)
         ch.wait_version(min_version, timeout=timeout)
         with ch.read() as snap:
             load_in_place(self, ((name, as_torch(a)) for name, a in snap.items()))

@@ -16,7 +16,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from rollout.parsing import parse_code, parse_test
+import numpy as np
+
+from rollout.execution import execute
+from rollout.parsing import ParsedCode, parse_code, parse_test
 from rollout.problems import Problem
 from rollout.prompts import STOP_STRINGS, PromptBuilder, PromptConfig
 
@@ -25,37 +28,36 @@ __all__ = ["measure_policy", "score_samples"]
 
 def score_samples(problems: Sequence[Problem], codes: Sequence[Sequence[str]],
                   tests: Sequence[Sequence[str]], sandbox) -> dict:
-    """Score response texts: ``codes[i]`` / ``tests[i]`` are the responses for problem i."""
-    from sandbox import TestCase
+    """Score response texts: ``codes[i]`` / ``tests[i]`` are the responses for problem i.
 
-    groups, test_groups = [], []
-    parsed_codes = parsed_tests = n_codes = n_tests = 0
-    for p, cs, ts in zip(problems, codes, tests, strict=True):
-        progs = [c.code if c.ok else "raise SystemExit(1)\n" for c in map(parse_code, cs)]
-        parsed_codes += sum(parse_code(c).ok for c in cs)
-        n_codes += len(cs)
-        groups.append((progs, [TestCase(i, o) for i, o in p.private_tests()], p.test_time_limit))
-        pts = [t for t in map(parse_test, ts) if t.ok]
-        parsed_tests += len(pts)
-        n_tests += len(ts)
-        test_groups.append(([p.solutions[0]], [TestCase(t.input, t.output) for t in pts],
-                            p.test_time_limit))
-    code_res = sandbox.run_matrices(groups)
-    test_res = sandbox.run_matrices(test_groups)
+    One execution matrix per problem (:func:`rollout.execution.execute`): the sampled codes and
+    the reference solution (last row) x the sampled tests and every ground-truth test. A code is
+    correct when it passes every ground-truth test; a test is valid when the reference passes it.
+    """
+    parsed_codes = [[parse_code(c) for c in cs] for cs in codes]
+    parsed_tests = [[parse_test(t) for t in ts] for ts in tests]
+    if not len(problems) == len(parsed_codes) == len(parsed_tests):
+        raise ValueError(f"score_samples: {len(problems)} problems, {len(codes)} code lists, "
+                         f"{len(tests)} test lists")
+    rows = [pcs + [ParsedCode(p.solutions[0])] for p, pcs in zip(problems, parsed_codes)]
+    ran = execute(problems, rows, parsed_tests, max_gt_tests=0, sandbox=sandbox)
     per_kind: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     correct = valid = 0
-    for p, cr, tr in zip(problems, code_res, test_res):
-        ok = cr.passed.all(axis=1) if cr.passed.shape[1] else cr.passed.any(axis=1)
+    for i, p in enumerate(problems):
+        gt = ran.gt_passed[i][:-1]  # the sampled codes x ground truth
+        ok = gt.all(axis=1) if gt.shape[1] else np.zeros(len(gt), dtype=bool)
         correct += int(ok.sum())
-        valid += int(tr.passed.sum())
+        valid += int(ran.gen_passed[i][-1].sum())  # the reference x the sampled tests
         per_kind[p.difficulty or "?"][0] += int(ok.sum())
         per_kind[p.difficulty or "?"][1] += len(ok)
+    n_codes = sum(len(cs) for cs in codes)
+    n_tests = sum(len(ts) for ts in tests)
     return {
         "problems": len(problems), "codes": n_codes, "tests": n_tests,
         "code_accuracy": correct / max(n_codes, 1),
-        "code_parse_rate": parsed_codes / max(n_codes, 1),
+        "code_parse_rate": sum(c.ok for cs in parsed_codes for c in cs) / max(n_codes, 1),
         "test_validity": valid / max(n_tests, 1),
-        "test_parse_rate": parsed_tests / max(n_tests, 1),
+        "test_parse_rate": sum(t.ok for ts in parsed_tests for t in ts) / max(n_tests, 1),
         "code_accuracy_by_kind": {k: round(c / t, 3) for k, (c, t) in sorted(per_kind.items())},
     }
 

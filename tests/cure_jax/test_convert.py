@@ -151,7 +151,7 @@ def test_sharded_params_write_straight_into_the_weight_channel(hf_dirs, dtype):
     the channel then holds exactly what the gathering export gives, in HF order and layout."""
     import uuid
 
-    from rollout import shm
+    from rollout.contract.weight_channel import WeightChannel
 
     hf_dir = hf_dirs[("qwen2", True)]
     model = hf_io.load_model(hf_dir, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))
@@ -159,7 +159,8 @@ def test_sharded_params_write_straight_into_the_weight_channel(hf_dirs, dtype):
     assert len({str(s.index) for s in q.addressable_shards}) == 8  # really split over the mesh
     want = hf_io.export_hf_arrays(model, dtype)
     nbytes = sum(a.nbytes for a in want.values())
-    with shm.WeightChannel.create("t" + uuid.uuid4().hex[:8], nbytes + 64 * len(want)) as ch:
+    with WeightChannel.create("t" + uuid.uuid4().hex[:8],
+                              WeightChannel.required_capacity(want)) as ch:
         for v in (1, 2):  # both buffers full of stale bytes: every byte must be rewritten
             ch.write({"stale": np.full(nbytes // 4, 7.0, np.float32)}, version=v)
         with ch.writer(version=3) as w:
@@ -246,6 +247,16 @@ def _cli(*args: str):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "cure_jax.convert_main", *args],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_cli_usage_errors_are_one_line_exit_2():
+    for args, fragment in ((["verify", "--no_such_flag=1"], "no_such_flag"),
+                           (["hf-to-safetensors"], "usage: cure-convert")):
+        r = _cli(*args)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cure-convert: error: "), r.stderr
+        assert fragment in lines[0]
 
 
 def _inprocess(capsys, *args: str) -> tuple[int, str, str]:
@@ -364,9 +375,9 @@ def test_cli_errors_are_one_line(hf_dirs, tmp_path, capsys):
     code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={tmp_path / 'empty'}",
                               f"--hf_dir={tmp_path / 'e'}")
     assert code == 2 and "checkpoint directory not found" in err
-    from absl import app
-    with pytest.raises(app.UsageError):
-        _inprocess(capsys, "hf-to-safetensors")
+    code, _, err = _inprocess(capsys, "hf-to-safetensors")
+    assert code == 2 and err == ("cure-convert: error: usage: cure-convert "
+                                 "{hf-to-orbax|orbax-to-hf|verify} --flags ...\n")
 
 
 @pytest.mark.slow

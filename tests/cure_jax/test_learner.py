@@ -11,7 +11,7 @@ from cure_jax import sharding
 from cure_jax.config import LearnerConfig, SyntheticRolloutConfig
 from cure_jax.experience import ExperienceBatch, ExperienceError
 from cure_jax.models.qwen import QwenConfig
-from cure_jax.synthetic_rollout import SyntheticRollout, group_advantages
+from cure_jax.sources.synthetic import SyntheticSource, group_advantages
 from cure_jax.learner import make_learner
 
 MODEL = QwenConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -119,7 +119,7 @@ def test_learning_raises_synthetic_reward():
     learner = make_learner(MODEL, cfg, mesh, seed=0)
     state = learner.init_state()
     ref = learner.reference_params(state.params)
-    src = SyntheticRollout(SyntheticRolloutConfig(num_prompts=4, group_size=4, prompt_len=6,
+    src = SyntheticSource(SyntheticRolloutConfig(num_prompts=4, group_size=4, prompt_len=6,
                                                   response_len=6, target_token=3), learner, seed=0)
     rewards = []
     for step in range(30):
@@ -134,7 +134,7 @@ def test_synthetic_rollout_is_seeded_and_consistent():
     mesh = sharding.make_mesh(data=1, fsdp=1, tp=1, devices=jax.devices()[:1])
     learner = make_learner(MODEL, LearnerConfig(kl_coef=0.0, logprob_chunk=16), mesh, seed=0)
     state = learner.init_state()
-    src = SyntheticRollout(SyntheticRolloutConfig(num_prompts=2, group_size=3), learner, seed=5)
+    src = SyntheticSource(SyntheticRolloutConfig(num_prompts=2, group_size=3), learner, seed=5)
     a, b, c = src.sample(state.params, 4), src.sample(state.params, 4), src.sample(state.params, 5)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert not np.array_equal(a.tokens, c.tokens)
@@ -182,7 +182,7 @@ def test_initial_state_from_converted_checkpoint(tmp_path):
     from flax import nnx
 
     from cure_jax import train as train_lib
-    from cure_jax.config import ConfigError, validate_config
+    from cure_jax.config import ConfigError, load_config
     from cure_jax.convert_main import save_params_checkpoint
 
     mesh = sharding.make_mesh(data=1, fsdp=-1, tp=1, devices=jax.devices()[:2])
@@ -190,15 +190,15 @@ def test_initial_state_from_converted_checkpoint(tmp_path):
             if f.name not in ("attention_impl", "remat_policy")}
     cfgd = {"seed": 3, "model": {"arch": arch, "init_checkpoint": str(tmp_path / "ck")},
             "learner": {"kl_coef": 0.0}}
-    settings = validate_config(cfgd)
+    settings = load_config(cfgd)
     learner = make_learner(MODEL, settings.learner, mesh, seed=7)
     other = make_learner(MODEL, settings.learner, mesh, seed=11).init_state()
     state_tree = nnx.state(learner.model(other.params))
     save_params_checkpoint(tmp_path / "ck", state_tree, MODEL)
-    st = train_lib._initial_state(learner, settings)
+    st = train_lib.initial_state(learner, settings)
     for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(other.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(st.step) == 0
-    bad = validate_config({**cfgd, "model": {**cfgd["model"], "init_checkpoint": str(tmp_path / "nope")}})
+    bad = load_config({**cfgd, "model": {**cfgd["model"], "init_checkpoint": str(tmp_path / "nope")}})
     with pytest.raises(ConfigError, match=r"^config\.model\.init_checkpoint: .*nope"):
-        train_lib._initial_state(learner, bad)
+        train_lib.initial_state(learner, bad)

@@ -141,13 +141,11 @@ def test_shipped_policy_solves_some_but_not_all_held_out_tasks():
 def test_default_config_starts_from_the_shipped_policy_on_the_task_splits():
     """configs/tiny.py (the README's first command) passes the driver's and the learner's
     validation, starting from the shipped tiny coder."""
-    from cure_jax.config import validate_config
-    from cure_jax.driver import cure_settings, learner_view
+    from cure_jax.config import load_config
     from tests.helpers.cure_runs import tiny_config
 
     config = tiny_config()
-    settings = cure_settings(config)
+    cfg = load_config(config)
     assert pathlib.Path(config.model.hf_dir) == ASSET
-    assert settings.data_eval.endswith("eval.json") and settings.data_train.endswith("train.json")
-    learner = validate_config(learner_view(config))
-    assert learner.model.qwen_config().head_dim >= 32
+    assert cfg.data.eval.endswith("eval.json") and cfg.data.train.endswith("train.json")
+    assert cfg.model.qwen_config().head_dim >= 32

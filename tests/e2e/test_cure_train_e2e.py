@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from rollout import shm
-from rollout.tasks.plot_run import read_scalars
+from rollout.contract.procs import descendants, pid_alive
+from rollout.contract.segments import list_segments
+from rollout.plot_run import read_scalars
 from tests.helpers.cure_runs import ROOT, cure_train, tiny_config, train_env
 
 # fewer samples per step (the hf backend is slower; some tests need only the plumbing)
@@ -51,13 +52,13 @@ def _gone(pids, timeout: float = 10.0) -> list[int]:
     deadline = time.monotonic() + timeout
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if shm.pid_alive(p)]
+        alive = [p for p in alive if pid_alive(p)]
         time.sleep(0.1)
     return alive
 
 
 def _segments_of(pid: int) -> list[str]:
-    return [n for n in shm.list_segments() if n.endswith(f"-{pid}")]
+    return [n for n in list_segments() if n.endswith(f"-{pid}")]
 
 
 CURE_TAGS = ("cure/code_accuracy", "cure/code_parse_rate", "cure/test_parse_rate",
@@ -109,8 +110,6 @@ def test_async_killed_then_resumed(tmp_path):
         while not (wd / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)  # let the (async) checkpoint finish
-        from cure_jax.driver import descendants
-
         tree = [server] + descendants(server)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -137,11 +136,10 @@ def test_async_killed_then_resumed(tmp_path):
 
 def _restore(workdir, step: int):
     from cure_jax import checkpoint as ckpt_lib
-    from cure_jax.config import validate_config
-    from cure_jax.driver import learner_view
-    from cure_jax.train import build
+    from cure_jax.config import load_config
+    from cure_jax.train import build_learner
 
-    learner, _ = build(validate_config(learner_view(tiny_config())))
+    learner = build_learner(load_config(tiny_config()))
     ck = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
     try:
         return ck.restore(step, learner.abstract_state())
@@ -184,8 +182,6 @@ def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
     try:
         server = _server_pid(_read_until(proc, "rollout server pid", lines, 300))
         _read_until(proc, "step 1/3", lines, 300)  # the rollout of step 2 is under way
-        from cure_jax.driver import descendants
-
         tree = [server] + descendants(server)
         os.kill(server, signal.SIGKILL)
         t0 = time.monotonic()
@@ -206,7 +202,7 @@ def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
 
 
 def test_problem_ids_cover_each_epoch_and_are_a_function_of_the_step():
-    from cure_jax.driver import problem_ids_for_step
+    from cure_jax.sources.rollout_server import problem_ids_for_step
 
     n, per = 10, 4
     ids = [problem_ids_for_step(n, per, s, seed=3) for s in range(5)]  # 20 ids = 2 epochs
@@ -219,8 +215,7 @@ def test_problem_ids_cover_each_epoch_and_are_a_function_of_the_step():
 
 
 def test_cure_config_errors_name_the_field():
-    from cure_jax.config import ConfigError
-    from cure_jax.driver import cure_settings
+    from cure_jax.config import ConfigError, load_config
 
     for path, value, match in [
         ("rollout.mode", "sometimes", r"config\.rollout\.mode: must be one of"),
@@ -235,23 +230,24 @@ def test_cure_config_errors_name_the_field():
         with c.unlocked():
             c[sec][key] = value
         with pytest.raises(ConfigError, match=match) as err:
-            cure_settings(c)
+            load_config(c)
         assert "\n" not in str(err.value)
     c = tiny_config()
     with c.unlocked():
         c.rollout.k_cod = 3
     with pytest.raises(ConfigError, match=r"config\.rollout\.k_cod: unknown field"):
-        cure_settings(c)
+        load_config(c)
     for variant in ("", "random"):
-        s = cure_settings(tiny_config(variant))
-        assert s.mode in ("sync", "async") and s.engine in ("vllm", "hf") and s.steps >= 1
-        assert s.eval_every > 0  # the default and the random variant evaluate held-out problems
+        s = load_config(tiny_config(variant))
+        assert s.rollout.mode in ("sync", "async") and s.rollout.engine in ("vllm", "hf")
+        assert s.train.steps >= 1
+        assert s.train.eval_every > 0  # the default and the random variant evaluate held-out problems
 
 
 def test_step_statistics_become_tensorboard_tags():
-    from cure_jax.driver import _scalar_stats
+    from cure_jax.sources.rollout_server import rollout_scalars
 
-    tags = _scalar_stats({"code_accuracy": 0.25, "unit_test_accuracy": None,
+    tags = rollout_scalars({"code_accuracy": 0.25, "unit_test_accuracy": None,
                           "code_reward_mean": 0.5, "test_advantage_std": 1.0,
                           "verdicts": {"OK": 3, "TIME_LIMIT": 1}, "generate_s": 2.0})
     assert tags == {"cure/code_accuracy": 0.25, "reward/code_mean": 0.5,

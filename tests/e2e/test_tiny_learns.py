@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from rollout.tasks.plot_run import read_scalars
+from rollout.plot_run import read_scalars
 from tests.helpers.cure_runs import ROOT, cure_train, train_env
 
 STEPS = 50

@@ -12,7 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from rollout import shm
+from rollout.contract.segments import list_segments
+from rollout.contract.weight_channel import WeightChannel
 from rollout.engines import SamplingConfig, make_engine, push_from_channel
 from tests.helpers.engine_checks import (
     shared_hf_engine,
@@ -23,7 +24,7 @@ from tests.helpers.engine_checks import (
 )
 
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Long enough to fill whole KV blocks, so the prefix cache holds it between pushes.
 PROMPT = ["def add(a, b):\n    return a + b\n" * 8]
 GREEDY = SamplingConfig(temperature=0, max_tokens=16)
@@ -91,11 +92,11 @@ def test_perturb_changes_output_and_restore_is_exact(engine, hf, weights):
 LEARNER_SRC = """
 import sys, numpy as np
 from safetensors.numpy import load_file
-from rollout import shm
+from rollout.contract.weight_channel import WeightChannel
 orig = load_file(sys.argv[1])
 rng = np.random.default_rng(0)
 pert = {k: (a + 0.05 * rng.standard_normal(a.shape)).astype(a.dtype) for k, a in orig.items()}
-ch = shm.WeightChannel.create(sys.argv[2], shm.WeightChannel.required_capacity(orig))
+ch = WeightChannel.create(sys.argv[2], WeightChannel.required_capacity(orig))
 ch.write(pert, version=1)
 print(ch.name, flush=True)
 sys.stdin.readline()
@@ -118,7 +119,7 @@ def test_push_from_channel_written_by_another_process(engine, hf, weights, monke
     try:
         name = p.stdout.readline().strip()
         assert name, p.stderr.read()
-        ch = shm.WeightChannel.attach(name)
+        ch = WeightChannel.attach(name)
         seg = ch._seg.buf
         lo, hi = seg.__array_interface__["data"][0], seg.__array_interface__["data"][0] + seg.nbytes
         seen = []
@@ -156,14 +157,14 @@ def test_push_from_channel_written_by_another_process(engine, hf, weights, monke
     finally:
         p.kill()
         p.wait()
-    assert shm.list_segments(run) == []
+    assert list_segments(run) == []
 
 
 def test_worker_extension_loads_bf16_channel(engine, hf, weights):
     """The worker maps the channel itself (the path multi-process/TP engines take)."""
     orig, pert = weights
-    ch = shm.WeightChannel.create("bf" + str(os.getpid()),
-                                  shm.WeightChannel.required_capacity(pert))
+    ch = WeightChannel.create("bf" + str(os.getpid()),
+                                  WeightChannel.required_capacity(pert))
     try:
         ch.write(pert, version=7, cast="BF16")
         assert engine.load_from_channel(ch.name, min_version=7) == 7
@@ -182,19 +183,20 @@ def test_worker_extension_loads_bf16_channel(engine, hf, weights):
 
 # ----------------------------------------------------------------- the JAX learner's side
 # The learner process, as in cure-train: load the policy from the HF directory, move its
-# weights (seeded noise), stream them through driver.export_weights into a WeightChannel it
+# weights (seeded noise), stream them through cure_jax.weight_export.export_weights into a WeightChannel it
 # owns, then answer with its own log-probs for token sequences the engine sampled.
 JAX_LEARNER_SRC = """
 import json, sys, types
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
-from cure_jax import driver, hf_io
+from cure_jax import hf_io
+from cure_jax.weight_export import export_weights, weights_capacity
 from cure_jax.logprobs import token_logprobs
-from rollout import shm
+from rollout.contract.weight_channel import WeightChannel
 model = hf_io.load_model(sys.argv[1])
 leaves, tree = jax.tree.flatten(nnx.state(model))
 learner = types.SimpleNamespace(model=lambda params: params, model_cfg=model.cfg)
-ch = shm.WeightChannel.create(sys.argv[2], driver.weights_capacity(model.cfg, "float32"))
+ch = WeightChannel.create(sys.argv[2], weights_capacity(model.cfg, "float32"))
 print(json.dumps({"channel": ch.name, "tied": bool(model.cfg.tie_word_embeddings)}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -203,7 +205,7 @@ for line in sys.stdin:
         moved = [x + req["export"] * jax.random.normal(k, x.shape, x.dtype)
                  for x, k in zip(leaves, keys)]
         nnx.update(model, jax.tree.unflatten(tree, moved))
-        nbytes = driver.export_weights(learner, model, ch, req["version"], "float32")
+        nbytes = export_weights(learner, model, ch, req["version"], "float32")
         print(json.dumps({"nbytes": nbytes}), flush=True)
     else:
         out = []
@@ -279,7 +281,7 @@ def test_learner_and_vllm_logprobs_agree_after_streamed_push(engine, hf, weights
     finally:
         learner.proc.kill()
         engine.load_weights(orig.items())
-    assert shm.list_segments(run) == []
+    assert list_segments(run) == []
 
 
 def test_worker_processes_load_from_channel_with_tied_embeddings():
@@ -311,4 +313,4 @@ def test_worker_processes_load_from_channel_with_tied_embeddings():
     finally:
         learner.proc.kill()
         eng.close()
-    assert shm.list_segments(run) == []
+    assert list_segments(run) == []

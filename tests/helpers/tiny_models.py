@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-PRESETS = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models"
+PRESETS = pathlib.Path(__file__).resolve().parents[2] / "cure_jax" / "models" / "qwen" / "presets"
 
 
 def _shape(preset: str) -> dict:
@@ -18,7 +18,7 @@ def _shape(preset: str) -> dict:
     return d
 
 
-# family -> HF config fields of the tiny variants (configs/models/tiny-*.json).
+# family -> HF config fields of the tiny variants (cure_jax/models/qwen/presets/tiny-*.json).
 # qwen2: q/k/v bias, GQA 4 heads / 2 KV heads, head_dim 32.
 # qwen3: q/k norm, no bias, head_dim 64 != hidden/heads = 32.
 TINY_SHAPES = {"qwen2": _shape("tiny-qwen2"), "qwen3": _shape("tiny-qwen3")}

@@ -1,5 +1,6 @@
 """The ``cure-data`` command line, run as a real process: download from a hub-shaped
-directory, list, validate, and one-line errors with exit code 2 (never a traceback)."""
+directory, list, validate, and one-line errors (never a traceback): exit code 2 for a bad command
+line, 1 when the download or the validation fails."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -23,8 +24,8 @@ def cure_data(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
                           env=full_env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -61,15 +62,16 @@ def test_download_from_hub_dir(tmp_path):
     assert len(json.loads((out / "LiveBench.json").read_text())) == 4
 
 
-def test_download_offline_is_one_line_and_exit_2(tmp_path):
+def test_download_offline_is_one_line_and_exit_1(tmp_path):
     proc = cure_data("download", "--dataset=LiveBench", f"--out={tmp_path / 'data'}",
                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(proc, "cannot download dataset LiveBench", "HF_HUB_OFFLINE",
-                          "tried: Gen-Verse/LiveBench-ReasonFlux:test/LiveBench-ReasonFlux.json")
+                          "tried: Gen-Verse/LiveBench-ReasonFlux:test/LiveBench-ReasonFlux.json",
+                          code=1)
     assert not (tmp_path / "data").exists()
 
 
-def test_download_unreachable_hub_is_one_line_and_exit_2(tmp_path):
+def test_download_unreachable_hub_is_one_line_and_exit_1(tmp_path):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -78,7 +80,7 @@ def test_download_unreachable_hub_is_one_line_and_exit_2(tmp_path):
                      env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}",
                           "HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(proc, f"cannot reach the Hugging Face hub at http://127.0.0.1:{port}",
-                          "--hub_dir")
+                          "--hub_dir", code=1)
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -101,7 +103,7 @@ def test_download_from_a_mirror_without_the_dataset(tmp_path):
     (tmp_path / "mirror").mkdir()
     proc = cure_data("download", "--dataset=CodeForces", f"--out={tmp_path}",
                      f"--hub_dir={tmp_path / 'mirror'}")
-    line = assert_one_line_error(proc, "dataset CodeForces not found on the local mirror")
+    line = assert_one_line_error(proc, "dataset CodeForces not found on the local mirror", code=1)
     assert line.count("Gen-Verse/CodeForces") == 4
 
 
@@ -124,7 +126,7 @@ def test_validate_good_and_bad_files(tmp_path):
                                {"question": "q", "test_input": ["1\n"], "test_output": [1]}]))
     assert_one_line_error(cure_data("validate", str(bad)),
                           f"{bad}, row 1 (0-based index), field 'test_output': item 0 must be "
-                          "a string, got int")
+                          "a string, got int", code=1)
     assert_one_line_error(cure_data("validate", str(tmp_path / "missing.json")), "missing.json")
 
 

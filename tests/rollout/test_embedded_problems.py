@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from rollout.embedded import specs as specs_lib
+from rollout.embedded import generate
 from rollout.problems import (
     EMBEDDED_SPLITS,
     Problem,
@@ -56,7 +56,8 @@ def test_splits_are_disjoint_and_all_is_their_union():
 
 
 def test_every_shipped_row_validates_and_is_in_sync_with_the_specs():
-    for split, specs in (("train", specs_lib.TRAIN), ("eval", specs_lib.EVAL)):
+    for split in generate.SPLITS:
+        specs = generate.load_specs(split)
         path = embedded_dir() / f"{split}.json"
         rows = json.loads(path.read_text(encoding="utf-8"))
         problems = [Problem.from_dict(r, source=str(path), row=i) for i, r in enumerate(rows)]
@@ -132,3 +133,17 @@ def test_reference_solutions_pass_all_tests_in_the_sandbox():
             if not bool(res.passed[0, j]):
                 failures.append(f"{p.task_id} test {j}: {res.verdicts[0, j]}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_generator_reproduces_the_shipped_files_byte_for_byte(tmp_path):
+    assert generate.main(["--out_dir", str(tmp_path)]) == 0
+    for split in generate.SPLITS:
+        assert ((tmp_path / f"{split}.json").read_bytes()
+                == (embedded_dir() / f"{split}.json").read_bytes()), split
+    assert generate.main(["--check"]) == 0
+
+
+def test_load_specs_rejects_an_unknown_split():
+    with pytest.raises(ValueError, match="unknown embedded split 'test'"):
+        generate.load_specs("test")

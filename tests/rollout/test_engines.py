@@ -19,7 +19,7 @@ from tests.helpers.engine_checks import (
     teacher_forced_logprobs,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPTS = ["def add(a, b):", "Input: 3 4\nOutput:", [5, 6, 7, 8, 9],
            "class Stack:\n    def __init__(self):\n        self.items = []\n" * 3]
 
@@ -65,7 +65,8 @@ def test_truncate_at_stop_picks_earliest():
 
 
 def test_imports_stay_light():
-    code = ("import sys, rollout.engines, rollout.shm\n"
+    code = ("import sys, rollout.engines, rollout.contract.ring_buffer, "
+            "rollout.contract.weight_channel, rollout.contract.control\n"
             "heavy = [m for m in ('torch', 'vllm', 'transformers', 'jax') if m in sys.modules]\n"
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from rollout import eval_main
-from rollout import evaluate as ev
 from rollout.problems import write_problems
 from tests.helpers.fake_openai import FakeOpenAI
 from tests.rollout.test_evaluate import (
@@ -140,6 +140,22 @@ def test_bad_config_is_one_line_naming_the_field(args, message, tmp_path):
     assert message in err[0]
 
 
+def test_run_time_failure_is_one_line_exit_1(tmp_path):
+    """A failure while evaluating (here: an API endpoint nobody listens on) exits 1, not 2."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = _cli(["--config.engine=api", "--config.api.model=m", "--config.api.key=k",
+              f"--config.api.base_url=http://127.0.0.1:{port}/v1", "--config.api.max_retries=0",
+              "--config.max_problems=1", "--config.k_code=1", "--config.k_case=1",
+              "--config.bon=((1,1),)", "--config.progress=False", f"--config.out_dir={tmp_path}"])
+    assert r.returncode == 1, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cure-eval: error: API request to "), r.stderr
+    assert "Connection refused" in err[0]
+
+
 def test_separate_tester_inherits_the_api_section():
     cfg = _config(engine="api", **{"api.model": "gpt-4o-mini", "api.rpm": 100.0,
                                    "tester.engine": "api", "tester.api.model": "our-tester"})
@@ -169,52 +185,6 @@ def test_parse_bon():
     assert eval_main.parse_bon([(1, 2), [3, 4]]) == ((1, 2), (3, 4))
     with pytest.raises(eval_main.ConfigError, match="config.bon: '4by4'"):
         eval_main.parse_bon("4by4")
-
-
-def test_an_orbax_checkpoint_without_cure_convert_is_a_clear_error(tmp_path, monkeypatch):
-    ckpt = tmp_path / "step_10"
-    (ckpt / "params").mkdir(parents=True)
-    monkeypatch.setattr(ev, "_convert_command", lambda: None)
-    with pytest.raises(ev.EvalError, match="Orbax checkpoint and converting it needs the "
-                                           "cure-convert command"):
-        ev.ensure_hf_model(str(ckpt))
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / "config.json").write_text("{}")
-    (hf / "model.safetensors").write_bytes(b"")
-    assert ev.ensure_hf_model(str(hf)) == str(hf)
-    with pytest.raises(ev.EvalError, match="does not exist"):
-        ev.ensure_hf_model(str(tmp_path / "missing"))
-
-
-@pytest.mark.slow
-def test_an_orbax_checkpoint_is_converted_with_cure_convert(tmp_path):
-    """A real Orbax checkpoint (written by cure-convert hf-to-orbax) becomes a HF directory
-    holding the same weights; a broken checkpoint is a one-line error."""
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    from tests.helpers.tiny_models import make_tiny_hf_dir
-
-    hf = make_tiny_hf_dir(tmp_path)
-    exe = ev._convert_command()
-    assert exe is not None, "cure-convert is not installed next to this interpreter"
-    ckpt = tmp_path / "ckpt"
-    r = subprocess.run([exe, "hf-to-orbax", f"--hf_dir={hf}", f"--ckpt_dir={ckpt}"],
-                       capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = ev.ensure_hf_model(str(ckpt), tmp_path / "converted", base_model=str(hf))
-    assert out == str(tmp_path / "converted")
-    want = {k: v for f in hf.glob("*.safetensors") for k, v in load_file(f).items()}
-    got = {k: v for f in pathlib.Path(out).glob("*.safetensors") for k, v in load_file(f).items()}
-    assert set(got) == set(want)
-    for k, v in want.items():
-        np.testing.assert_array_equal(got[k].astype(np.float32), v.astype(np.float32))
-    assert ev.ensure_hf_model(str(ckpt), tmp_path / "converted") == out  # converted once
-    bad = tmp_path / "bad"
-    (bad / "params").mkdir(parents=True)
-    with pytest.raises(ev.EvalError, match=r"with cure-convert failed \(exit \d+\): "):
-        ev.ensure_hf_model(str(bad), tmp_path / "bad.hf")
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ import pytest
 from rollout import eval_report
 from rollout import evaluate as ev
 from rollout.engines.api_engine import ApiConfig, ApiFatalError
+from rollout.eval_models import ModelSpec
+from rollout.eval_settings import EvalError, EvalSettings, eval_sampling
 from rollout.problems import Problem
 from sandbox import Limits, Sandbox
 from tests.helpers.fake_openai import FakeOpenAI
@@ -77,8 +79,8 @@ def answer(body: dict) -> str:
     return table[task][index]
 
 
-def _settings(**kw) -> ev.EvalSettings:
-    return ev.EvalSettings(**({"k_code": 4, "k_case": 4, "bon": BON} | kw))
+def _settings(**kw) -> EvalSettings:
+    return EvalSettings(**({"k_code": 4, "k_case": 4, "bon": BON} | kw))
 
 
 def _sandbox():
@@ -86,7 +88,7 @@ def _sandbox():
 
 
 def _run(srv: FakeOpenAI, out, **kw):
-    spec = ev.ModelSpec(engine="api", api=ApiConfig(
+    spec = ModelSpec(engine="api", api=ApiConfig(
         base_url=srv.base_url, model="scripted", key="sk-never-write-me", max_concurrency=4,
         backoff_base_s=0.01, backoff_max_s=0.02, max_retries=kw.pop("max_retries", 3)))
     return ev.evaluate({"toy": PROBLEMS}, spec, out, settings=kw.pop("settings", _settings()),
@@ -177,8 +179,8 @@ def test_raising_k_draws_only_the_extra_samples(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path):
     with FakeOpenAI(answer) as srv:
         _run(srv, tmp_path)
-        with pytest.raises(ev.EvalError, match=r"sampling differ"):
-            _run(srv, tmp_path, sampling=ev.Sampling(temperature=0.2))
+        with pytest.raises(EvalError, match=r"sampling differ"):
+            _run(srv, tmp_path, sampling=eval_sampling(temperature=0.2))
 
 
 def test_single_eval_samples_code_only(tmp_path):
@@ -193,7 +195,7 @@ def test_single_eval_samples_code_only(tmp_path):
 def test_separate_tester_model(tmp_path):
     with FakeOpenAI(answer) as coder_srv, FakeOpenAI(answer) as tester_srv:
         def spec(srv, name):
-            return ev.ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model=name))
+            return ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model=name))
         got = ev.evaluate({"toy": PROBLEMS}, spec(coder_srv, "coder-m"), tmp_path,
                           tester=spec(tester_srv, "tester-m"), settings=_settings(),
                           sandbox_factory=_sandbox, progress=False)
@@ -212,58 +214,13 @@ def test_plot_has_the_documented_size(tmp_path):
         assert im.size == size == (2 * 2 * 500, 400)
 
 
-def test_sample_log_rejects_a_corrupt_middle_line(tmp_path):
-    path = tmp_path / "samples.jsonl"
-    path.write_text('{"type": "exec"}\nnot json\n')
-    with pytest.raises(ev.EvalError, match=r"samples\.jsonl, line 1"):
-        ev.SampleLog(path)
-
-
 def test_settings_validation_names_the_field():
     with pytest.raises(ValueError, match=r"^bon: \(8, 4\) needs 1 <= n <= k_code = 4"):
         _settings(bon=((8, 4),))
     with pytest.raises(ValueError, match=r"^bon: .*single_eval samples no tests"):
         _settings(single_eval=True, k_case=0, bon=((1, 1),))
     with pytest.raises(ValueError, match=r"^sampling\.top_p"):
-        ev.Sampling(top_p=0)
-    with pytest.raises(ValueError, match=r"^model:"):
-        ev.ModelSpec(engine="vllm")
-
-
-def test_datasets_resolve_embedded_paths_and_names(tmp_path):
-    from rollout.problems import write_problems
-
-    write_problems(PROBLEMS, tmp_path / "mine.json")
-    got = ev.resolve_datasets(f"embedded:eval, {tmp_path / 'mine.json'}", max_problems=2)
-    assert list(got) == ["embedded-eval", "mine"] and len(got["mine"]) == 2
-    with pytest.raises(ev.EvalError, match="cure-data download --dataset=LiveBench"):
-        ev.resolve_datasets("livebench", data_dir=tmp_path, download=False)
-    with pytest.raises(ev.EvalError, match="'nope' is not a file"):
-        ev.resolve_datasets("nope")
-
-
-def test_a_hub_dataset_is_downloaded_once_into_data_dir(tmp_path, monkeypatch):
-    from rollout import hub
-    from rollout.problems import write_problems
-
-    calls = []
-
-    def fake_download(name, out_dir):
-        calls.append(name)
-        if name != "MBPP":
-            raise hub.HubUnreachableError("cannot reach the hub (offline)")
-        path = tmp_path / "data" / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_problems(PROBLEMS, path)
-        return hub.DownloadResult(path, len(PROBLEMS), hub.HubFile("Gen-Verse/MBPP", "x"), name)
-
-    monkeypatch.setattr(hub, "download_dataset", fake_download)
-    got = ev.resolve_datasets("mbpp-ReasonFlux", data_dir=tmp_path / "data")
-    assert list(got) == ["MBPP"] and len(got["MBPP"]) == 3
-    ev.resolve_datasets("MBPP", data_dir=tmp_path / "data")  # found on disk now
-    assert calls == ["MBPP"]
-    with pytest.raises(ev.EvalError, match=r"^dataset LiveBench: cannot reach the hub"):
-        ev.resolve_datasets("LiveBench", data_dir=tmp_path / "data")
+        eval_sampling(top_p=0)
 
 
 def test_summary_scalars_for_tensorboard():
@@ -277,7 +234,9 @@ def test_the_evaluation_modules_import_neither_jax_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys, rollout.evaluate, rollout.eval_main, rollout.engines.api_engine; "
+    code = ("import sys, rollout.evaluate, rollout.eval_main, rollout.engines.api_engine, "
+            "rollout.eval_models, rollout.eval_log, rollout.eval_settings, rollout.datasets, "
+            "rollout.execution, rollout.engines.data_parallel; "
             "bad = [m for m in ('jax', 'flax', 'torch', 'vllm', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
@@ -329,10 +288,10 @@ def test_pipeline_metrics_equal_the_cure_definitions_on_the_core_tables(tmp_path
 
     bon = [(4, 5), (4, 0), (1, 5), (2, 3), (3, 1)]
     with FakeOpenAI(reply) as srv:
-        spec = ev.ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model="m",
+        spec = ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model="m",
                                                         max_concurrency=8))
         got = ev.evaluate({"tables": problems}, spec, tmp_path, sandbox_factory=_sandbox,
-                          settings=ev.EvalSettings(k_code=4, k_case=5, bon=tuple(bon)),
+                          settings=EvalSettings(k_code=4, k_case=5, bon=tuple(bon)),
                           progress=False, reports=False)["tables"]
     want = metrics.aggregate(
         metrics.evaluate_table(np.asarray(gen), np.asarray(gt), bon, code_parsed=np.asarray(cok, bool),
@@ -377,7 +336,7 @@ class ScriptedLocalEngine:
 
 def test_local_engine_path_with_a_lent_engine(tmp_path):
     eng = ScriptedLocalEngine()
-    spec = ev.ModelSpec(engine="vllm", model="policy-v7")
+    spec = ModelSpec(engine="vllm", model="policy-v7")
     kw = {"engine": eng, "sandbox_factory": _sandbox, "progress": False}
     ev.evaluate({"toy": PROBLEMS}, spec, tmp_path, settings=_settings(k_code=2, k_case=1, bon=((2, 1),)), **kw)
     got = ev.evaluate({"toy": PROBLEMS}, spec, tmp_path, settings=_settings(), **kw)  # k grows
@@ -391,17 +350,3 @@ def test_local_engine_path_with_a_lent_engine(tmp_path):
     assert [(len(p), n) for p, n, _ in eng.calls] == [(3, 2), (3, 1), (3, 2), (3, 3)]
     recs = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert sum(r["type"] == "sample" for r in recs) == 24
-
-
-def test_sample_log_cuts_a_partial_last_line_longer_than_a_read_block(tmp_path):
-    path = tmp_path / "samples.jsonl"
-    good = {"type": "exec", "dataset": "d", "task_id": "t", "n_codes": 1}
-    path.write_text(json.dumps(good) + "\n" + '{"type": "sample", "response": "' + "x" * 200_000)
-    with ev.SampleLog(path) as slog:
-        assert slog.execs == {("d", "t"): good} and not slog.samples
-        slog.append([{"type": "sample", "dataset": "d", "task_id": "t", "kind": "code",
-                      "index": 0, "response": "r", "code": "print(1)\n"}])
-    lines = path.read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[1])["response"] == "r"
-    with ev.SampleLog(path) as slog:
-        assert slog.samples[("d", "t", "code", 0)]["code"] == "print(1)\n"

@@ -10,16 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rollout.contract.schema import FIELDS, check_rows
 from rollout.engines.base import Sample, SamplingConfig
 from rollout.experience_maker import (
-    EXPERIENCE_FIELDS,
+    LENGTH_MULTIPLE,
     EvalConfig,
     ExperienceMaker,
     RolloutConfig,
+    heldout_sampling,
     step_seed,
+    train_sampling,
 )
 from rollout.problems import embedded_problems
-from rollout.prompts import PromptBuilder, PromptConfig
+from rollout.prompts import STOP_STRINGS, PromptBuilder, PromptConfig
 from rollout.rewards import RewardConfig, batch_rewards
 
 TINY_HF = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 512,
@@ -96,9 +99,10 @@ def test_scripted_matrix_rewards_and_rows(sandbox):
                        code_parsed=[ex.code_parsed(i) for i in range(2)],
                        test_parsed=[ex.test_parsed(i) for i in range(2)])
     N = 2 * (3 + 3)
-    assert set(arrays) == set(EXPERIENCE_FIELDS)
-    for k, dt in EXPERIENCE_FIELDS.items():
+    assert set(arrays) == set(FIELDS)
+    for k, dt in FIELDS.items():
         assert arrays[k].dtype == np.dtype(dt) and arrays[k].shape[0] == N, k
+    assert check_rows(arrays) == N
     kinds = np.array([0, 0, 0, 1, 1, 1] * 2)
     np.testing.assert_array_equal(arrays["kind"], kinds)
     np.testing.assert_array_equal(arrays["problem_id"], [11] * 6 + [4] * 6)
@@ -119,7 +123,7 @@ def test_scripted_matrix_rewards_and_rows(sandbox):
 
     # Rows: prompt then response, right-padded; log-probs only on the response.
     L = arrays["tokens"].shape[1]
-    assert L % cfg.length_multiple == 0
+    assert L % LENGTH_MULTIPLE == 0
     for r in range(N):
         p, q = int(arrays["prompt_len"][r]), int(arrays["response_len"][r])
         s = (ex.codes if kinds[r] == 0 else ex.tests)[r // 6][r % 6 % 3]
@@ -166,7 +170,7 @@ def test_configs_reject_bad_fields():
         EvalConfig.from_mapping({"topk": 3})
     with pytest.raises(ValueError, match=r"eval\.top_k: must be >= 0"):
         EvalConfig(top_k=-1)
-    assert EvalConfig(temperature=0).sampling(None).greedy  # evaluation may decode greedily
+    assert heldout_sampling(EvalConfig(temperature=0), None).greedy  # evaluation may decode greedily
 
 
 @pytest.mark.slow
@@ -174,9 +178,9 @@ def test_tiny_model_rows_match_its_samples(tmp_path, sandbox):
     """A real tiny Qwen2 (hf backend): rows hold exactly its prompt ids, sampled ids and their
     log-probs; evaluation metrics come out of the same core."""
     from rollout.engines import make_engine
-    from rollout.tiny_model import ensure_tiny_hf_dir
+    from rollout.random_policy import ensure_random_policy_dir
 
-    d = ensure_tiny_hf_dir(tmp_path / "tiny", TINY_HF, seed=0)
+    d = ensure_random_policy_dir(tmp_path / "tiny", TINY_HF, seed=0)
     eng = make_engine({"backend": "hf", "model": str(d), "dtype": "float32", "device": "cpu"})
     problems = embedded_problems("train")[:2]
     cfg = RolloutConfig(k_code=2, k_case=2, max_tokens=12, seed=1)
@@ -206,9 +210,11 @@ def test_tiny_model_rows_match_its_samples(tmp_path, sandbox):
 
 
 def test_sampling_config_of_rollout_and_eval():
-    s = RolloutConfig(temperature=0.7, top_p=0.9, top_k=5, max_tokens=33).sampling(4)
+    s = train_sampling(RolloutConfig(temperature=0.7, top_p=0.9, top_k=5, max_tokens=33), 4)
     assert isinstance(s, SamplingConfig)
     assert (s.temperature, s.top_p, s.top_k, s.max_tokens, s.seed, s.logprobs) == (0.7, 0.9, 5, 33, 4, True)
+    assert s.stop == STOP_STRINGS
     assert step_seed(-1, 3, 0) is None
-    e = EvalConfig().sampling(None)
+    e = heldout_sampling(EvalConfig(), None)
     assert (e.temperature, e.top_p, e.top_k, e.logprobs) == (0.8, 0.95, 40, False)
+    assert e.stop == STOP_STRINGS

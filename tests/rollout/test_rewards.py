@@ -8,9 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from rollout import (
-    rewards,  # module import: keeps pytest from collecting rewards.test_rewards
-)
+from rollout import rewards
 
 B = lambda rows: np.array(rows, dtype=bool)
 
@@ -38,9 +36,9 @@ def test_code_rewards_mixed():
 
 
 @pytest.mark.parametrize("scaling", ["count", "fraction", "binary"])
-def test_test_rewards_mixed(scaling):
+def test_unit_test_rewards_mixed(scaling):
     _, correct = rewards.code_rewards(GT)
-    r = rewards.test_rewards(GEN, correct, scaling=scaling)
+    r = rewards.unit_test_rewards(GEN, correct, scaling=scaling)
     np.testing.assert_allclose(r, EXPECTED[scaling])
 
 
@@ -49,10 +47,10 @@ def test_all_codes_correct():
     gen = B([[1, 1], [1, 0], [1, 1]])  # t0 accepts every correct code, t1 rejects one
     raw, correct = rewards.code_rewards(gt)
     assert correct.all() and np.all(raw == 1.0)
-    np.testing.assert_allclose(rewards.test_rewards(gen, correct, "fraction"), [1.0, -1.0])
-    np.testing.assert_allclose(rewards.test_rewards(gen, correct, "binary"), [1.0, -1.0])
+    np.testing.assert_allclose(rewards.unit_test_rewards(gen, correct, "fraction"), [1.0, -1.0])
+    np.testing.assert_allclose(rewards.unit_test_rewards(gen, correct, "binary"), [1.0, -1.0])
     # The paper's count formula has no wrong code to earn from: every test scores 0.
-    np.testing.assert_allclose(rewards.test_rewards(gen, correct, "count"), [0.0, 0.0])
+    np.testing.assert_allclose(rewards.unit_test_rewards(gen, correct, "count"), [0.0, 0.0])
     # ... so the codes (and the count-scaled tests) carry no signal.
     assert rewards.normalize(raw)[1] is False
 
@@ -62,12 +60,12 @@ def test_no_code_correct_gives_none():
     _, correct = rewards.code_rewards(gt)
     assert not correct.any()
     for scaling in rewards.SCALINGS:
-        assert rewards.test_rewards(B([[1], [0]]), correct, scaling) is None
+        assert rewards.unit_test_rewards(B([[1], [0]]), correct, scaling) is None
 
 
 def test_empty_generated_test_set():
     _, correct = rewards.code_rewards(GT)
-    r = rewards.test_rewards(np.zeros((4, 0), bool), correct)
+    r = rewards.unit_test_rewards(np.zeros((4, 0), bool), correct)
     assert r is not None and r.shape == (0,)
     z, sig = rewards.normalize(r)
     assert z.shape == (0,) and sig is False
@@ -78,7 +76,7 @@ def test_unparsed_test_gets_the_minimum_reward():
     parsed = np.array([True, True, False, True, True])  # t2's response had no test
     # Whatever the (unexecuted) column says, the unparsed test gets the floor of its scaling.
     for scaling, floor in (("count", -2.0), ("fraction", -1.0), ("binary", -1.0)):
-        r = rewards.test_rewards(GEN, correct, scaling, test_parsed=parsed)
+        r = rewards.unit_test_rewards(GEN, correct, scaling, test_parsed=parsed)
         exp = list(EXPECTED[scaling])
         exp[2] = floor
         np.testing.assert_allclose(r, exp)
@@ -92,7 +90,7 @@ def test_unparsed_code_fails_everything_and_is_no_opponent():
     np.testing.assert_allclose(raw, [1.0, 1.0, 0.0, 0.0])
     assert correct.tolist() == [True, True, False, False]
     # Wrong codes are now {3} only (code 2 has no program): n_w = 1.
-    r = rewards.test_rewards(GEN, correct, "fraction", code_parsed=code_parsed)
+    r = rewards.unit_test_rewards(GEN, correct, "fraction", code_parsed=code_parsed)
     np.testing.assert_allclose(r, [0.0, 1.0, 1.0, -1.0, 0.0])
 
 
@@ -152,14 +150,14 @@ def test_config_validation():
     with pytest.raises(ValueError, match="label_free"):
         rewards.RewardConfig(label_free="yes")
     with pytest.raises(ValueError, match="scaling"):
-        rewards.test_rewards(GEN, np.ones(4, bool), scaling="any")
+        rewards.unit_test_rewards(GEN, np.ones(4, bool), scaling="any")
 
 
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="gt_passed: .*no ground-truth"):
         rewards.code_rewards(np.zeros((3, 0), bool))
     with pytest.raises(ValueError, match="gen_passed"):
-        rewards.test_rewards(np.zeros(3, bool), np.ones(3, bool))
+        rewards.unit_test_rewards(np.zeros(3, bool), np.ones(3, bool))
     with pytest.raises(ValueError, match=r"gt_passed\[1\]: expected shape \(4, t\)"):
         rewards.batch_rewards([GEN, GEN], [GT, GT[:2]])
     with pytest.raises(ValueError, match=r"gt_passed\[0\]: .*no ground-truth"):
@@ -236,7 +234,7 @@ def test_property_discriminating_test_is_best(table, scaling):
     if not correct.any():
         return
     perfect = correct[:, None]  # accepts every correct code, rejects every wrong one
-    r = rewards.test_rewards(np.concatenate([gen, perfect], axis=1), correct, scaling)
+    r = rewards.unit_test_rewards(np.concatenate([gen, perfect], axis=1), correct, scaling)
     assert r[-1] >= r.max() - 1e-12
 
 
@@ -250,8 +248,8 @@ def test_property_permuting_codes(table, rnd, scaling):
     np.testing.assert_array_equal(raw_p, raw[perm])
     np.testing.assert_array_equal(correct_p, correct[perm])
     # Test rewards do not depend on the order of the codes.
-    a = rewards.test_rewards(gen, correct, scaling, test_parsed=tparsed, code_parsed=cparsed)
-    b = rewards.test_rewards(gen[perm], correct[perm], scaling, test_parsed=tparsed, code_parsed=cparsed[perm])
+    a = rewards.unit_test_rewards(gen, correct, scaling, test_parsed=tparsed, code_parsed=cparsed)
+    b = rewards.unit_test_rewards(gen[perm], correct[perm], scaling, test_parsed=tparsed, code_parsed=cparsed[perm])
     assert (a is None) == (b is None)
     if a is not None:
         np.testing.assert_allclose(a, b)
@@ -300,7 +298,7 @@ def test_property_batch_matches_per_problem(tables, scaling, label_free, long_co
         z, sig = rewards.length_aware(raw, cl[i]) if long_cot else rewards.normalize(raw)
         np.testing.assert_allclose(out.codes_of(i), z, rtol=1e-5, atol=1e-5)
         assert out.codes_of(i, "code_has_signal").tolist() == [sig] * len(raw)
-        r = rewards.test_rewards(gen[i], correct, scaling, test_parsed=tp[i], code_parsed=cp[i])
+        r = rewards.unit_test_rewards(gen[i], correct, scaling, test_parsed=tp[i], code_parsed=cp[i])
         if r is None:
             assert not out.tests_of(i, "test_defined").any()
             assert not out.tests_of(i, "test_has_signal").any()

@@ -1,4 +1,4 @@
-"""The rollout server process under the driver's supervision (cure_jax.driver.RolloutClient).
+"""The rollout server process under the learner's supervision (rollout.contract.control.RolloutClient).
 
 Real processes, real shared memory, a real tiny Qwen2 on the transformers backend: weights go
 in through the WeightChannel, experience comes out of the RolloutBuffer with the version that
@@ -15,7 +15,11 @@ import time
 import numpy as np
 import pytest
 
-from rollout import shm
+from rollout.contract.control import RolloutClient, RolloutServerError
+from rollout.contract.procs import descendants, pid_alive
+from rollout.contract.ring_buffer import RolloutBuffer, WriterDiedError
+from rollout.contract.segments import list_segments
+from rollout.contract.weight_channel import WeightChannel
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +32,9 @@ TINY_HF = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> pathlib.Path:
-    from rollout.tiny_model import ensure_tiny_hf_dir
+    from rollout.random_policy import ensure_random_policy_dir
 
-    return ensure_tiny_hf_dir(tmp_path_factory.mktemp("server") / "tiny", TINY_HF, seed=0)
+    return ensure_random_policy_dir(tmp_path_factory.mktemp("server") / "tiny", TINY_HF, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +49,9 @@ class Endpoints:
 
     def __init__(self, weights_bytes: int) -> None:
         self.run_id = f"srvtest{os.getpid()}x{time.monotonic_ns() % 10**6}"
-        self.buffer = shm.RolloutBuffer.create(self.run_id, 2, 8 << 20)
+        self.buffer = RolloutBuffer.create(self.run_id, 2, 8 << 20)
         self.buffer.open_reader()
-        self.channel = shm.WeightChannel.create(self.run_id, weights_bytes)
+        self.channel = WeightChannel.create(self.run_id, weights_bytes)
 
     def close(self) -> None:
         self.buffer.close()
@@ -68,15 +72,11 @@ def spec_for(ep: Endpoints, model_dir, **extra) -> dict:
 
 
 def _alive(pids) -> list[int]:
-    from rollout.shm import pid_alive
-
     return [p for p in pids if pid_alive(p)]
 
 
 def test_rollout_load_weights_evaluate_and_clean_stop(tmp_path, model_dir, hf_weights):
-    from cure_jax.driver import RolloutClient, descendants
-
-    ep = Endpoints(shm.WeightChannel.required_capacity(hf_weights))
+    ep = Endpoints(WeightChannel.required_capacity(hf_weights))
     try:
         client = RolloutClient(spec_for(ep, model_dir), tmp_path, heartbeat_timeout_s=20)
         tree = [client.pid]
@@ -106,13 +106,11 @@ def test_rollout_load_weights_evaluate_and_clean_stop(tmp_path, model_dir, hf_we
         assert _alive(tree) == []
     finally:
         ep.close()
-    assert shm.list_segments(ep.run_id) == []
+    assert list_segments(ep.run_id) == []
 
 
 def test_server_killed_mid_step_fails_fast_and_leaves_nothing(tmp_path, model_dir, hf_weights):
-    from cure_jax.driver import RolloutClient, RolloutServerError, descendants
-
-    ep = Endpoints(shm.WeightChannel.required_capacity(hf_weights))
+    ep = Endpoints(WeightChannel.required_capacity(hf_weights))
     try:
         client = RolloutClient(spec_for(ep, model_dir), tmp_path, heartbeat_timeout_s=20)
         tree = [client.pid] + descendants(client.pid)
@@ -139,17 +137,15 @@ def test_server_killed_mid_step_fails_fast_and_leaves_nothing(tmp_path, model_di
             time.sleep(0.1)
         assert _alive(tree) == []
         # The dead writer is reported by the buffer too, not waited on.
-        with pytest.raises(shm.WriterDiedError):
+        with pytest.raises(WriterDiedError):
             ep.buffer.get(timeout=5)
     finally:
         ep.close()
-    assert shm.list_segments(ep.run_id) == []
+    assert list_segments(ep.run_id) == []
 
 
 def test_frozen_server_is_an_error_within_the_heartbeat_timeout(tmp_path, model_dir, hf_weights):
-    from cure_jax.driver import RolloutClient, RolloutServerError, descendants
-
-    ep = Endpoints(shm.WeightChannel.required_capacity(hf_weights))
+    ep = Endpoints(WeightChannel.required_capacity(hf_weights))
     try:
         client = RolloutClient(spec_for(ep, model_dir), tmp_path, heartbeat_timeout_s=2.0)
         tree = [client.pid] + descendants(client.pid)
@@ -164,13 +160,11 @@ def test_frozen_server_is_an_error_within_the_heartbeat_timeout(tmp_path, model_
         assert _alive(tree) == []
     finally:
         ep.close()
-    assert shm.list_segments(ep.run_id) == []
+    assert list_segments(ep.run_id) == []
 
 
 def test_startup_failure_is_one_clear_line(tmp_path, hf_weights):
-    from cure_jax.driver import RolloutClient, RolloutServerError
-
-    ep = Endpoints(shm.WeightChannel.required_capacity(hf_weights))
+    ep = Endpoints(WeightChannel.required_capacity(hf_weights))
     try:
         bad = spec_for(ep, tmp_path / "no-such-model")
         with pytest.raises(RolloutServerError, match="start-up failed") as err:

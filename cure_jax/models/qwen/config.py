@@ -1,8 +1,8 @@
 """Shape and numerics configuration of a Qwen2/Qwen2.5/Qwen3 decoder, read from a HF config.json.
 
-The same dataclass describes the published checkpoints (presets under configs/models/) and the tiny
-random models of the tests. Validation happens at construction so a bad field fails with one line
-naming it, before any array is allocated.
+The same dataclass describes the published checkpoints (shape presets in ``presets/`` beside
+this module) and the tiny random models of the tests. Validation happens at construction so a
+bad field fails with one line naming it, before any array is allocated.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "nothing_saveable")
 
-# Repository root / configs / models: where the shape presets live.
-PRESETS_DIR = pathlib.Path(__file__).resolve().parents[3] / "configs" / "models"
+# The shape presets ship inside the package (package data), so an installed cure-jax has them.
+PRESETS_DIR = pathlib.Path(__file__).resolve().parent / "presets"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +185,7 @@ class QwenConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> QwenConfig:
-        """A shape preset shipped in configs/models/<name>.json (e.g. 'qwen2.5-7b-instruct')."""
+        """A shape preset shipped in presets/<name>.json (e.g. 'qwen2.5-7b-instruct')."""
         p = PRESETS_DIR / f"{name}.json"
         if not p.is_file():
             known = sorted(q.stem for q in PRESETS_DIR.glob("*.json"))

@@ -1,7 +1,7 @@
-"""Seeded synthetic experience source: the policy samples, the reward counts a target token.
+"""The in-process synthetic experience source: the policy samples, the reward counts a target token.
 
-Stands in for the rollout server (a later issue) so the learner, checkpoints, summaries and the
-launcher are exercised end to end. For step s, prompts are random token ids drawn from
+It exercises the learner, checkpoints, summaries and the launcher end to end without a rollout
+server (`rollout.source = "synthetic"`). For step s, prompts are random token ids drawn from
 key = fold_in(PRNGKey(seed), s); each prompt gets `group_size` responses sampled from the
 current policy (full forward per new token: the model is tiny); the reward of a response is the
 share of its tokens equal to `target_token`; the advantage is the reward z-scored within its
@@ -10,12 +10,16 @@ params and step the batch is bitwise the same, which exact resume relies on.
 """
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.config import SyntheticRolloutConfig
 from cure_jax.experience import ExperienceBatch
+from cure_jax.sources.base import Experience
 
 
 def group_advantages(reward: np.ndarray, group_size: int) -> np.ndarray:
@@ -26,8 +30,9 @@ def group_advantages(reward: np.ndarray, group_size: int) -> np.ndarray:
     return adv.reshape(-1).astype(np.float32)
 
 
-class SyntheticRollout:
-    """`sample(params, step) -> ExperienceBatch` from the learner's current policy."""
+class SyntheticSource:
+    """`sample(params, step) -> ExperienceBatch` from the learner's current policy; as an
+    experience source (cure_jax.sources.base) it has nothing to start, publish or evaluate."""
 
     def __init__(self, cfg: SyntheticRolloutConfig, learner, seed: int):
         self.cfg, self.learner, self.seed = cfg, learner, seed
@@ -78,3 +83,45 @@ class SyntheticRollout:
             kind=(np.arange(n) // cfg.group_size % 2).astype(np.int8),
             problem_id=(step * cfg.num_prompts + np.arange(n) // cfg.group_size).astype(np.int32),
             policy_version=np.full(n, step, np.int32), reward=reward)
+
+    # -- the experience-source interface
+    def start(self, params: Any, version: int, cursor: int) -> None:
+        pass
+
+    def next(self, step: int, params: Any, version: int) -> Experience:
+        t0 = time.perf_counter()
+        batch = self.sample(params, step)
+        wait = time.perf_counter() - t0
+        reward = float(batch.reward.mean())
+        return Experience(
+            batch=batch, version=version, rows=batch.num_rows, wait_s=wait,
+            scalars={"reward/mean": reward, "reward/max": float(batch.reward.max()),
+                     "advantage/abs_mean": float(np.abs(batch.advantage).mean()),
+                     "time/sample_s": wait},
+            texts={"samples/responses": _sample_text(batch)},
+            summary=f"reward {reward:.3f} | sample {wait:.2f}s")
+
+    def publish(self, params: Any, version: int, step: int, updated: bool) -> dict[str, float]:
+        return {}
+
+    def evaluate(self) -> None:
+        return None
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"source": "synthetic"}
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _sample_text(batch: ExperienceBatch, rows: int = 2) -> str:
+    lines = []
+    for i in range(min(rows, batch.num_rows)):
+        p, r = int(batch.prompt_len[i]), int(batch.response_len[i])
+        lines.append(f"prompt {batch.tokens[i, :p].tolist()} -> response "
+                     f"{batch.tokens[i, p:p + r].tolist()} (reward {float(batch.reward[i]):.3f}, "
+                     f"advantage {float(batch.advantage[i]):+.3f})")
+    return "\n\n".join(lines)

@@ -1,7 +1,8 @@
-"""The tiny default policy's Hugging Face directory, built locally and deterministically.
+"""A random placeholder policy's Hugging Face directory, built locally and deterministically.
 
-``configs/tiny.py`` trains a tiny random Qwen2 model; vLLM and transformers need a HF directory
-for it (config.json, tokenizer, weights). :func:`ensure_tiny_hf_dir` writes one when absent:
+``configs/tiny.py`` trains a tiny Qwen2 model from random weights (not the shipped tiny coder in
+``rollout/assets/tiny_coder``); vLLM and transformers need a HF directory for it (config.json,
+tokenizer, weights). :func:`ensure_random_policy_dir` writes one when absent:
 
 - config.json: the learner's architecture (the dict cure-train sends, ``QwenConfig.to_hf_dict``)
   with the tokenizer's special token ids;
@@ -22,7 +23,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SPECIAL_TOKENS", "ensure_tiny_hf_dir", "tokenizer_corpus"]
+__all__ = ["SPECIAL_TOKENS", "ensure_random_policy_dir", "tokenizer_corpus"]
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _DONE = ".cure_tiny_complete"
@@ -37,7 +38,7 @@ _PY_SNIPPETS = (
 
 
 def tokenizer_corpus() -> list[str]:
-    """The text the tiny tokenizer is trained on (deterministic order)."""
+    """The text the placeholder policy's tokenizer is trained on (deterministic order)."""
     from rollout.problems import embedded_problems
     from rollout.prompts import TEMPLATE_DIR
 
@@ -73,7 +74,7 @@ def _train_tokenizer(out: pathlib.Path, vocab_size: int) -> dict[str, int]:
     tok.train_from_iterator(tokenizer_corpus() * 4, trainer=trainer)
     have = tok.get_vocab_size()
     if have > vocab_size:
-        raise ValueError(f"tiny tokenizer: vocab_size={vocab_size} is below the byte alphabet "
+        raise ValueError(f"random policy tokenizer: vocab_size={vocab_size} is below the byte alphabet "
                          f"plus special tokens ({have})")
     if have < vocab_size:  # every id the model can sample must decode
         tok.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True)
@@ -84,7 +85,7 @@ def _train_tokenizer(out: pathlib.Path, vocab_size: int) -> dict[str, int]:
     return {"eos": int(fast.eos_token_id), "pad": int(fast.pad_token_id)}
 
 
-def ensure_tiny_hf_dir(out_dir: str | os.PathLike[str], hf_config: Mapping[str, Any],
+def ensure_random_policy_dir(out_dir: str | os.PathLike[str], hf_config: Mapping[str, Any],
                        seed: int = 0) -> pathlib.Path:
     """Write a complete HF directory for ``hf_config`` at ``out_dir`` unless one is there.
 

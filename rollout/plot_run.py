@@ -1,6 +1,6 @@
 """PNG curve of CURE runs from their TensorBoard event files (what the README embeds).
 
-    python -m rollout.tasks.plot_run runs/tiny_coder_s0 runs/tiny_coder_s1 --out=curve.png \
+    python -m rollout.plot_run runs/tiny_coder_s0 runs/tiny_coder_s1 --out=curve.png \
         --baseline=0.135
 
 Panels: held-out code accuracy, unit-test accuracy and BoN (``eval/*``), and the training

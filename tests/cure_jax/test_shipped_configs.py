@@ -1,0 +1,93 @@
+"""Every shipped config still gives the run it gave when each file restated every field.
+
+``shipped_configs.json`` was dumped from the config files and validators as they were before
+the files derived from the dataclass defaults: per config, the value of every field that reached
+the run (the learner's settings, the rollout server's sections, the engine config the server
+builds, the Qwen architecture). ``load_config`` of today's files must give exactly those values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from cure_jax.config import default_config, load_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json")).read_text()
+                      .replace("<ROOT>", str(ROOT)))
+MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
+ADDED = {"data.data_dir": "data"}  # fields added since, at the value the server used
+SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
+           ("learner_presets", "reference-faithful"), ("qwen2_5_7b", None),
+           ("qwen2_5_14b", None), ("qwen3_4b", None)]
+
+
+def _load(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(f"_shipped_{name}", ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg is not None else mod.get_config()
+
+
+def _effective(name: str, arg: str | None) -> dict:
+    """The same view of the run as the fixture, from load_config."""
+    from rollout.engines.base import EngineConfig
+
+    c = _load(name, arg)
+    if name.startswith("qwen"):
+        c.rollout.model_path = MODEL_PATH
+    cfg = load_config(c)
+    d = cfg.to_dict()
+    out = {"seed": d.pop("seed")}
+    rollout = d.pop("rollout")
+    for sub in ("prompts", "synthetic"):
+        out.update({f"rollout.{sub}.{k}": v for k, v in rollout.pop(sub).items()})
+    rollout.pop("engine_options")  # compared as the engine config the server builds
+    out.update({f"rollout.{k}": v for k, v in rollout.items()})
+    for section, fields in d.items():
+        out.update({f"{section}.{k}": v for k, v in fields.items()})
+    out["model.qwen_config"] = dataclasses.asdict(cfg.model.qwen_config())
+    model = cfg.rollout.model_path or cfg.model.hf_dir or "/WORKDIR/policy_init_hf"
+    out["engine"] = dataclasses.asdict(
+        EngineConfig.from_mapping(cfg.rollout.engine_spec(model, cfg.seed)))
+    return json.loads(json.dumps(out))
+
+
+@pytest.mark.parametrize("name,arg", SHIPPED)
+def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the Qwen configs name data/*.json: the door checks they exist
+    (tmp_path / "data").mkdir()
+    for f in ("CodeContests_train.json", "LiveBench.json"):
+        (tmp_path / "data" / f).write_text("[]")
+    expected = dict(EXPECTED[f"{name}:{arg}" if arg else name])
+    expected.pop("tiny_model")  # server-spec plumbing derived from model.qwen_config
+    got = _effective(name, arg)
+    for key, value in ADDED.items():
+        assert got.pop(key) == value, key
+    assert sorted(got) == sorted(expected)
+    assert {k: v for k, v in got.items() if v != expected[k]} == {}
+
+
+def test_warmstart_config_is_the_recipe():
+    from cure_jax.warmstart import WarmstartConfig
+
+    c = _load("warmstart")
+    assert c.to_dict() == EXPECTED["warmstart"]
+    assert WarmstartConfig.from_mapping(c) == WarmstartConfig()
+
+
+def test_default_config_is_the_dataclass_defaults():
+    """The base of every config file: each field at its default; None defaults can be set."""
+    c = default_config()
+    assert c.learner.lr == 1e-6 and c.rollout.k_code == 16 and c.eval.bon == ((1, 16), (16, 16))
+    assert c.rollout.engine_options.max_model_len is None
+    c.rollout.engine_options.max_model_len = 4096  # a typed placeholder, not a None field
+    with pytest.raises(TypeError):
+        c.rollout.engine_options.max_model_len = "long"
+    c.model.preset = "qwen3-4b"
+    c.rollout.model_path = MODEL_PATH
+    assert load_config(c).rollout.engine_options.max_model_len == 4096
