@@ -34,9 +34,8 @@ def apply_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`--config=configs/learner_presets.py:reference-faithful` = tiny.py + that preset."""
-    import importlib.util
     import pathlib
-    spec = importlib.util.spec_from_file_location("_cure_tiny_config", pathlib.Path(__file__).with_name("tiny.py"))
-    tiny = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny)
-    return apply_preset(tiny.get_config(), arg or "reference-faithful")
+
+    from cure_jax.config import config_file
+    return apply_preset(config_file(pathlib.Path(__file__).with_name("tiny.py")),
+                        arg or "reference-faithful")

@@ -7,24 +7,17 @@ offloads the frozen reference to host memory, vLLM serves on the other 4 (tensor
 """
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from cure_jax.config import config_file
+
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _sibling("qwen2_5_7b").get_config()
+    c = config_file(pathlib.Path(__file__).with_name("qwen2_5_7b.py"))
     c.model.update({"preset": "qwen2.5-14b-instruct", "remat_policy": "full"})
     c.learner.update({"micro_batch_size": 4, "offload_reference": True})
     c.rollout.engine_options.gpu_memory_utilization = 0.9
     return c
 
-
-def _sibling(name: str):
-    """Another config file of this directory, as a module."""
-    spec = importlib.util.spec_from_file_location(
-        f"_cure_config_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod

@@ -19,12 +19,11 @@ Before training:
 """
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
-from cure_jax.config import default_config
+from cure_jax.config import config_module, default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     # The learner: "reference-faithful" (configs/learner_presets.py, bf16 compute over fp32
     # weights), with real old log-probs and a frozen reference (so PPO clip and KL act),
     # truncated IS against the rollout log-probs, codes and tests in one batch.
-    _sibling("learner_presets").apply_preset(c, "reference-faithful")
+    config_module(pathlib.Path(__file__).with_name("learner_presets.py")).apply_preset(c, "reference-faithful")
     c.learner.update({"tis_cap": 2.0, "micro_batch_size": 8, "length_bucket": 512})
     c.train.update({"steps": 120, "eval_every": 10})
 
@@ -52,11 +51,3 @@ def get_config() -> ml_collections.ConfigDict:
                    "max_tokens": 10240, "seed": 0, "bon": ((1, 16), (4, 16), (16, 16))})
     return c
 
-
-def _sibling(name: str):
-    """Another config file of this directory, as a module."""
-    spec = importlib.util.spec_from_file_location(
-        f"_cure_config_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod

@@ -12,14 +12,15 @@ GPU layout (8 x 80 GB): learner on GPUs 0-3 (fsdp=4), vLLM on GPUs 4-7 with tens
 """
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from cure_jax.config import config_file
+
 
 def get_config() -> ml_collections.ConfigDict:
-    c = _sibling("qwen2_5_7b").get_config()
+    c = config_file(pathlib.Path(__file__).with_name("qwen2_5_7b.py"))
     c.model.preset = "qwen3-4b"
     c.cure.update({"long_cot_tests": True, "long_cot_min_len": 1000.0, "long_cot_max_len": 8000.0})
     c.rollout.max_tokens = 16384
@@ -27,11 +28,3 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.max_tokens = 16384
     return c
 
-
-def _sibling(name: str):
-    """Another config file of this directory, as a module."""
-    spec = importlib.util.spec_from_file_location(
-        f"_cure_config_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod

@@ -3,7 +3,7 @@
     cure-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=50 ...]
 
 The policy is rollout/assets/tiny_coder (a 2-layer Qwen2, head_dim 32 so vLLM's CPU build serves
-it, warm-started by configs/warmstart.py on the synthetic stdin/stdout tasks of rollout.tasks);
+it, warm-started by configs/warmstart.py on the synthetic stdin/stdout tasks of rollout.tiny_tasks);
 the data are rollout/assets/tasks (train, and a held-out split whose parameters training never
 sees). Each step the rollout server (vLLM's CPU build, or `rollout.engine = "hf"`) samples codes
 and unit tests, the sandbox executes codes x (generated + ground-truth tests), CURE rewards

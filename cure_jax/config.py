@@ -13,6 +13,7 @@ base every file in ``configs/`` derives from.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -38,7 +39,7 @@ from rollout.contract.sections import (
 
 __all__ = [
     "Config", "ConfigError", "LearnerConfig", "MeshConfig", "ModelConfig",
-    "SyntheticRolloutConfig", "TrainConfig", "default_config", "load_config",
+    "SyntheticRolloutConfig", "TrainConfig", "config_file", "config_module", "default_config", "load_config",
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -272,3 +273,21 @@ def default_config():
     from ml_collections import config_dict
 
     return ml_collections.ConfigDict(defaults(Config, none=config_dict.placeholder))
+
+
+def config_module(path: str | pathlib.Path):
+    """A config file (``configs/*.py``) loaded as a module, as ``--config=path`` loads it."""
+    import importlib.util
+
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"_cure_config_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def config_file(path: str | pathlib.Path, arg: str | None = None):
+    """The ConfigDict of a config file: ``get_config(arg)``, or ``get_config()`` without an arg,
+    as ``--config=path[:arg]`` gives it. Config files derive from each other through this."""
+    mod = config_module(path)
+    return mod.get_config(arg) if arg else mod.get_config()

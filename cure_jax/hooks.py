@@ -163,18 +163,17 @@ class Console:
 class Checkpoints:
     """Save every `every` completed steps and after the last; on SIGTERM/SIGINT save and stop.
 
-    The checkpoint's JSON item holds the data cursor (next step), the policy version and the
-    source's facts, which is all a resumed run needs besides the arrays."""
+    The checkpoint's JSON item holds the data cursor (next step), the policy version and `meta`
+    (the seed and the source's facts), which is all a resumed run needs besides the arrays."""
 
-    def __init__(self, ckpt: Checkpointer, writer: SummaryWriter, source: ExperienceSource,
-                 every: int, seed: int) -> None:
-        self.ckpt, self.writer, self.source, self.every, self.seed = ckpt, writer, source, every, seed
+    def __init__(self, ckpt: Checkpointer, writer: SummaryWriter, every: int,
+                 meta: dict[str, Any]) -> None:
+        self.ckpt, self.writer, self.every, self.meta = ckpt, writer, every, meta
         self.stop = StopSignal()
 
     def save(self, info: StepInfo) -> None:
-        meta = {"cursor": info.done, "version": info.version, "seed": self.seed,
-                "time": time.time(), **self.source.checkpoint_meta()}
-        self.ckpt.save(info.done, info.state, meta)
+        self.ckpt.save(info.done, info.state, {"cursor": info.done, "version": info.version,
+                                               "time": time.time(), **self.meta})
 
     def after_step(self, info: StepInfo) -> None:
         self.writer.flush()

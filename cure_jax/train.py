@@ -107,7 +107,8 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
     try:
         source = make_source(cfg, learner, workdir)
         evaluation = hooks.Evaluation(source, writer, tc.eval_every)
-        checkpoints = hooks.Checkpoints(ckpt, writer, source, tc.checkpoint_every, cfg.seed)
+        checkpoints = hooks.Checkpoints(ckpt, writer, tc.checkpoint_every,
+                                        {"seed": cfg.seed, **source.checkpoint_meta()})
         step_hooks = [evaluation, hooks.Scalars(writer, tc.log_every),
                       hooks.Distributions(learner, writer, tc.histogram_every),
                       hooks.Texts(writer, tc.text_every), hooks.Console(), checkpoints]

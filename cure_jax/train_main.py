@@ -51,16 +51,13 @@ def main(argv: list[str]) -> None:
 
 def _unknown_override(argv: list[str], err: Exception | None = None) -> str | None:
     """The first `--config.a.b=...` override whose path the config file does not define."""
-    import importlib.util
+    from cure_jax.config import config_file
     cfg_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if cfg_arg is None:
         return None
     path, _, arg = cfg_arg.partition(":")
     try:
-        spec = importlib.util.spec_from_file_location("_cure_train_config", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        base = mod.get_config(arg) if arg else mod.get_config()
+        base = config_file(path, arg or None)
     except Exception:  # noqa: BLE001 - the flag parser reports load errors itself
         return None
     for a in argv:

@@ -439,12 +439,12 @@ def write_problems(problems: Iterable[Problem], path: str | os.PathLike[str]) ->
         tmp.unlink(missing_ok=True)
 
 
-# -- embedded dataset -------------------------------------------------------------------
+# -- the embedded dataset (rollout/paper_problems) -------------------------------------------------------------------
 
 
 def embedded_dir() -> pathlib.Path:
-    """Directory of the embedded dataset files shipped in the package."""
-    return pathlib.Path(__file__).resolve().parent / "embedded"
+    """Directory of the embedded dataset (``embedded:<split>``) shipped in the package."""
+    return pathlib.Path(__file__).resolve().parent / "paper_problems"
 
 
 @functools.cache

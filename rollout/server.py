@@ -137,14 +137,7 @@ class Server:
         self.chan.send({"type": "progress", "id": cmd.get("id"), "phase": phase})
 
     def close(self) -> None:
-        for name in ("sandbox", "engine"):
-            obj = getattr(self, name, None)
-            if obj is not None:
-                try:
-                    obj.close()
-                except Exception:  # noqa: BLE001 - best effort at exit
-                    traceback.print_exc()
-        for name in ("buffer", "channel"):
+        for name in ("sandbox", "engine", "buffer", "channel"):
             obj = getattr(self, name, None)
             if obj is not None:
                 try:

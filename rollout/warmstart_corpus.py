@@ -36,8 +36,8 @@ import numpy as np
 
 from rollout.parsing import parse_code, parse_test
 from rollout.prompts import PromptBuilder, PromptConfig
-from rollout.tasks import TaskInstance, kind_by_name, task_instances
-from rollout.tasks.run_trusted import run_trusted
+from rollout.tiny_tasks import TaskInstance, kind_by_name, task_instances
+from rollout.tiny_tasks.run_trusted import run_trusted
 
 __all__ = [
     "EOS_TOKEN",

@@ -32,7 +32,7 @@ PROMPT_MODES = ("auto", "chat", "raw")
 SCALINGS: tuple[str, ...] = ("fraction", "count", "binary")
 EPS = 1e-6
 ISOLATION = ("auto", "namespaces", "userns", "rlimits")  # sandbox.isolation modes + "auto"
-EMBEDDED_SPLITS = ("train", "eval")  # rollout/embedded/<split>.json
+EMBEDDED_SPLITS = ("train", "eval")  # rollout/paper_problems/<split>.json
 # Hub datasets a data spec may name (rollout.hub.DATASETS; a test keeps the two in step).
 HUB_DATASETS = ("CodeContests_train", "CodeContests", "CodeForces", "MBPP", "LiveBench",
                 "LiveCodeBench")

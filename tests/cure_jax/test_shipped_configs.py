@@ -8,13 +8,12 @@ builds, the Qwen architecture). ``load_config`` of today's files must give exact
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 
 import pytest
 
-from cure_jax.config import default_config, load_config
+from cure_jax.config import config_file, default_config, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json")).read_text()
@@ -27,10 +26,7 @@ SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
 
 
 def _load(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(f"_shipped_{name}", ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg) if arg is not None else mod.get_config()
+    return config_file(ROOT / "configs" / f"{name}.py", arg)
 
 
 def _effective(name: str, arg: str | None) -> dict:

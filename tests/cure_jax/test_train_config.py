@@ -2,7 +2,6 @@
 is one line naming the dotted field (exit status 2 from the CLI, before any work starts)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,16 +10,13 @@ import sys
 
 import pytest
 
-from cure_jax.config import Config, ConfigError, load_config
+from cure_jax.config import Config, ConfigError, config_module, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return config_module(ROOT / "configs" / f"{name}.py")
 
 
 def tiny(variant: str | None = None):
@@ -211,3 +207,31 @@ def test_multihost_detection_from_environment():
     assert distributed.is_multihost_launch({"SLURM_NTASKS": "4"})
     assert distributed.is_multihost_launch({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
     assert distributed.initialize(env={}) is False  # single host: a no-op
+
+
+def test_cure_config_errors_name_the_field():
+    for path, value, match in [
+        ("rollout.mode", "sometimes", r"config\.rollout\.mode: must be one of"),
+        ("rollout.engine", "tgi", r"config\.rollout\.engine: must be one of"),
+        ("rollout.k_code", 0, r"config\.rollout\.k_code: must be >= 1"),
+        ("rollout.problems_per_step", 0, r"config\.rollout\.problems_per_step"),
+        ("cure.scaling", "ratio", r"config\.cure\.scaling"),
+        ("eval.top_p", 2.0, r"config\.eval\.top_p"),
+    ]:
+        c = tiny()
+        sec, key = path.split(".")
+        with c.unlocked():
+            c[sec][key] = value
+        with pytest.raises(ConfigError, match=match) as err:
+            load_config(c)
+        assert "\n" not in str(err.value)
+    c = tiny()
+    with c.unlocked():
+        c.rollout.k_cod = 3
+    with pytest.raises(ConfigError, match=r"config\.rollout\.k_cod: unknown field"):
+        load_config(c)
+    for variant in ("", "random"):
+        s = load_config(tiny(variant))
+        assert s.rollout.mode in ("sync", "async") and s.rollout.engine in ("vllm", "hf")
+        assert s.train.steps >= 1
+        assert s.train.eval_every > 0  # the default and the random variant evaluate held-out problems

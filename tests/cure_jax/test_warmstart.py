@@ -9,7 +9,7 @@ import pytest
 
 from rollout.parsing import parse_code, parse_test
 from rollout.prompts import PromptBuilder, PromptConfig
-from rollout.tasks import task_instances, task_problems
+from rollout.tiny_tasks import task_instances, task_problems
 from rollout.warmstart_corpus import (
     CODE,
     TEST,
@@ -54,7 +54,7 @@ def test_documents_use_the_rollout_prompts_and_answer_formats(small_corpus):
         if d.kind == TEST:
             t = parse_test(d.response)
             assert t.ok
-            ref = __import__("rollout.tasks.run_trusted", fromlist=["x"]).run_trusted(
+            ref = __import__("rollout.tiny_tasks.run_trusted", fromlist=["x"]).run_trusted(
                 inst.solution, t.input)
             assert (ref.split() == t.output.split()) == d.good, d.response
 
@@ -128,7 +128,7 @@ def test_shipped_policy_is_a_small_qwen2_with_the_project_tokenizer():
 def test_shipped_policy_solves_some_but_not_all_held_out_tasks():
     """Sampled at temperature 1 through the hf engine, judged by the sandbox."""
     pytest.importorskip("transformers", reason="the hf engine needs transformers")
-    from rollout.tasks.measure import measure_policy
+    from rollout.tiny_tasks.measure import measure_policy
 
     problems = task_problems("eval")[::2]
     res = measure_policy(str(ASSET), problems, n=2, temperature=1.0, max_tokens=128, seed=0)

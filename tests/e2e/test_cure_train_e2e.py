@@ -198,63 +198,6 @@ def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
     assert _segments_of(proc.pid) == []
 
 
-# ----------------------------------------------------------------------------- fast: driver parts
-
-
-def test_problem_ids_cover_each_epoch_and_are_a_function_of_the_step():
-    from cure_jax.sources.rollout_server import problem_ids_for_step
-
-    n, per = 10, 4
-    ids = [problem_ids_for_step(n, per, s, seed=3) for s in range(5)]  # 20 ids = 2 epochs
-    flat = [i for step in ids for i in step]
-    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
-    assert flat[:10] != list(range(10))  # shuffled
-    assert problem_ids_for_step(n, per, 3, seed=3) == ids[3]  # resume picks the same
-    assert problem_ids_for_step(n, per, 3, seed=4) != ids[3]
-    assert problem_ids_for_step(3, 5, 0, seed=0)[:3] != []  # more per step than problems
-
-
-def test_cure_config_errors_name_the_field():
-    from cure_jax.config import ConfigError, load_config
-
-    for path, value, match in [
-        ("rollout.mode", "sometimes", r"config\.rollout\.mode: must be one of"),
-        ("rollout.engine", "tgi", r"config\.rollout\.engine: must be one of"),
-        ("rollout.k_code", 0, r"config\.rollout\.k_code: must be >= 1"),
-        ("rollout.problems_per_step", 0, r"config\.rollout\.problems_per_step"),
-        ("cure.scaling", "ratio", r"config\.cure\.scaling"),
-        ("eval.top_p", 2.0, r"config\.eval\.top_p"),
-    ]:
-        c = tiny_config()
-        sec, key = path.split(".")
-        with c.unlocked():
-            c[sec][key] = value
-        with pytest.raises(ConfigError, match=match) as err:
-            load_config(c)
-        assert "\n" not in str(err.value)
-    c = tiny_config()
-    with c.unlocked():
-        c.rollout.k_cod = 3
-    with pytest.raises(ConfigError, match=r"config\.rollout\.k_cod: unknown field"):
-        load_config(c)
-    for variant in ("", "random"):
-        s = load_config(tiny_config(variant))
-        assert s.rollout.mode in ("sync", "async") and s.rollout.engine in ("vllm", "hf")
-        assert s.train.steps >= 1
-        assert s.train.eval_every > 0  # the default and the random variant evaluate held-out problems
-
-
-def test_step_statistics_become_tensorboard_tags():
-    from cure_jax.sources.rollout_server import rollout_scalars
-
-    tags = rollout_scalars({"code_accuracy": 0.25, "unit_test_accuracy": None,
-                          "code_reward_mean": 0.5, "test_advantage_std": 1.0,
-                          "verdicts": {"OK": 3, "TIME_LIMIT": 1}, "generate_s": 2.0})
-    assert tags == {"cure/code_accuracy": 0.25, "reward/code_mean": 0.5,
-                    "advantage/test_std": 1.0, "sandbox/verdict_OK": 3.0,
-                    "sandbox/verdict_TIME_LIMIT": 1.0, "time/generate_s": 2.0}
-
-
 @pytest.mark.slow
 def test_rollout_server_restarted_when_configured(tmp_path):
     wd = tmp_path / "restart"

@@ -2,7 +2,6 @@
 (one JAX CPU device and a compilation cache shared by the runs) and the config it loads."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import sys
@@ -30,7 +29,5 @@ def cure_train(workdir, *flags: str) -> list[str]:
 
 def tiny_config(variant: str = ""):
     """configs/tiny.py's ConfigDict (``variant``: "", "random" or "synthetic")."""
-    spec = importlib.util.spec_from_file_location("_tiny_cfg", CONFIG)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    from cure_jax.config import config_module
+    return config_module(CONFIG).get_config(variant)

@@ -359,7 +359,7 @@ def test_stubbed_transport_succeeds_on_a_later_candidate(tmp_path):
 
 
 def test_importing_the_data_modules_stays_light():
-    code = ("import sys, rollout.problems, rollout.hub, rollout.data_main, rollout.embedded; "
+    code = ("import sys, rollout.problems, rollout.hub, rollout.data_main, rollout.paper_problems; "
             "heavy = [m for m in ('huggingface_hub', 'jax', 'torch', 'vllm', 'httpx') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,11 +1,11 @@
-"""rollout.tasks.measure.score_samples: code accuracy and test validity of response texts,
+"""rollout.tiny_tasks.measure.score_samples: code accuracy and test validity of response texts,
 scored through the one execution matrix with the real sandbox."""
 from __future__ import annotations
 
 import pytest
 
 from rollout.problems import Problem
-from rollout.tasks.measure import score_samples
+from rollout.tiny_tasks.measure import score_samples
 
 DOUBLE = Problem(task_id="double", question="Read n; print 2*n.", difficulty="double",
                  test_input=("3\n", "0\n"), test_output=("6\n", "0\n"),

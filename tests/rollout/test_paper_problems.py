@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from rollout.embedded import generate
+from rollout.paper_problems import generate
 from rollout.problems import (
     EMBEDDED_SPLITS,
     Problem,
@@ -63,7 +63,7 @@ def test_every_shipped_row_validates_and_is_in_sync_with_the_specs():
         problems = [Problem.from_dict(r, source=str(path), row=i) for i, r in enumerate(rows)]
         assert problems == load_problems_file(path, dataset=f"embedded-{split}")
         assert [p.task_id for p in problems] == [f"embedded/{s.task_id}" for s in specs], (
-            "stale: run python -m rollout.embedded.generate")
+            "stale: run python -m rollout.paper_problems.generate")
         for p, s in zip(problems, specs):
             assert (p.question, p.solutions[0]) == (s.question, s.solution), p.task_id
             assert p.example_input == s.public and p.test_input == s.private, p.task_id

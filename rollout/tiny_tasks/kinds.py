@@ -6,7 +6,7 @@ policy has never seen: solving it needs reading the statement, not recalling an 
 
 Inputs are small (lists of at most 6 numbers below 30, words of at most 8 letters), so a tiny
 model can write a correct test by hand-calculation-sized reasoning. Outputs are never written
-here: :mod:`rollout.tasks.generate` runs the reference program on each input.
+here: :mod:`rollout.tiny_tasks.generate` runs the reference program on each input.
 """
 from __future__ import annotations
 

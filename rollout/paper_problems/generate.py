@@ -7,8 +7,8 @@ process with this interpreter, so the shipped outputs are right by construction.
 statement fixes the exact input and output format; inputs end with a newline. Run after
 editing ``specs.json``:
 
-    python -m rollout.embedded.generate          # rewrite the JSON files
-    python -m rollout.embedded.generate --check  # exit 1 if the files are out of date
+    python -m rollout.paper_problems.generate          # rewrite the JSON files
+    python -m rollout.paper_problems.generate --check  # exit 1 if the files are out of date
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {dest}: {len(problems)} problems, "
                   f"{sum(p.num_tests + len(p.example_input) for p in problems)} tests")
     if stale:
-        print("out of date (run python -m rollout.embedded.generate): " + ", ".join(stale),
+        print("out of date (run python -m rollout.paper_problems.generate): " + ", ".join(stale),
               file=sys.stderr)
         return 1
     return 0

@@ -1,7 +1,7 @@
 """Write the synthetic task splits as Stdio-format JSON files (what ``data.train`` / ``data.eval``
 of a config can point at):
 
-    python -m rollout.tasks --out=runs/tasks      # -> runs/tasks/train.json, runs/tasks/eval.json
+    python -m rollout.tiny_tasks --out=runs/tasks      # -> runs/tasks/train.json, runs/tasks/eval.json
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pathlib
 import sys
 
 from rollout.problems import write_problems
-from rollout.tasks.generate import SPLITS, task_problems
+from rollout.tiny_tasks.generate import SPLITS, task_problems
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from rollout.problems import Problem
-from rollout.tasks import (
+from rollout.tiny_tasks import (
     KINDS,
     generate_instance,
     kind_by_name,
@@ -15,7 +15,7 @@ from rollout.tasks import (
     task_instances,
     task_problems,
 )
-from rollout.tasks.run_trusted import run_trusted
+from rollout.tiny_tasks.run_trusted import run_trusted
 
 
 def test_about_a_dozen_kinds_with_disjoint_parameter_splits():
@@ -92,7 +92,7 @@ def test_reference_solutions_pass_and_mutants_fail_in_the_sandbox():
 
 def test_splits_export_as_stdio_json(tmp_path):
     from rollout.problems import load_problems
-    from rollout.tasks.__main__ import main
+    from rollout.tiny_tasks.__main__ import main
 
     assert main(["--out", str(tmp_path)]) == 0
     assert load_problems(tmp_path / "eval.json") == task_problems("eval")

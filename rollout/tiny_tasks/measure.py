@@ -4,7 +4,7 @@ code accuracy: share of sampled programs that pass every ground-truth test (pool
 test validity: share of sampled unit tests that parse and that the reference program passes
 (the evaluation prompt shows no example, as in CURE's evaluation).
 
-    python -m rollout.tasks.measure --model=rollout/assets/tiny_coder --n=4 --temperature=1.0
+    python -m rollout.tiny_tasks.measure --model=rollout/assets/tiny_coder --n=4 --temperature=1.0
 
 Imports torch/transformers (through the engine) only when called.
 """
@@ -99,7 +99,7 @@ def measure_policy(model_dir: str, problems: Sequence[Problem], *, n: int = 4,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rollout.tasks import task_problems
+    from rollout.tiny_tasks import task_problems
 
     ap = argparse.ArgumentParser(description="held-out code accuracy / test validity")
     ap.add_argument("--model", required=True, help="HF model directory")

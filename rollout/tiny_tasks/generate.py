@@ -1,7 +1,7 @@
 """Seeded task instances and the disjoint train / held-out evaluation splits.
 
 An instance is (kind, parameter, seed): the seed draws its test inputs; outputs come from running
-the reference program (:func:`rollout.tasks.run_trusted.run_trusted`). The split partitions each
+the reference program (:func:`rollout.tiny_tasks.run_trusted.run_trusted`). The split partitions each
 kind's *parameters*, so a held-out problem's statement never occurs in training: held-out
 accuracy measures reading the statement, not recall.
 """
@@ -12,8 +12,8 @@ import math
 import random
 
 from rollout.problems import Problem
-from rollout.tasks.kinds import KINDS, Param, TaskKind, kind_by_name
-from rollout.tasks.run_trusted import run_trusted
+from rollout.tiny_tasks.kinds import KINDS, Param, TaskKind, kind_by_name
+from rollout.tiny_tasks.run_trusted import run_trusted
 
 __all__ = ["SPLITS", "TaskInstance", "generate_instance", "split_params", "task_instances",
            "task_problems"]
