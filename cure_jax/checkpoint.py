@@ -1,5 +1,5 @@
 """Orbax checkpoints of the learner: arrays (params, optimizer state, step, RNG) plus the
-driver's JSON state (data cursor and anything else it needs to continue exactly). The
+trainer's JSON state (data cursor and anything else it needs to continue exactly). The
 directory names are rollout.contract.checkpoint_layout's (the rollout side reads them too).
 
 * async saves (arrays are copied to host before `save` returns; writing runs in background),

@@ -178,7 +178,7 @@ def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) 
 
 
 def summary_scalars(metrics: Mapping[str, dict], prefix: str = "eval") -> dict[str, float]:
-    """Flat ``{"<prefix>/<dataset>/<metric>": value}`` for TensorBoard (the training driver's
+    """Flat ``{"<prefix>/<dataset>/<metric>": value}`` for TensorBoard (cure-train's
     periodic evaluation); BoN entries become ``.../bon_NxM``; undefined (None) rates are left out."""
     out: dict[str, float] = {}
     for ds, r in metrics.items():
@@ -241,7 +241,7 @@ def evaluate(
 
     ``engine``: a running local engine (engines interface, with a ``tokenizer``) to use for
     ``coder`` (and for the tester when it is the same spec) instead of building one; it is not
-    closed. The training driver evaluates the weights it holds this way, with ``reports=False``
+    closed. cure-train evaluates the weights it holds this way, with ``reports=False``
     and :func:`summary_scalars` for TensorBoard.
     """
     out = pathlib.Path(out_dir)

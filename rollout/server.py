@@ -154,7 +154,7 @@ def _heartbeat(chan: ServerChannel, period: float, server_ref: list) -> None:
             chan.send({"type": "heartbeat", "t": time.time(),
                        "busy": getattr(srv, "busy", None)})
         except OSError:
-            os._exit(4)  # the driver is gone
+            os._exit(4)  # cure-train is gone
 
 
 def _one_line(e: BaseException) -> str:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                      daemon=True, name="heartbeat").start()
     try:
         server = Server(spec, chan)
-    except Exception as e:  # noqa: BLE001 - reported to the driver as one line
+    except Exception as e:  # noqa: BLE001 - reported to cure-train as one line
         traceback.print_exc()
         chan.send({"type": "fatal", "message": f"start-up failed: {_one_line(e)}"})
         return 1
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             cmd = chan.recv()
-            if cmd is None:  # the driver closed the pipe: it is gone or done
+            if cmd is None:  # cure-train closed the pipe: it is gone or done
                 return 0
             name = cmd.get("cmd")
             if name == "stop":
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 if handler is None:
                     raise ValueError(f"unknown command {name!r}")
                 result = handler(cmd)
-            except Exception as e:  # noqa: BLE001 - the driver decides what an error means
+            except Exception as e:  # noqa: BLE001 - cure-train decides what an error means
                 traceback.print_exc()
                 chan.send({"type": "error", "id": cmd.get("id"), "cmd": name,
                            "message": _one_line(e)})

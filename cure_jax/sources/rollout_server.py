@@ -107,8 +107,9 @@ class RolloutServerSource:
         import jax
 
         if jax.process_count() > 1:
-            raise NotImplementedError("cure-train with rollout.source='cure' runs on one host "
-                                      "(one rollout server per host is not wired yet)")
+            raise NotImplementedError("rollout.source='cure' runs as a single process "
+                                      f"(jax.process_count() is {jax.process_count()}); "
+                                      "multi-process runs take rollout.source='synthetic'")
         self.cfg, self.learner = cfg, learner
         self.workdir = pathlib.Path(workdir)
         r = cfg.rollout

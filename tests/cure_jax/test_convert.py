@@ -399,7 +399,7 @@ def test_converted_dir_greedy_generates_like_transformers_in_vllm(hf_dirs, tmp_p
     assert code == 0, err
     prompts = [[5, 17, 33, 2], [100, 7], [9, 9, 9, 9, 9, 9], [300, 42, 1]]
     n_new = 12
-    script = pathlib.Path(__file__).parent / "helpers" / "vllm_greedy.py"
+    script = pathlib.Path(__file__).parents[1] / "helpers" / "vllm_greedy.py"
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, str(script), str(out), json.dumps(prompts), str(n_new)],
                        capture_output=True, text=True, env=env, timeout=600, check=False)
