@@ -16,10 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from rollout.contract.procs import descendants, pid_alive
+from rollout.contract.procs import descendants
 from rollout.contract.segments import list_segments
 from rollout.plot_run import read_scalars
 from tests.helpers.cure_runs import ROOT, cure_train, tiny_config, train_env
+from tests.helpers.shm_peers import wait_dead
 
 # fewer samples per step (the hf backend is slower; some tests need only the plumbing)
 SMALL = ("--config.rollout.problems_per_step=2", "--config.rollout.k_code=4",
@@ -47,14 +48,6 @@ def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout: 
 def _server_pid(line: str) -> int:
     return int(line.split("rollout server pid ")[1].split()[0])
 
-
-def _gone(pids, timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if pid_alive(p)]
-        time.sleep(0.1)
-    return alive
 
 
 def _segments_of(pid: int) -> list[str]:
@@ -117,7 +110,7 @@ def test_async_killed_then_resumed(tmp_path):
         if proc.poll() is None:
             proc.kill()
     # The driver was SIGKILLed: its server dies with it and its janitor unlinks the segments.
-    assert _gone(tree) == []
+    assert wait_dead(tree, 10.0) == []
     deadline = time.monotonic() + 10
     while _segments_of(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -194,7 +187,7 @@ def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
     assert elapsed < 15, elapsed
     assert f"rollout server (pid {server}) was killed by signal SIGKILL" in err, err[-3000:]
     assert "step 3/3" not in out
-    assert _gone(tree) == []
+    assert wait_dead(tree, 10.0) == []
     assert _segments_of(proc.pid) == []
 
 

@@ -12,6 +12,7 @@ import uuid
 
 import numpy as np
 
+from rollout.contract.procs import pid_alive
 from rollout.contract.segments import list_segments
 from rollout.contract.weight_channel import BFLOAT16
 
@@ -41,6 +42,16 @@ def wait_gone(run: str, timeout: float = 4.0) -> list[str]:
             return []
         time.sleep(0.05)
     return list_segments(run)
+
+
+def wait_dead(pids, timeout: float = 5.0) -> list[int]:
+    """The pids still alive after up to ``timeout`` seconds (empty once all are gone)."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if pid_alive(p)]
+        time.sleep(0.05)
+    return alive
 
 
 def weights(seed: int) -> dict[str, np.ndarray]:

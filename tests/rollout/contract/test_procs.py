@@ -10,6 +10,7 @@ import time
 import pytest
 
 from rollout.contract.procs import descendants, kill_tree, pid_alive
+from tests.helpers.shm_peers import wait_dead
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
 
@@ -24,14 +25,6 @@ print(a.pid, b.pid, flush=True)
 a.wait()
 """
 
-
-def _wait_dead(pids, timeout: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if pid_alive(p)]
-        time.sleep(0.05)
-    return alive
 
 
 def test_pid_alive_live_zombie_and_reaped():
@@ -61,7 +54,7 @@ def test_descendants_and_kill_tree_reach_the_whole_tree():
         assert descendants(a) == [] and os.getpid() not in tree
         assert os.getpgid(b) != p.pid  # out of the child's process group
         kill_tree(p.pid, p.pid)
-        assert _wait_dead([p.pid, a, b]) == []
+        assert wait_dead([p.pid, a, b]) == []
     finally:
         p.kill()
         p.wait()
