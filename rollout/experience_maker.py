@@ -16,7 +16,8 @@ Rows follow the experience schema (``rollout.contract.schema``): ``tokens`` int3
 elsewhere), ``advantage``, ``reward`` float32 [N], ``kind`` int8 [N] (0 code, 1 test),
 ``problem_id``, ``policy_version`` int32 [N]; plus ``has_signal`` int8 [N]: 0 for a row whose
 group (its problem's codes, or its tests) carries no signal (advantage 0). Such rows are kept
-and marked, never silently dropped; whether the learner sees them is the trainer's choice (``rollout.drop_zero_signal``).
+and marked, never silently dropped; whether the learner sees them is the trainer's choice
+(``rollout.drop_zero_signal``).
 
 A response longer than ``max_len - prompt_len`` tokens is truncated for training (the reference
 generates 10k tokens and trains on 8k); its reward still comes from the whole response.
