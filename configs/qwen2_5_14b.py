@@ -2,7 +2,7 @@
 at 14B. Same hyper-parameters; the learner shards over 4 GPUs with full rematerialisation and
 offloads the frozen reference to host memory, vLLM serves on the other 4 (tensor parallel 4).
 
-    CUDA_VISIBLE_DEVICES=0,1,2,3 cure-train --config=configs/qwen2_5_14b.py --workdir=runs/14b \
+    cure-train --config=configs/qwen2_5_14b.py --workdir=runs/14b \
         --config.rollout.model_path=<Qwen2.5-14B-Instruct dir> --config.model.init_checkpoint=ckpt/qwen2.5-14b
 """
 from __future__ import annotations

@@ -6,15 +6,15 @@ first 8k), at most 8 ground-truth tests per problem, fraction-scaled unit-test r
 per-problem z-scored advantages; AdamW lr 1e-6 constant, betas (0.9, 0.95), no weight decay,
 clip 1.0, PPO clip 0.2, KL 0.01 (k3) to the frozen initial model, token-mean loss, bf16.
 
-GPU layout (8 x 80 GB): the JAX learner on GPUs 0-3 (mesh fsdp=4; launch with
-CUDA_VISIBLE_DEVICES=0,1,2,3 cure-train ...), the vLLM rollout server on GPUs 4-7
-(rollout.devices, tensor parallel 4); weights move between them through the node's shared memory.
+GPU layout (8 x 80 GB): the JAX learner on GPUs 0-3 (mesh.devices, fsdp over all 4), the vLLM
+rollout server on GPUs 4-7 (rollout.devices, tensor parallel 4); cure-train applies the split
+itself. Weights move between them through the node's shared memory.
 
 Before training:
     cure-data download --dataset=CodeContests_train --out=data/
     cure-data download --dataset=LiveBench --out=data/
     cure-convert hf-to-orbax --hf_dir=<Qwen2.5-7B-Instruct dir> --out=ckpt/qwen2.5-7b   # learner init
-    CUDA_VISIBLE_DEVICES=0,1,2,3 cure-train --config=configs/qwen2_5_7b.py --workdir=runs/7b \
+    cure-train --config=configs/qwen2_5_7b.py --workdir=runs/7b \
         --config.rollout.model_path=<Qwen2.5-7B-Instruct dir> --config.model.init_checkpoint=ckpt/qwen2.5-7b
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     # truncated IS against the rollout log-probs, codes and tests in one batch.
     config_module(pathlib.Path(__file__).with_name("learner_presets.py")).apply_preset(c, "reference-faithful")
     c.learner.update({"tis_cap": 2.0, "micro_batch_size": 8, "length_bucket": 512})
+    c.mesh.devices = "0,1,2,3"  # the learner's GPUs; the rollout server's are rollout.devices
     c.train.update({"steps": 120, "eval_every": 10})
 
     c.rollout.update({

@@ -5,9 +5,10 @@ the sign of each test's reward, a length threshold T = median length of the posi
 clipped to [1000, 8000] tokens, positives rewarded for being shorter than T (efficient tests).
 Qwen3 has its own chat template (thinking); prompts use it.
 
-GPU layout (8 x 80 GB): learner on GPUs 0-3 (fsdp=4), vLLM on GPUs 4-7 with tensor parallel 2.
+GPU layout (8 x 80 GB), as the 7B recipe's: learner on GPUs 0-3 (mesh.devices, fsdp=4), vLLM
+on GPUs 4-7 (rollout.devices) with tensor parallel 2.
 
-    CUDA_VISIBLE_DEVICES=0,1,2,3 cure-train --config=configs/qwen3_4b.py --workdir=runs/4b \
+    cure-train --config=configs/qwen3_4b.py --workdir=runs/4b \
         --config.rollout.model_path=<Qwen3-4B dir> --config.model.init_checkpoint=ckpt/qwen3-4b
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from cure_jax import losses
+from cure_jax import losses, placement
 from rollout.contract.config import (
     ConfigError,
     Section,
@@ -50,13 +50,16 @@ KL_REFERENCES = ("initial", "none")
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig(Section):
-    """Mesh axis sizes; -1 means "all the devices left" (at most one axis)."""
+    """Mesh axis sizes; -1 means "all the devices left" (at most one axis). ``devices``: the
+    learner's GPUs on this host, comma-separated indices ("" = every GPU not in
+    ``rollout.devices``); cure-train applies it (:mod:`cure_jax.placement`)."""
 
     _path: ClassVar[str] = "mesh"
 
     data: int = 1
     fsdp: int = -1
     tp: int = 1
+    devices: str = ""
 
     def validate(self, p: str) -> None:
         for f in ("data", "fsdp", "tp"):
@@ -64,6 +67,7 @@ class MeshConfig(Section):
             check(v == -1 or v >= 1, f"{p}.{f}", f"must be >= 1 or -1 (got {v})")
         check(sum(getattr(self, f) == -1 for f in ("data", "fsdp", "tp")) <= 1, p,
               "at most one axis may be -1")
+        placement.parse(self.devices, f"{p}.devices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +256,9 @@ class Config(Section):
         if r.source == "cure" and self.model.preset and not (r.model_path or self.model.hf_dir):
             fail(f"{p}.rollout.model_path", "required with config.model.preset (the HF "
                  "directory or hub id the rollout engine serves)")
+        # The GPU split, as far as it is known without the host (cure-train's placement.plan
+        # checks the rest against this host's GPUs at the door).
+        placement.check_lists(self.mesh.devices, r.devices, p)
 
     def to_dict(self) -> dict[str, Any]:
         """Every section as plain JSON-able dicts (written to <workdir>/config.json; the rollout

@@ -127,10 +127,16 @@ class ExperienceBatch:
         return self.with_length(max(multiple, -(-need // multiple) * multiple))
 
     def pad_rows(self, multiple: int) -> ExperienceBatch:
-        """Append empty rows (prompt_len 1, response_len 0, advantage 0) up to a multiple.
+        """Append empty rows up to a multiple of `multiple` rows (see `pad_rows_to`)."""
+        return self.pad_rows_to(self.num_rows + (-self.num_rows) % multiple)
+
+    def pad_rows_to(self, rows: int) -> ExperienceBatch:
+        """Append empty rows (prompt_len 1, response_len 0, advantage 0) up to `rows` rows.
 
         Empty rows carry no loss (their mask is all zero) and do not count as sequences."""
-        extra = (-self.num_rows) % multiple
+        extra = rows - self.num_rows
+        if extra < 0:
+            raise ExperienceError(f"experience: cannot pad {self.num_rows} rows to {rows}")
         if extra == 0:
             return self
         d = {}
@@ -143,6 +149,12 @@ class ExperienceBatch:
                 pad[:] = a.max(initial=0)
             d[k] = np.concatenate([a, pad])
         return ExperienceBatch(**d)
+
+    @classmethod
+    def empty(cls, length: int = 1) -> ExperienceBatch:
+        """A batch of no rows (a process whose rollout kept nothing this step)."""
+        return cls(**{k: np.zeros((0, length) if ndim == 2 else (0,), dtype)
+                      for k, (dtype, ndim) in FIELDS.items()})
 
     def to_dict(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in FIELDS}
@@ -159,22 +171,25 @@ if tuple(f.name for f in dataclasses.fields(ExperienceBatch)) != schema.LEARNER_
                       "rollout.contract.schema.LEARNER_FIELDS")
 
 
-def process_rows(num_rows: int, process_index: int | None = None, process_count: int | None = None) -> slice:
-    """The contiguous rows of a global batch that this host feeds (equal share per host)."""
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
-    if num_rows % pc:
-        raise ExperienceError(f"experience: {num_rows} rows do not split over {pc} hosts")
-    per = num_rows // pc
-    return slice(pi * per, (pi + 1) * per)
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of an array sharded over its leading axis, in row order (each row
+    once: replicated copies are skipped)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    seen: dict[int, np.ndarray] = {}
+    for shard in x.addressable_shards:
+        start = shard.index[0].start or 0
+        if start not in seen:
+            seen[start] = np.asarray(shard.data)
+    return np.concatenate([seen[k] for k in sorted(seen)])
 
 
 def place(local: dict[str, np.ndarray], sharding_2d: jax.sharding.NamedSharding,
           global_rows: int) -> dict[str, jax.Array]:
     """Host-local rows -> global jax.Arrays sharded over the batch axis (multi-host safe).
 
-    `local` holds this host's rows only (see `process_rows`); 1-D fields use the 2-D sharding's
-    leading axis.
+    `local` holds this host's rows only (its block of the global rows, see cure_jax.row_plan);
+    1-D fields use the 2-D sharding's leading axis.
     """
     mesh, spec = sharding_2d.mesh, sharding_2d.spec
     out = {}

@@ -13,8 +13,10 @@ import logging
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
+from cure_jax import distributed
 from cure_jax.checkpoint import Checkpointer, StopSignal
 from cure_jax.sources.base import Experience, ExperienceSource
 from cure_jax.summaries import SummaryWriter
@@ -85,7 +87,7 @@ class Evaluation:
     def at_start(self, cursor: int) -> None:
         if self.every and cursor == 0:  # the starting point of the eval curves
             m = self.run(0)
-            if m is not None:
+            if m is not None and jax.process_index() == 0:
                 print(f"step 0 eval code {fmt(m.get('code_accuracy'))} ut "
                       f"{fmt(m.get('unit_test_accuracy'))}", flush=True)
 
@@ -146,11 +148,14 @@ class Texts:
 
 
 class Console:
-    """One line per step: progress, the source's summary, losses, timings, evaluation."""
+    """One line per step (process 0): progress, the source's summary, losses, timings, evaluation."""
 
     def after_step(self, info: StepInfo) -> None:
+        if jax.process_index() != 0:
+            return
         exp, m, s = info.experience, info.metrics, info.scalars
         trained = 0 if exp.batch is None else exp.batch.num_rows
+        trained = int(s.get("batch/rows_trained", exp.scalars.get("batch/rows_trained", trained)))
         ev = info.eval_metrics
         print(f"step {info.done}/{info.steps} v{info.version} | {exp.summary} | rows "
               f"{trained}/{exp.rows} | pg {fmt(m.get('pg_loss'), '.4f')} kl "
@@ -177,7 +182,9 @@ class Checkpoints:
 
     def after_step(self, info: StepInfo) -> None:
         self.writer.flush()
-        if self.stop.requested:
+        # A signal to any process stops every process after the same step.
+        if distributed.global_sum(int(self.stop.requested)) if jax.process_count() > 1 \
+                else self.stop.requested:
             self.save(info)
             self.ckpt.wait()
             self.writer.flush()

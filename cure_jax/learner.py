@@ -1,8 +1,9 @@
 """Train state and the sharded policy-gradient update of one experience batch.
 
 One `Learner.update(state, batch)`:
-  1. pads rows to the data-parallel size, orders rows by length and cuts micro-batches, each
-     trimmed to its own length bucket (so padding is not most of the compute);
+  1. orders rows by length and cuts micro-batches, each padded to the data-parallel size and
+     trimmed to its own length bucket, so padding is not most of the compute (cure_jax.row_plan;
+     with several processes each feeds its own rows and the plan agrees everywhere);
   2. computes reference log-probs (frozen initial params) and, when several optimizer updates
      share the batch, the old log-probs, micro-batch by micro-batch (no gradients);
   3. for each PPO epoch, shuffles rows into minibatches; for each minibatch accumulates exact
@@ -27,9 +28,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cure_jax import losses, sharding
+from cure_jax import losses, row_plan, sharding
 from cure_jax.config import LearnerConfig
-from cure_jax.experience import ExperienceBatch, place, process_rows
+from cure_jax.experience import ExperienceBatch, local_rows, place
+from cure_jax.row_plan import GlobalRows
 from cure_jax.models.qwen import Qwen, QwenConfig
 from cure_jax.optim import learning_rate_schedule, make_optimizer
 
@@ -209,81 +211,73 @@ class Learner:
         return self._accum_cache[key]
 
     # ------------------------------------------------------------------ host orchestration
-    def _micro_batches(self, batch: ExperienceBatch, rows: np.ndarray) -> list[np.ndarray]:
-        """Rows ordered by length and cut into micro-batches of `micro_batch_size` rows."""
-        order = rows[np.argsort(batch.total_len()[rows], kind="stable")]
-        size = self.cfg.micro_batch_size or len(order)
-        size = max(self.dp_size * jax.process_count(), size)
-        return [order[i:i + size] for i in range(0, len(order), size)]
+    def _plan(self, rows: GlobalRows, ids: np.ndarray) -> list[row_plan.MicroBatch]:
+        """Micro-batches over the global row ids `ids` (see cure_jax.row_plan)."""
+        return row_plan.plan(rows, ids, self.cfg.micro_batch_size,
+                             self.dp_size // jax.process_count(), self.cfg.length_bucket)
 
-    def _host_mb(self, batch: ExperienceBatch, rows: np.ndarray, extra: dict[str, np.ndarray]) -> tuple[dict, int]:
-        """numpy arrays of one micro-batch, trimmed to its length bucket and padded to the dp size."""
-        sub = batch.select(rows)
-        mult = self.dp_size * jax.process_count()
-        pad = (-len(rows)) % mult
-        sub = sub.pad_rows(mult).bucketed(self.cfg.length_bucket)
-        length = sub.length
+    def _device_mb(self, batch: ExperienceBatch, mb: row_plan.MicroBatch, keys: tuple[str, ...],
+                   extra: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
+        """This process's rows of one micro-batch, padded and trimmed to the micro-batch's shape,
+        placed as its block of the global micro-batch; also returns the tokens it feeds."""
+        sub = batch.select(mb.local_rows).pad_rows_to(mb.rows_per_process).with_length(mb.length)
+        length = mb.length
         d = {"tokens": sub.tokens, "loss_mask": sub.response_mask(), "advantage": sub.advantage,
              "rollout_logp": sub.rollout_logprobs}
         for k, v in extra.items():
-            vv = v[rows][:, :length]
-            if vv.shape[1] < length:
-                vv = np.pad(vv, ((0, 0), (0, length - vv.shape[1])))
-            d[k] = np.concatenate([vv, np.zeros((pad, length), vv.dtype)]) if pad else vv
-        return d, sub.num_rows
+            vv = np.zeros((mb.rows_per_process, length), v.dtype)
+            w = min(length, v.shape[1])
+            vv[:len(mb.local_rows), :w] = v[mb.local_rows, :w]
+            d[k] = vv
+        rows = mb.rows_per_process * jax.process_count()
+        return place({k: d[k] for k in keys}, self.batch_sharding, rows), d["tokens"].size
 
-    def _to_device(self, d: dict[str, np.ndarray], rows: int) -> dict[str, jax.Array]:
-        sl = process_rows(rows)
-        return place({k: v[sl] for k, v in d.items()}, self.batch_sharding, rows)
-
-    def _fill_logprobs(self, fn, params, batch: ExperienceBatch) -> np.ndarray:
-        """Per-token log-probs [N, L] of the whole batch under `params`, micro-batch by micro-batch."""
+    def _fill_logprobs(self, fn, params, batch: ExperienceBatch, rows: GlobalRows) -> np.ndarray:
+        """Per-token log-probs [n, L] of this process's rows under `params`, micro-batch by
+        micro-batch (every process runs the same micro-batches)."""
         out = np.zeros((batch.num_rows, batch.length), np.float32)
-        for rows in self._micro_batches(batch, np.arange(batch.num_rows)):
-            d, n = self._host_mb(batch, rows, {})
-            dev = self._to_device({"tokens": d["tokens"]}, n)
+        for mb in self._plan(rows, np.arange(rows.num_rows)):
+            dev, _ = self._device_mb(batch, mb, ("tokens",), {})
             with jax.set_mesh(self.mesh):
                 logp, _ = fn(params, dev["tokens"])
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-                logp = multihost_utils.process_allgather(logp, tiled=True)
-            logp = np.asarray(jax.device_get(logp))[: len(rows)]
+            logp = local_rows(logp)[:len(mb.local_rows)]
             w = min(logp.shape[1], batch.length)
-            out[rows, :w] = logp[:, :w]
+            out[mb.local_rows, :w] = logp[:, :w]
         return out
 
-    def _minibatch_grads(self, params, batch: ExperienceBatch, rows_in: np.ndarray,
+    def _minibatch_grads(self, params, batch: ExperienceBatch, rows: GlobalRows, ids: np.ndarray,
                          extra: dict[str, np.ndarray], keys: tuple[str, ...], accum):
-        """Exact gradient of the minibatch loss, accumulated over its micro-batches.
+        """Exact gradient of the loss of the minibatch of global rows `ids`, accumulated over its
+        micro-batches; the denominator counts every process's rows.
 
-        Returns (grads, metric sums, response-token count, padded tokens processed)."""
-        mask = batch.response_mask()[rows_in]
+        Returns (grads, metric sums, response-token count, padded tokens this process fed)."""
+        mask = rows.response_mask(ids)
         denom = float(np.asarray(losses.aggregate_denominator(mask, self.loss_cfg.agg_mode)))
         ntok = max(float(mask.sum()), 1.0)
         acc = self._zeros_jit(params)
         macc = {k: jnp.zeros((), jnp.float32) for k in losses.METRIC_KEYS}
         processed = 0
-        for rows in self._micro_batches(batch, rows_in):
-            d, n = self._host_mb(batch, rows, extra)
-            dev = self._to_device({k: d[k] for k in keys}, n)
-            processed += d["tokens"].size
+        for mb in self._plan(rows, ids):
+            dev, fed = self._device_mb(batch, mb, keys, extra)
+            processed += fed
             with jax.set_mesh(self.mesh):
                 acc, macc = accum(params, acc, macc, dev, jnp.float32(denom))
         return acc, macc, ntok, processed
 
-    def _prepare(self, params, batch: ExperienceBatch, ref_params: Any | None, n_updates: int):
+    def _prepare(self, params, batch: ExperienceBatch, rows: GlobalRows, ref_params: Any | None,
+                 n_updates: int):
         """Reference/old log-probs the loss needs, the micro-batch keys and the jitted accumulator."""
         cfg = self.cfg
         extra: dict[str, np.ndarray] = {}
         if self.loss_cfg.kl_coef > 0:
             if ref_params is None:
                 raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
-            extra["ref_logp"] = self._fill_logprobs(self._logprobs_ref_jit, ref_params, batch)
+            extra["ref_logp"] = self._fill_logprobs(self._logprobs_ref_jit, ref_params, batch, rows)
         self_old = False
         if cfg.old_logprobs == "rollout":
             extra["old_logp"] = batch.rollout_logprobs
         elif n_updates > 1:
-            extra["old_logp"] = self._fill_logprobs(self._logprobs_jit, params, batch)
+            extra["old_logp"] = self._fill_logprobs(self._logprobs_jit, params, batch, rows)
         else:
             self_old = True
         keys = tuple(sorted(["tokens", "loss_mask", "advantage"]
@@ -295,18 +289,25 @@ class Learner:
                   ) -> tuple[Any, dict[str, float]]:
         """Gradient of the loss of the whole batch taken as one minibatch (no update), and
         its token-mean metrics; accumulated over micro-batches exactly as `update` does."""
-        extra, keys, accum = self._prepare(params, batch, ref_params, 1)
-        acc, macc, ntok, _ = self._minibatch_grads(params, batch, np.arange(batch.num_rows), extra, keys, accum)
+        rows = row_plan.gather_rows(batch)
+        extra, keys, accum = self._prepare(params, batch, rows, ref_params, 1)
+        acc, macc, ntok, _ = self._minibatch_grads(params, batch, rows, np.arange(rows.num_rows),
+                                                   extra, keys, accum)
         grads = jax.tree.map(np.asarray, jax.device_get(acc))
         return grads, {k: float(v) / ntok for k, v in jax.device_get(macc).items()}
 
     def update(self, state: TrainState, batch: ExperienceBatch, ref_params: Any | None = None,
                ) -> tuple[TrainState, dict[str, float]]:
-        """All PPO epochs/minibatches of one experience batch. Returns (new state, metrics)."""
+        """All PPO epochs/minibatches of one experience batch. Returns (new state, metrics).
+
+        `batch` holds this process's rows; with several processes the update is over the
+        union of every process's rows (global row ids: process 0's rows first), and every
+        process must call it, also with an empty batch."""
         cfg = self.cfg
         t0 = time.perf_counter()
+        rows = row_plan.gather_rows(batch)
         n_updates = cfg.ppo_epochs * cfg.minibatches
-        extra, keys, accum = self._prepare(state.params, batch, ref_params, n_updates)
+        extra, keys, accum = self._prepare(state.params, batch, rows, ref_params, n_updates)
         t_prep = time.perf_counter() - t0
         seed_words = [int(x) for x in np.asarray(jax.device_get(state.rng)).ravel()]
         step0 = int(jax.device_get(state.step))
@@ -314,12 +315,12 @@ class Learner:
         totals: dict[str, float] = {k: 0.0 for k in losses.METRIC_KEYS}
         totals.update(grad_norm=0.0, lr=0.0)
         tokens_processed = 0
-        n_rows = batch.num_rows
+        n_rows = rows.num_rows
         for _ in range(cfg.ppo_epochs):
             perm = perm_rng.permutation(n_rows) if n_updates > 1 else np.arange(n_rows)
             for mbatch_rows in np.array_split(perm, cfg.minibatches):
-                acc, macc, ntok, ptok = self._minibatch_grads(state.params, batch, mbatch_rows, extra,
-                                                              keys, accum)
+                acc, macc, ntok, ptok = self._minibatch_grads(state.params, batch, rows, mbatch_rows,
+                                                              extra, keys, accum)
                 tokens_processed += ptok
                 with jax.set_mesh(self.mesh):
                     state, upd = self._apply_jit(state, acc)
@@ -332,12 +333,13 @@ class Learner:
         totals.update({"time/prep_s": t_prep, "time/update_s": t_total - t_prep,
                        "perf/tokens_per_s": tokens_processed * 1.0 / max(t_total - t_prep, 1e-9),
                        "perf/padded_tokens": float(tokens_processed),
-                       "perf/response_tokens": float(batch.response_mask().sum()) * cfg.ppo_epochs})
+                       "perf/response_tokens": float(rows.response_len.sum()) * cfg.ppo_epochs})
         return state, totals
 
     def logprobs(self, params: Any, batch: ExperienceBatch) -> np.ndarray:
-        """Host helper: [N, L] token log-probs of `batch` under `params` (row order kept)."""
-        return self._fill_logprobs(self._logprobs_jit, params, batch)
+        """Host helper: [n, L] token log-probs of this process's rows of `batch` under `params`
+        (row order kept; a collective when multi-process)."""
+        return self._fill_logprobs(self._logprobs_jit, params, batch, row_plan.gather_rows(batch))
 
 
 def make_learner(model_cfg: QwenConfig, cfg: LearnerConfig, mesh: Mesh, **kw) -> Learner:

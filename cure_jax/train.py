@@ -13,6 +13,11 @@ The experience source is the rollout server (`rollout.source = "cure"`: sampling
 rewards on the rollout side) or the in-process synthetic one (`"synthetic"`). The cadences
 (`train.eval_every`, `log_every`, `histogram_every`, `text_every`, `checkpoint_every`) are hooks
 (cure_jax.hooks); SIGTERM/SIGINT saves a checkpoint at the next step boundary and exits.
+
+With several processes (one per host, cure_jax.distributed) every process runs this same loop
+on its own experience; the learner's arrays span all of them, process 0 alone writes
+TensorBoard and config.json, every process writes its shards of the checkpoints, and a process
+that stops takes the others down within a second (cure_jax.peers).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from typing import Any
 
 import jax
 
-from cure_jax import distributed, hooks, sharding
+from cure_jax import distributed, hooks, peers, sharding
 from cure_jax.checkpoint import Checkpointer
 from cure_jax.config import Config, ConfigError, load_config
 from cure_jax.learner import Learner, TrainState, make_learner
@@ -104,6 +109,10 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
     writer = SummaryWriter(workdir / "tb")
     source = None
     checkpoints = None
+    watch = None
+    if jax.process_count() > 1:  # every process stops soon after any other one did
+        watch = peers.PeerWatch(peers.exit_on_loss(
+            "cure-train", lambda: source.abort() if source is not None else None)).start()
     try:
         source = make_source(cfg, learner, workdir)
         evaluation = hooks.Evaluation(source, writer, tc.eval_every)
@@ -131,13 +140,23 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:
             scalars["time/step_s"] = time.perf_counter() - t0
             scalars["policy/version"] = float(version)
             if exp.batch is not None:
-                scalars["perf/step_tokens_per_s"] = (float(exp.batch.response_mask().sum())
-                                                     / scalars["time/step_s"])
+                scalars["perf/step_tokens_per_s"] = (
+                    metrics["perf/response_tokens"] / cfg.learner.ppo_epochs / scalars["time/step_s"])
             info = hooks.StepInfo(step=step, steps=tc.steps, state=state, version=version,
                                   experience=exp, metrics=metrics, scalars=scalars)
             for h in step_hooks:
                 h.after_step(info)
         source.finish()
+        if watch is not None:
+            watch.end("cure-train: the run ended")
+    except hooks.Preempted:  # every process stops after the same step
+        if watch is not None:
+            watch.end("cure-train: stopped by a signal")
+        raise
+    except BaseException:
+        if watch is not None:
+            watch.hold_if_fired()
+        raise
     finally:
         if source is not None:
             source.close()

@@ -2,13 +2,16 @@
 
 Loads the ml_collections config (any field overridable on the command line), validates it
 before any work and hands over to `cure_jax.train.train_and_evaluate(config, workdir)`, which
-resumes from the newest checkpoint in the workdir. Errors follow rollout.contract.cli: one line
-on stderr, exit status 2 for a bad command line or config (before any work starts), 1 for a
-checkpoint or rollout-server failure during the run (no traceback).
+resumes from the newest checkpoint in the workdir. On a GPU host it first gives the learner and
+the rollout server their GPUs (`mesh.devices`, `rollout.devices`; cure_jax.placement), before
+JAX initialises a backend. Errors follow rollout.contract.cli: one line on stderr, exit status 2
+for a bad command line or config (before any work starts), 1 for a checkpoint or rollout-server
+failure during the run (no traceback).
 """
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -35,8 +38,14 @@ def main(argv: list[str]) -> None:
         cli.exit_error(PROG, "--config is required", cli.EXIT_USAGE)
     if not _WORKDIR.value:
         cli.exit_error(PROG, "--workdir is required", cli.EXIT_USAGE)
+    from cure_jax import placement
     with cli.errors(PROG):
-        load_config(config)
+        cfg = load_config(config)
+        # This host's GPU split (mesh.devices / rollout.devices), resolved to physical ids and
+        # checked against the host here, then applied to this process before JAX picks devices.
+        where = placement.plan(cfg, processes=placement.launch_processes(os.environ,
+                                                                          _DISTRIBUTED.value))
+    placement.apply_to_learner(where)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     logging.getLogger("cure_jax").setLevel(logging.INFO)

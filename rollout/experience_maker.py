@@ -132,10 +132,15 @@ def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
 
 
 def _describe(prefix: str, x: np.ndarray) -> dict[str, float]:
-    if x.size == 0:
-        return {}
-    return {f"{prefix}_mean": float(x.mean()), f"{prefix}_std": float(x.std()),
-            f"{prefix}_min": float(x.min()), f"{prefix}_max": float(x.max())}
+    """``<prefix>_count`` always, and ``_mean``, ``_std``, ``_min``, ``_max`` (in float64) when
+    there are values: the count lets a multi-host merge weight the mean and pool the variance
+    exactly (``rollout.contract.stats``)."""
+    x = np.asarray(x, dtype=np.float64)
+    out: dict[str, float] = {f"{prefix}_count": int(x.size)}
+    if x.size:
+        out.update({f"{prefix}_mean": float(x.mean()), f"{prefix}_std": float(x.std()),
+                    f"{prefix}_min": float(x.min()), f"{prefix}_max": float(x.max())})
+    return out
 
 
 class ExperienceMaker:
@@ -260,6 +265,13 @@ class ExperienceMaker:
         stats["truncated_rate"] = float(np.mean([f == "length" for f in finish])) if finish else 0.0
         stats["prompt_len_mean"] = float(arrays["prompt_len"].mean())
         stats["rows"] = len(kind)
+        # The counts behind the ratios and means above, so that several hosts' statistics
+        # merge exactly (rollout.contract.stats.merge_rollout_stats).
+        stats["counts"] = agg["counts"]
+        stats["code_rows"] = int((kind == KIND_CODE).sum())
+        stats["test_rows"] = int((kind == KIND_TEST).sum())
+        stats["code_correct_count"] = int(br.code_correct.sum())
+        stats["truncated_rows"] = sum(f == "length" for f in finish)
         stats["rows_with_signal"] = int(sig.sum())
         stats["code_rows_with_signal"] = int((sig & (kind == KIND_CODE)).sum())
         stats["test_rows_with_signal"] = int((sig & (kind == KIND_TEST)).sum())
@@ -274,9 +286,10 @@ class ExperienceMaker:
     def evaluate(self, problems: Sequence[Problem], config: EvalConfig = EvalConfig()
                  ) -> dict[str, Any]:
         """Code/unit-test accuracy, BoN, p_01/p_00 and parse rates on ``problems`` with the
-        engine's current weights (rollout.metrics over one sampled table per problem)."""
-        if not problems:
-            raise ValueError("evaluate: no problems")
+        engine's current weights (rollout.metrics over one sampled table per problem). No
+        problems (an empty shard) give zero counts and None rates, without sampling."""
+        if not problems:  # an empty shard of a split evaluation
+            return self._empty_evaluation(config)
         ex = generate_and_execute(
             self.engine, self.builder, self.sandbox, problems, k_code=config.k_code,
             k_case=config.k_case, code_sampling=heldout_sampling(config, config.seed),
@@ -290,4 +303,17 @@ class ExperienceMaker:
         out = cure_metrics.aggregate(tables)
         out.update(ex.timings)
         out["verdicts"] = dict(sorted(ex.verdicts.items()))
+        return out
+
+    @staticmethod
+    def _empty_evaluation(config: EvalConfig) -> dict[str, Any]:
+        """The result of :meth:`evaluate` on no problems (a host whose shard is empty): zero
+        counts, None rates and BoN, the same keys as any other host's result, so the merge
+        (``rollout.contract.stats.merge_eval_metrics``) needs no special case."""
+        out = cure_metrics.aggregate([])
+        keys = sorted({cure_metrics.bon_key(n, m) for n, m in config.bon},
+                      key=lambda k: tuple(int(x) for x in k.split("x")))
+        out["bon"] = {k: None for k in keys}
+        out["counts"]["bon_sum"] = {k: 0.0 for k in keys}
+        out.update(generate_s=0.0, sandbox_s=0.0, verdicts={})
         return out

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from rollout.contract.stats import bon_rates, rates
 from rollout.rewards import mask_unparsed
 
 __all__ = ["aggregate", "bon_key", "evaluate_table", "format_table"]
@@ -95,34 +96,36 @@ def evaluate_table(
     return out
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
-
-
 def aggregate(results: Iterable[dict]) -> dict:
     """Pool per-problem dicts from :func:`evaluate_table` into the headline metrics.
 
     Returns {"problems", "code_accuracy", "unit_test_accuracy", "bon": {"NxM": acc}, "p_01",
-    "p_00", "code_parse_rate", "test_parse_rate"}; a rate with an empty denominator is None.
+    "p_00", "code_parse_rate", "test_parse_rate", "counts"}; a rate with an empty denominator is
+    None. ``counts`` holds the summed counts, ``problems`` and ``bon_sum`` {"NxM": correct
+    picks}: what several hosts' results are merged from (``rollout.contract.stats``), which
+    also owns the ratio arithmetic used here.
     """
     results = list(results)
-    tot = {k: sum(int(r[k]) for r in results) for k in _COUNT_KEYS}
+    counts: dict = {k: sum(int(r[k]) for r in results) for k in _COUNT_KEYS}
+    counts["problems"] = len(results)
     keys = {k for r in results for k in r["bon"]}
-    bon: dict[str, float | None] = {}
+    counts["bon_sum"] = {}
     for k in sorted(keys, key=lambda s: tuple(int(x) for x in s.split("x"))):
         vals = [r["bon"][k] for r in results if k in r["bon"]]
         if len(vals) != len(results):
             raise ValueError(f"bon: {k} is missing from some problems; use the same list everywhere")
-        bon[k] = float(np.mean(vals))
+        counts["bon_sum"][k] = float(np.sum(vals))
+    r = rates(counts)
     return {
         "problems": len(results),
-        "code_accuracy": _ratio(tot["n_correct_codes"], tot["n_codes"]),
-        "unit_test_accuracy": _ratio(tot["ut_accurate"], tot["ut_tests"]),
-        "bon": bon,
-        "p_01": _ratio(tot["p01_pass"], tot["p01_pairs"]),
-        "p_00": _ratio(tot["p00_pass"], tot["p00_pairs"]),
-        "code_parse_rate": _ratio(tot["n_code_parsed"], tot["n_codes"]),
-        "test_parse_rate": _ratio(tot["n_test_parsed"], tot["n_tests"]),
+        "code_accuracy": r["code_accuracy"],
+        "unit_test_accuracy": r["unit_test_accuracy"],
+        "bon": bon_rates(counts),
+        "p_01": r["p_01"],
+        "p_00": r["p_00"],
+        "code_parse_rate": r["code_parse_rate"],
+        "test_parse_rate": r["test_parse_rate"],
+        "counts": counts,
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from rollout.contract import schema
 from rollout.contract.control import ServerChannel
 from rollout.contract.ring_buffer import RolloutBuffer
+from rollout.contract.stats import check_shard, shard_range
 from rollout.contract.weight_channel import WeightChannel
 from rollout.datasets import spec_problems
 
@@ -120,17 +121,25 @@ class Server:
         return {"version": got, "load_s": time.perf_counter() - t0}
 
     def evaluate(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        """Held-out metrics on the first ``max_problems`` (0: all) problems of ``split``; with
+        ``shard: [index, count]`` only this host's contiguous share of them
+        (``rollout.contract.stats.shard_range``; possibly none), to be merged over the hosts
+        with ``rollout.contract.stats.merge_eval_metrics``."""
         split = str(cmd.get("split", "eval"))
         if split not in self.splits:
             raise ValueError(f"evaluate: unknown split {split!r} (known: {sorted(self.splits)})")
+        shard = cmd.get("shard")
+        index, count = (0, 1) if shard is None else check_shard(shard)
         problems = spec_problems(self.splits[split], data_dir=self.data_dir)
         n = int(cmd.get("max_problems", 0))
         if n > 0:
             problems = problems[:n]
+        problems = [problems[i] for i in shard_range(len(problems), index, count)]
         self._progress(cmd, "evaluate")
         t0 = time.perf_counter()
         metrics = self.maker.evaluate(problems, self.eval_cfg)
-        return {"metrics": metrics, "version": self.version, "eval_s": time.perf_counter() - t0}
+        return {"metrics": metrics, "version": self.version, "shard": [index, count],
+                "eval_s": time.perf_counter() - t0}
 
     def _progress(self, cmd: Mapping[str, Any], phase: str) -> None:
         self.busy = phase

@@ -21,7 +21,8 @@ from cure_jax.experience import ExperienceBatch
 class Experience:
     """One step's experience and what the source wants summarised about it."""
 
-    batch: ExperienceBatch | None         # the rows to train on; None: no row carries signal
+    batch: ExperienceBatch | None         # this process's rows to train on; None: no row of any
+                                          # process carries signal (else maybe 0 rows here)
     version: int                          # policy version that sampled the rows
     rows: int                             # rows produced (trained or not)
     scalars: dict[str, float] = dataclasses.field(default_factory=dict)  # TensorBoard tag -> value
@@ -54,3 +55,7 @@ class ExperienceSource(Protocol):
 
     def close(self) -> None:
         """Release processes and shared memory (also after an error)."""
+
+    def abort(self) -> None:
+        """Release processes and shared memory at once, from any thread, waiting for nothing
+        (another process of the run died and this one is about to exit)."""

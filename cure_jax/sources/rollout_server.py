@@ -19,6 +19,13 @@ current weights and asked again for the rollouts in flight. The shared-memory se
 
 Resume: problem ids of step s are a pure function of (seed, s) (`problem_ids_for_step`), and
 sampling seeds of (seed, s), so a resumed synchronous run repeats the uninterrupted one.
+
+Several processes (one per host): each starts its own server (its own sandbox, ring buffer and
+weight channel in its host's /dev/shm; files `rollout_server.p<i>.*` in the shared run
+directory) and asks it for its contiguous share of the step's `problems_per_step` problem ids;
+advantages stay per problem on the host that made them, each process trains on its own rows
+(cure_jax.row_plan), and the statistics and held-out metrics of all hosts are reduced from
+counts (rollout.contract.stats) with JAX's collectives.
 """
 from __future__ import annotations
 
@@ -31,14 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from cure_jax.config import Config
+from cure_jax import distributed, placement
+from cure_jax.config import Config, ConfigError
 from cure_jax.experience import ExperienceBatch
 from cure_jax.sources.base import Experience
 from cure_jax.weight_export import export_weights, weights_capacity
-from rollout.contract import schema, segments
+from rollout.contract import procs, schema, segments
 from rollout.contract.control import RolloutClient, RolloutServerError
 from rollout.contract.ring_buffer import RolloutBuffer
 from rollout.contract.sections import SERVER_SECTIONS
+from rollout.contract.stats import merge_eval_metrics, merge_rollout_stats
 from rollout.contract.weight_channel import WeightChannel
 
 
@@ -106,13 +115,15 @@ class RolloutServerSource:
     def __init__(self, cfg: Config, learner: Any, workdir: str | os.PathLike[str]) -> None:
         import jax
 
-        if jax.process_count() > 1:
-            raise NotImplementedError("rollout.source='cure' runs as a single process "
-                                      f"(jax.process_count() is {jax.process_count()}); "
-                                      "multi-process runs take rollout.source='synthetic'")
         self.cfg, self.learner = cfg, learner
         self.workdir = pathlib.Path(workdir)
         r = cfg.rollout
+        self.index, self.count = jax.process_index(), jax.process_count()
+        if r.problems_per_step < self.count:
+            raise ConfigError(f"config.rollout.problems_per_step: {r.problems_per_step} problems "
+                              f"a step cannot be shared by {self.count} processes")
+        # Files of this process's server in the shared run directory.
+        self.tag = f".p{self.index}" if self.count > 1 else ""
         self.steps = cfg.train.steps
         self.lead = 0 if r.mode == "sync" else r.max_staleness
         self.restarts_left = r.restarts
@@ -129,11 +140,11 @@ class RolloutServerSource:
         self.channel = WeightChannel.create(run_id, weights_capacity(learner.model_cfg,
                                                                      r.weights_dtype))
         self.spec = server_spec(cfg, learner.model_cfg, self.workdir, self.buffer.name,
-                                self.channel.name)
+                                self.channel.name, self.tag)
 
     def _buffer_bytes(self) -> int:
         r = self.cfg.rollout
-        rows = r.problems_per_step * (r.k_code + r.k_case)
+        rows = -(-r.problems_per_step // self.count) * (r.k_code + r.k_case)
         max_len = r.max_len or r.engine_options.max_model_len or \
             int(self.learner.model_cfg.max_position_embeddings)
         return rows * (max_len + 8) * 8 + rows * 64 + (4 << 20)
@@ -143,12 +154,10 @@ class RolloutServerSource:
         r = self.cfg.rollout
         t0 = time.perf_counter()
         print(f"cure-train: starting the rollout server ({r.engine})...", flush=True)
-        env = dict(os.environ)
-        if r.devices:  # the GPUs of the rollout engine (the learner keeps the rest)
-            env["CUDA_VISIBLE_DEVICES"] = r.devices
+        env = placement.rollout_env(placement.plan(self.cfg), dict(os.environ))
         client = RolloutClient(self.spec, self.workdir, startup_timeout_s=r.startup_timeout_s,
-                               heartbeat_timeout_s=r.heartbeat_timeout_s, env=env)
-        print(f"cure-train: rollout server pid {client.pid} ready in "
+                               heartbeat_timeout_s=r.heartbeat_timeout_s, env=env, tag=self.tag)
+        print(f"cure-train: rollout server{self.tag} pid {client.pid} ready in "
               f"{time.perf_counter() - t0:.1f}s ({client.ready['n_train']} training problems)",
               flush=True)
         return client
@@ -173,6 +182,7 @@ class RolloutServerSource:
     def _request(self, step: int) -> None:
         r = self.cfg.rollout
         ids = problem_ids_for_step(self.n_train, r.problems_per_step, step, self.cfg.seed)
+        ids = [int(i) for i in np.array_split(np.asarray(ids), self.count)[self.index]]
         self.inflight.append((step, self.client.send("rollout", step=step, problem_ids=ids)))
 
     def _restart(self, err: RolloutServerError, first: int, params: Any) -> None:
@@ -227,13 +237,21 @@ class RolloutServerSource:
                 f"rollout of step {step} came from policy version {bv}, {version - bv} behind "
                 f"the learner's {version} (mode {r.mode}, max_staleness {r.max_staleness})")
         keep = arrays["has_signal"] > 0 if r.drop_zero_signal else np.ones(len(arrays["kind"]), bool)
+        kept = int(keep.sum())
+        if self.count > 1:  # every process's statistics, reduced from counts
+            hosts = distributed.allgather_json({"stats": dict(stats), "kept": kept})
+            stats = merge_rollout_stats([h["stats"] for h in hosts])
+            kept_all = sum(int(h["kept"]) for h in hosts)
+        else:
+            kept_all = kept
         batch = None
-        if keep.any():
+        if kept_all:  # every process trains, also one whose rows all lacked signal
             batch = ExperienceBatch(**{k: arrays[k][keep] for k in schema.LEARNER_FIELDS})
         scalars = rollout_scalars(stats)
-        scalars.update({"time/wait_rollout_s": wait, "batch/rows_trained": float(keep.sum()),
+        scalars.update({"time/wait_rollout_s": wait, "batch/rows_trained": float(kept_all),
                         "policy/staleness": float(version - bv)})
-        return Experience(batch=batch, version=bv, rows=len(keep), scalars=scalars,
+        return Experience(batch=batch, version=bv, rows=int(stats.get("rows", len(keep))),
+                          scalars=scalars,
                           texts={"samples/code": str(stats.get("sample_code", "")),
                                  "samples/test": str(stats.get("sample_test", ""))},
                           summary=_summary(stats), wait_s=wait)
@@ -254,9 +272,12 @@ class RolloutServerSource:
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the weights the server holds (after any pending load)."""
         self._finish_load()
+        shard = {"shard": [self.index, self.count]} if self.count > 1 else {}
         rep = self.client.call("evaluate", self.cfg.rollout.step_timeout_s, "evaluation",
-                               split="eval", max_problems=self.cfg.eval.max_problems)
-        return rep["metrics"]
+                               split="eval", max_problems=self.cfg.eval.max_problems, **shard)
+        if self.count == 1:
+            return rep["metrics"]
+        return merge_eval_metrics(distributed.allgather_json(rep["metrics"]))
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"source": "cure", "mode": self.cfg.rollout.mode}
@@ -274,14 +295,22 @@ class RolloutServerSource:
             self.buffer.close()
             self.channel.close()
 
+    def abort(self) -> None:
+        """Kill the server's process tree and unlink the segments, from any thread, without
+        waiting for anything (this process is about to exit)."""
+        if self.client is not None:
+            procs.kill_tree(self.client.pid, self.client.pgid)
+        segments.unlink_owned()
+
 
 def server_spec(cfg: Config, model_cfg: Any, workdir: pathlib.Path, buffer: str,
-                channel: str) -> dict[str, Any]:
+                channel: str, tag: str = "") -> dict[str, Any]:
     """The JSON the rollout server starts from: the rollout-side sections of the config (as
     `Config.to_dict()` writes them; the server rebuilds them with the same builder), the engine
     and the shared-memory endpoints. The engine serves `rollout.model_path` or `model.hf_dir`;
     without either, a random HF directory of `model_cfg` is built in the workdir
-    (`configs/tiny.py:random`). Either way the learner's weights are pushed before any rollout."""
+    (`configs/tiny.py:random`; `tag` tells the directories of several processes apart).
+    Either way the learner's weights are pushed before any rollout."""
     d = cfg.to_dict()
     seed = cfg.seed
     model_path = cfg.rollout.model_path or cfg.model.hf_dir
@@ -291,7 +320,7 @@ def server_spec(cfg: Config, model_cfg: Any, workdir: pathlib.Path, buffer: str,
     if not model_path:
         hf = model_cfg.to_hf_dict()
         hf["torch_dtype"] = "float32"
-        model_path = str(workdir / "policy_init_hf")
+        model_path = str(workdir / f"policy_init_hf{tag}")
         spec["random_policy"] = {"dir": model_path, "hf_config": hf, "seed": seed}
     spec["engine"] = cfg.rollout.engine_spec(model_path, seed)
     return spec

@@ -6,7 +6,8 @@ key = fold_in(PRNGKey(seed), s); each prompt gets `group_size` responses sampled
 current policy (full forward per new token: the model is tiny); the reward of a response is the
 share of its tokens equal to `target_token`; the advantage is the reward z-scored within its
 prompt's group (population std; a zero-std group carries no signal and gets 0). Given the same
-params and step the batch is bitwise the same, which exact resume relies on.
+params and step the batch is bitwise the same, which exact resume relies on. With several
+processes every one samples the whole batch and trains on its share of the prompt groups.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class SyntheticSource:
     def __init__(self, cfg: SyntheticRolloutConfig, learner, seed: int):
         self.cfg, self.learner, self.seed = cfg, learner, seed
         vocab = learner.model_cfg.vocab_size
+        if cfg.num_prompts < jax.process_count():
+            raise ValueError(f"config.rollout.synthetic.num_prompts: {cfg.num_prompts} prompts "
+                             f"cannot be shared by {jax.process_count()} processes")
         if cfg.target_token >= vocab:
             raise ValueError(f"config.rollout.synthetic.target_token: {cfg.target_token} >= vocab_size {vocab}")
         self._jit = jax.jit(self._generate, in_shardings=(learner.param_shardings, learner.replicated),
@@ -88,16 +92,25 @@ class SyntheticSource:
     def start(self, params: Any, version: int, cursor: int) -> None:
         pass
 
+    def local_share(self, batch: ExperienceBatch) -> ExperienceBatch:
+        """This process's contiguous share of the prompt groups (all of them with one process)."""
+        if jax.process_count() == 1:
+            return batch
+        groups = np.array_split(np.arange(self.cfg.num_prompts), jax.process_count())
+        mine = groups[jax.process_index()]
+        g = self.cfg.group_size
+        return batch.select(np.arange(mine[0] * g, (mine[-1] + 1) * g) if mine.size else [])
+
     def next(self, step: int, params: Any, version: int) -> Experience:
         t0 = time.perf_counter()
         batch = self.sample(params, step)
         wait = time.perf_counter() - t0
         reward = float(batch.reward.mean())
         return Experience(
-            batch=batch, version=version, rows=batch.num_rows, wait_s=wait,
+            batch=self.local_share(batch), version=version, rows=batch.num_rows, wait_s=wait,
             scalars={"reward/mean": reward, "reward/max": float(batch.reward.max()),
                      "advantage/abs_mean": float(np.abs(batch.advantage).mean()),
-                     "time/sample_s": wait},
+                     "batch/rows_trained": float(batch.num_rows), "time/sample_s": wait},
             texts={"samples/responses": _sample_text(batch)},
             summary=f"reward {reward:.3f} | sample {wait:.2f}s")
 
@@ -114,6 +127,9 @@ class SyntheticSource:
         pass
 
     def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
         pass
 
 

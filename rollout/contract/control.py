@@ -95,13 +95,14 @@ class RolloutClient:
 
     def __init__(self, spec: Mapping[str, Any], workdir: str | os.PathLike[str], *,
                  startup_timeout_s: float = 600.0, heartbeat_timeout_s: float = 30.0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, tag: str = "") -> None:
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.heartbeat_timeout_s = heartbeat_timeout_s
-        self.spec_path = self.workdir / "rollout_server.json"
+        # `tag` keeps the files of several clients sharing one run directory apart
+        self.spec_path = self.workdir / f"rollout_server{tag}.json"
         self.spec_path.write_text(json.dumps(spec, indent=1))
-        self.log_path = self.workdir / "rollout_server.log"
+        self.log_path = self.workdir / f"rollout_server{tag}.log"
         self._next_id = 0
         self._replies: dict[int, dict] = {}
         self._buf = b""

@@ -216,6 +216,12 @@ _REGISTRY = _Registry()
 os.register_at_fork(after_in_child=_REGISTRY._reset_in_child)
 
 
+def unlink_owned() -> None:
+    """Unlink every segment this process owns now (they stay mapped until it exits): for a
+    process about to end without running its exit hooks."""
+    _REGISTRY.unlink_all()
+
+
 # --------------------------------------------------------------------------- mapping
 
 def _reserve(fd: int, size: int, name: str) -> None:

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax import sharding
+from cure_jax import row_plan, sharding
 from cure_jax.config import LearnerConfig, SyntheticRolloutConfig
 from cure_jax.experience import ExperienceBatch, ExperienceError
 from cure_jax.models.qwen import QwenConfig
@@ -104,9 +104,9 @@ def test_micro_batching_gradient_equals_one_batch(agg):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path))
     for k in ("pg_loss", "kl", "entropy"):
         np.testing.assert_allclose(m_acc[k], m_big[k], rtol=1e-5, atol=1e-7, err_msg=k)
-    mbs = learner._micro_batches(batch, np.arange(16))
-    assert len(mbs) == 4
-    lengths = {batch.select(r).bucketed(16).length for r in mbs}
+    mbs = learner._plan(row_plan.gather_rows(batch), np.arange(16))
+    assert len(mbs) == 4 and all(m.rows_per_process == 4 for m in mbs)
+    lengths = {m.length for m in mbs}
     assert len(lengths) >= 2, lengths  # several length buckets really were exercised
 
 

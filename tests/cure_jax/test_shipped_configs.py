@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json")).read_text()
                       .replace("<ROOT>", str(ROOT)))
 MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
-ADDED = {"data.data_dir": "data"}  # fields added since, at the value the server used
+ADDED = {"data.data_dir": "data", "mesh.devices": ""}  # fields added since, at their defaults
+PRESET_GPUS = {"mesh.devices": "0,1,2,3"}  # the Qwen presets name the learner's GPUs
 SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
            ("learner_presets", "reference-faithful"), ("qwen2_5_7b", None),
            ("qwen2_5_14b", None), ("qwen3_4b", None)]
@@ -62,7 +63,7 @@ def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
     expected = dict(EXPECTED[f"{name}:{arg}" if arg else name])
     expected.pop("tiny_model")  # server-spec plumbing derived from model.qwen_config
     got = _effective(name, arg)
-    for key, value in ADDED.items():
+    for key, value in {**ADDED, **(PRESET_GPUS if name.startswith("qwen") else {})}.items():
         assert got.pop(key) == value, key
     assert sorted(got) == sorted(expected)
     assert {k: v for k, v in got.items() if v != expected[k]} == {}
