@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -21,10 +23,40 @@ def train_env() -> dict[str, str]:
     return env
 
 
-def cure_train(workdir, *flags: str) -> list[str]:
+def cure_train(workdir, *flags: str, variant: str = "") -> list[str]:
     """The cure-train command line on configs/tiny.py (the README's first command)."""
-    return [sys.executable, "-m", "cure_jax.train_main", f"--config={CONFIG}",
+    config = f"{CONFIG}:{variant}" if variant else str(CONFIG)
+    return [sys.executable, "-m", "cure_jax.train_main", f"--config={config}",
             f"--workdir={workdir}", *flags]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(workdir: pathlib.Path, processes: int, *flags: str, variant: str = "",
+           devices: int = 2, port: int | None = None) -> list[subprocess.Popen]:
+    """cure-train as `processes` local processes of one run (the README's two-process launch,
+    `devices` fake CPU devices each); stdout/stderr of process i go to `<workdir>.p<i>.out/.err`."""
+    port = port or free_port()
+    out = []
+    for i in range(processes):
+        env = dict(train_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
+        base = f"{workdir}.p{i}"
+        with open(f"{base}.out", "w") as so, open(f"{base}.err", "w") as se:
+            out.append(subprocess.Popen(cure_train(workdir, *flags, variant=variant), stdout=so,
+                                        stderr=se, env=env, cwd=str(ROOT)))
+    return out
+
+
+def output(workdir: pathlib.Path, index: int, stream: str = "out") -> str:
+    """What process `index` of a `launch` printed so far."""
+    return pathlib.Path(f"{workdir}.p{index}.{stream}").read_text()
 
 
 def tiny_config(variant: str = ""):
