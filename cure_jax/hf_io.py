@@ -11,7 +11,8 @@ yields HF-named, HF-layout numpy arrays one parameter at a time; `save_hf_dir` s
 size-sharded safetensors plus config and tokenizer files, a directory that transformers and
 vLLM load. The weight sync uses `write_hf_arrays` instead: each device shard is copied straight
 into its place in the WeightChannel's shared memory (one copy per byte, no host copy of the
-model, not even of one whole tensor).
+model, not even of one whole tensor); with several processes, each writes the shards it
+holds once `weight_export` has re-sharded the parameters to a whole copy per host.
 
 The safetensors format is small enough to read and write directly (8-byte little-endian header
 length, JSON header {name: {dtype, shape, data_offsets}}, raw bytes), which also gives bfloat16
@@ -336,6 +337,65 @@ class ArrayWriter(Protocol):
     def view(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
 
 
+def _shard_key(index: tuple) -> tuple:
+    return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _unique_shards(x: jax.Array) -> list[Any]:
+    """The addressable shards of `x`, one per distinct slice (replicas dropped)."""
+    seen: set[tuple] = set()
+    out = []
+    for shard in x.addressable_shards:
+        key = _shard_key(shard.index)
+        if key not in seen:
+            seen.add(key)
+            out.append(shard)
+    return out
+
+
+def _extent(index: tuple, shape: tuple[int, ...]) -> int:
+    return int(np.prod([len(range(*s.indices(n))) for s, n in zip(index, shape)], dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=4096)
+def _each_process_covers(sharding: jax.sharding.Sharding, shape: tuple[int, ...]) -> bool:
+    """Whether every process's devices hold all of an array of `shape` under `sharding`.
+
+    Shards of one sharding form a regular grid (two slices are equal or disjoint), so a
+    process's distinct slices cover the array exactly when their sizes add up to its size.
+    Computed from the whole device map, so every process gets the same answer (callers take
+    collective and non-collective paths on it).
+    """
+    slices: dict[int, dict[tuple, int]] = {}
+    for dev, index in sharding.devices_indices_map(shape).items():
+        slices.setdefault(dev.process_index, {})[_shard_key(index)] = _extent(index, shape)
+    total = int(np.prod(shape, dtype=np.int64))
+    return all(sum(sizes.values()) == total for sizes in slices.values())
+
+
+def covers_locally(x: Any) -> bool:
+    """Whether each process's shards of `x` hold all of it (always true in one process).
+
+    A multi-process array does when its sharding replicates it across processes (see
+    `sharding.host_local_shardings`); then each process writes it shard by shard without any
+    exchange. The answer is the same in every process.
+    """
+    if not isinstance(x, jax.Array):
+        return False
+    return x.is_fully_addressable or _each_process_covers(x.sharding, tuple(x.shape))
+
+
+def _write_shards(x: jax.Array, flax_view: np.ndarray, out_dtype: np.dtype) -> None:
+    """Copy each distinct addressable shard of `x` (cast on the devices) into its slice."""
+    if x.is_fully_addressable and np.dtype(x.dtype) != out_dtype:
+        x = _cast_fn(out_dtype.name, x.sharding)(x)
+    for shard in _unique_shards(x):
+        data = shard.data
+        if np.dtype(data.dtype) != out_dtype:  # spans processes: cast each shard where it is
+            data = _cast_fn(out_dtype.name, None)(data)
+        flax_view[shard.index] = np.asarray(data)
+
+
 def write_hf_arrays(target: nnx.Module | nnx.State, writer: ArrayWriter,
                     dtype: Any = np.float32, *, cfg: QwenConfig | None = None) -> int:
     """Write every parameter, HF-named and in HF layout, into views handed out by `writer`;
@@ -344,8 +404,11 @@ def write_hf_arrays(target: nnx.Module | nnx.State, writer: ArrayWriter,
     Each addressable shard goes from its device buffer straight to its slice of the view (a
     replicated slice once), so a parameter sharded over the mesh is never assembled in host
     memory first: one copy per byte on CPU, one device-to-host transfer plus one copy
-    elsewhere. A cast to `dtype` runs on the devices, shard by shard. Parameters that span
-    processes (multi-host) are gathered first, as in :func:`iter_hf_arrays`.
+    elsewhere. A cast to `dtype` runs on the devices, shard by shard. This holds for any
+    array whose shards in this process cover it (`covers_locally`): all of them in one
+    process, and in several once `weight_export` has re-sharded the parameters to
+    `sharding.host_local_shardings`. Any other parameter that spans processes is gathered
+    first (`process_allgather`, as in :func:`iter_hf_arrays`), a slower fallback.
     """
     cfg = _config_of(target, cfg)
     flat = dict(nnx.to_flat_state(_state_of(target)))
@@ -358,15 +421,8 @@ def write_hf_arrays(target: nnx.Module | nnx.State, writer: ArrayWriter,
         x = _leaf_value(flat[spec.flax_path])
         dst = writer.view(spec.hf_name, spec.hf_shape, out_dtype)
         flax_view = dst.reshape(spec.flax_shape)  # HF layout is a reshape: still a view
-        if isinstance(x, jax.Array) and x.is_fully_addressable:
-            if np.dtype(x.dtype) != out_dtype:
-                x = _cast_fn(out_dtype.name, x.sharding)(x)
-            done: set[tuple] = set()
-            for shard in x.addressable_shards:
-                key = tuple((s.start, s.stop, s.step) for s in shard.index)
-                if key not in done:
-                    done.add(key)
-                    flax_view[shard.index] = np.asarray(shard.data)
+        if covers_locally(x):
+            _write_shards(x, flax_view, out_dtype)
         else:
             flax_view[...] = np.asarray(_to_numpy(x), dtype=out_dtype)
         total += dst.nbytes
