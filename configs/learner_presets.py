@@ -4,7 +4,12 @@
 lr 1e-6 constant, betas (0.9, 0.95), weight decay 0, global-norm clip 1.0, PPO clip 0.2 both
 sides, KL loss 0.01 with the k3 estimator against the frozen initial model, no entropy bonus,
 token-mean aggregation, bf16 compute over fp32 master weights. Unlike the reference code, the
-PPO ratio and the KL act (real old log-probs, frozen reference) and Adam state persists.
+KL acts (a frozen reference) and Adam state persists. As in the reference, the codes and the
+tests of a batch get separate updates (learner.role_updates = "separate": the codes' optimizer
+step, then the tests', each a token-mean over its own rows). The PPO ratio is taken against the
+old log-probs computed once before both steps: it is exactly 1 in the codes' step (nothing has
+changed yet), so the clip acts only on the tests' step (after the codes' update) and, with
+learner.ppo_epochs * learner.minibatches > 1, from each role's second step on.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                         "weight_decay": 0.0, "grad_clip": 1.0, "clip_low": 0.2, "clip_high": 0.2,
                         "dual_clip": 0.0, "kl_coef": 0.01, "kl_estimator": "k3", "kl_reference": "initial",
                         "entropy_coef": 0.0, "agg_mode": "token-mean", "ppo_epochs": 1, "minibatches": 1,
-                        "old_logprobs": "recompute"},
+                        "role_updates": "separate", "old_logprobs": "recompute"},
         "model": {"param_dtype": "float32", "dtype": "bfloat16"},
     },
 }

@@ -36,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"configs/tiny.py: unknown variant {arg!r}; use one of {VARIANTS[1:]} "
                          f"or nothing")
     c = _random_policy()
+    if arg:
+        c.model.init = "random"  # a random policy on purpose (the default needs weights)
     if arg == "synthetic":
         c.rollout.source = "synthetic"
     elif not arg:

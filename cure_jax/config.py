@@ -45,7 +45,9 @@ __all__ = [
 DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 OLD_LOGPROBS = ("recompute", "rollout")
+ROLE_UPDATES = ("joint", "separate")
 KL_REFERENCES = ("initial", "none")
+MODEL_INITS = ("pretrained", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,10 @@ class LearnerConfig(Section):
     # step structure
     ppo_epochs: int = 1
     minibatches: int = 1
+    # "joint": codes and tests share the optimizer steps of a batch; "separate": the codes'
+    # epochs x minibatches first, then the tests', each normalised over its own rows (CURE's
+    # reference: two updates per RL step).
+    role_updates: str = "joint"
     micro_batch_size: int = 0       # rows per micro-batch (gradient accumulation); 0 = whole minibatch
     old_logprobs: str = "recompute"
     temperature: float = 1.0
@@ -146,6 +152,7 @@ class LearnerConfig(Section):
         check(self.micro_batch_size >= 0, f"{p}.micro_batch_size",
               f"must be >= 0 (got {self.micro_batch_size})")
         one_of(self.old_logprobs, OLD_LOGPROBS, f"{p}.old_logprobs")
+        one_of(self.role_updates, ROLE_UPDATES, f"{p}.role_updates")
         check(self.temperature > 0, f"{p}.temperature", f"must be > 0 (got {self.temperature})")
         check(self.logprob_chunk >= 1, f"{p}.logprob_chunk", f"must be >= 1 (got {self.logprob_chunk})")
         check(self.length_bucket >= 1, f"{p}.length_bucket", f"must be >= 1 (got {self.length_bucket})")
@@ -187,14 +194,22 @@ class TrainConfig(Section):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Section):
     """Which policy to build: a shipped preset, a HF directory, or inline `arch` fields (the
-    QwenConfig fields); validating it builds the QwenConfig."""
+    QwenConfig fields); validating it builds the QwenConfig.
+
+    Where the learner's initial parameters come from (:meth:`weights`): with ``init =
+    "pretrained"`` (the default), ``init_checkpoint`` (an Orbax checkpoint), else the
+    safetensors of ``hf_dir``, else those of ``rollout.model_path`` (the HF directory the engine
+    serves), converted on the fly; a pretrained policy with none of the three, or a directory
+    without safetensors weights, is a one-line ConfigError, never a silent random init. A seeded
+    random init happens only with ``init = "random"``."""
 
     _path: ClassVar[str] = "model"
 
     preset: str = ""
     hf_dir: str = ""
     arch: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    init_checkpoint: str = ""       # Orbax checkpoint from `cure-convert hf-to-orbax`; "" = random init
+    init_checkpoint: str = ""       # Orbax checkpoint from `cure-convert hf-to-orbax` or a run
+    init: str = "pretrained"        # "pretrained": weights as above (required); "random": seeded random init
     param_dtype: str = "float32"
     dtype: str = "float32"
     attention_impl: str = "auto"
@@ -205,7 +220,25 @@ class ModelConfig(Section):
         check(n == 1, p, f"give exactly one of preset, hf_dir, arch (got {n})")
         one_of(self.param_dtype, DTYPES, f"{p}.param_dtype")
         one_of(self.dtype, DTYPES, f"{p}.dtype")
+        one_of(self.init, MODEL_INITS, f"{p}.init")
+        check(not (self.init == "random" and self.init_checkpoint), f"{p}.init",
+              f"is 'random' but {p}.init_checkpoint is set: drop one of them")
         self.qwen_config(p)
+
+    def weights(self, model_path: str = "", p: str = "config") -> tuple[str, str] | None:
+        """The learner's initial weights: ``(field, path)`` with field ``model.init_checkpoint``,
+        ``model.hf_dir`` or ``rollout.model_path`` (``model_path``, the engine's model), or None
+        for a random init (``init = "random"``). A pretrained policy without any of them is a
+        ConfigError naming ``{p}.model.init``."""
+        if self.init == "random":
+            return None
+        for field, path in (("model.init_checkpoint", self.init_checkpoint),
+                            ("model.hf_dir", self.hf_dir), ("rollout.model_path", model_path)):
+            if path:
+                return field, path
+        fail(f"{p}.model.init", "'pretrained' (the default) needs weights: set "
+             f"{p}.model.init_checkpoint, {p}.model.hf_dir or {p}.rollout.model_path, or "
+             f"{p}.model.init=random to start from random weights")
 
     def qwen_config(self, p: str = "config.model"):
         """Build and validate the QwenConfig (errors name config.model.* fields)."""
@@ -256,6 +289,7 @@ class Config(Section):
         if r.source == "cure" and self.model.preset and not (r.model_path or self.model.hf_dir):
             fail(f"{p}.rollout.model_path", "required with config.model.preset (the HF "
                  "directory or hub id the rollout engine serves)")
+        self.model.weights(r.model_path, p)  # a pretrained policy names its initial weights
         # The GPU split, as far as it is known without the host (cure-train's placement.plan
         # checks the rest against this host's GPUs at the door).
         placement.check_lists(self.mesh.devices, r.devices, p)

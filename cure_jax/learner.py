@@ -8,7 +8,8 @@ One `Learner.update(state, batch)`:
      share the batch, the old log-probs, micro-batch by micro-batch (no gradients);
   3. for each PPO epoch, shuffles rows into minibatches; for each minibatch accumulates exact
      gradients over its micro-batches (numerator / minibatch denominator, see losses.py) and
-     applies one AdamW update.
+     applies one AdamW update. With `role_updates = "separate"` this runs on the code rows,
+     then on the test rows (each role its own denominator, old log-probs from before both).
 Every device function is `jax.jit` with explicit in/out shardings; the state and the gradient
 accumulator are donated. With one epoch and one minibatch the old log-probs are the current
 ones (`stop_gradient(logp)`), which is exact and saves a forward pass.
@@ -31,9 +32,10 @@ from jax.sharding import PartitionSpec as P
 from cure_jax import losses, row_plan, sharding
 from cure_jax.config import LearnerConfig
 from cure_jax.experience import ExperienceBatch, local_rows, place
-from cure_jax.row_plan import GlobalRows
 from cure_jax.models.qwen import Qwen, QwenConfig
 from cure_jax.optim import learning_rate_schedule, make_optimizer
+from cure_jax.row_plan import GlobalRows
+from rollout.contract import schema
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -147,11 +149,11 @@ class Learner:
                             concrete, self.state_shardings)
 
     # ------------------------------------------------------------------ device functions
-    def _logprobs(self, params, tokens):
+    def _logprobs(self, params, tokens, entropy: bool = True):
         from cure_jax.logprobs import token_logprobs
         model = self.model(params)
         return token_logprobs(model, tokens, None, chunk_size=self.cfg.logprob_chunk,
-                              return_entropy=True, temperature=self.cfg.temperature)
+                              return_entropy=entropy, temperature=self.cfg.temperature)
 
     def _loss(self, params, mb, denom, self_old: bool):
         logp, entropy = self._logprobs(params, mb["tokens"])
@@ -168,15 +170,15 @@ class Learner:
         bs, rs, rep = self.batch_sharding, self.row_sharding, self.replicated
         ps = self.param_shardings
 
+        # Reference and old log-probs need no entropy (the loss computes its own).
         def logprobs_fn(params, tokens):
             if self.ref_memory_kind:
                 params = jax.device_put(params, jax.tree.map(lambda s: s.with_memory_kind("device"), ps))
-            logp, ent = self._logprobs(params, tokens)
-            return logp, ent
+            return self._logprobs(params, tokens, entropy=False)[0]
         self._logprobs_ref_jit = jax.jit(logprobs_fn, in_shardings=(self.ref_shardings, bs),
-                                         out_shardings=(bs, bs))
-        self._logprobs_jit = jax.jit(lambda p, t: self._logprobs(p, t), in_shardings=(ps, bs),
-                                     out_shardings=(bs, bs))
+                                         out_shardings=bs)
+        self._logprobs_jit = jax.jit(lambda p, t: self._logprobs(p, t, entropy=False)[0],
+                                     in_shardings=(ps, bs), out_shardings=bs)
 
         def mb_shardings(keys):
             return {k: (rs if k == "advantage" else bs) for k in keys}
@@ -239,7 +241,7 @@ class Learner:
         for mb in self._plan(rows, np.arange(rows.num_rows)):
             dev, _ = self._device_mb(batch, mb, ("tokens",), {})
             with jax.set_mesh(self.mesh):
-                logp, _ = fn(params, dev["tokens"])
+                logp = fn(params, dev["tokens"])
             logp = local_rows(logp)[:len(mb.local_rows)]
             w = min(logp.shape[1], batch.length)
             out[mb.local_rows, :w] = logp[:, :w]
@@ -296,9 +298,19 @@ class Learner:
         grads = jax.tree.map(np.asarray, jax.device_get(acc))
         return grads, {k: float(v) / ntok for k, v in jax.device_get(macc).items()}
 
+    def _role_groups(self, rows: GlobalRows) -> list[np.ndarray]:
+        """Global row ids trained together: all rows (joint), or the codes' then the tests'
+        (separate; a role without rows is skipped)."""
+        if self.cfg.role_updates == "joint":
+            return [np.arange(rows.num_rows)]
+        groups = [np.nonzero(rows.kind == k)[0] for k in (schema.KIND_CODE, schema.KIND_TEST)]
+        return [g for g in groups if g.size]
+
     def update(self, state: TrainState, batch: ExperienceBatch, ref_params: Any | None = None,
                ) -> tuple[TrainState, dict[str, float]]:
-        """All PPO epochs/minibatches of one experience batch. Returns (new state, metrics).
+        """All PPO epochs/minibatches of one experience batch, of both roles together or of
+        the codes then the tests (`role_updates`). Returns (new state, metrics averaged over
+        the optimizer steps).
 
         `batch` holds this process's rows; with several processes the update is over the
         union of every process's rows (global row ids: process 0's rows first), and every
@@ -306,7 +318,8 @@ class Learner:
         cfg = self.cfg
         t0 = time.perf_counter()
         rows = row_plan.gather_rows(batch)
-        n_updates = cfg.ppo_epochs * cfg.minibatches
+        groups = self._role_groups(rows)
+        n_updates = cfg.ppo_epochs * cfg.minibatches * len(groups)
         extra, keys, accum = self._prepare(state.params, batch, rows, ref_params, n_updates)
         t_prep = time.perf_counter() - t0
         seed_words = [int(x) for x in np.asarray(jax.device_get(state.rng)).ravel()]
@@ -315,20 +328,20 @@ class Learner:
         totals: dict[str, float] = {k: 0.0 for k in losses.METRIC_KEYS}
         totals.update(grad_norm=0.0, lr=0.0)
         tokens_processed = 0
-        n_rows = rows.num_rows
-        for _ in range(cfg.ppo_epochs):
-            perm = perm_rng.permutation(n_rows) if n_updates > 1 else np.arange(n_rows)
-            for mbatch_rows in np.array_split(perm, cfg.minibatches):
-                acc, macc, ntok, ptok = self._minibatch_grads(state.params, batch, rows, mbatch_rows,
-                                                              extra, keys, accum)
-                tokens_processed += ptok
-                with jax.set_mesh(self.mesh):
-                    state, upd = self._apply_jit(state, acc)
-                got = jax.device_get((macc, upd))
-                for k, v in got[0].items():
-                    totals[k] += float(v) / ntok / n_updates
-                totals["grad_norm"] += float(got[1]["grad_norm"]) / n_updates
-                totals["lr"] += float(got[1]["lr"]) / n_updates
+        for ids in groups:
+            for _ in range(cfg.ppo_epochs):
+                perm = ids[perm_rng.permutation(len(ids))] if n_updates > 1 else ids
+                for mbatch_rows in np.array_split(perm, cfg.minibatches):
+                    acc, macc, ntok, ptok = self._minibatch_grads(state.params, batch, rows,
+                                                                  mbatch_rows, extra, keys, accum)
+                    tokens_processed += ptok
+                    with jax.set_mesh(self.mesh):
+                        state, upd = self._apply_jit(state, acc)
+                    got = jax.device_get((macc, upd))
+                    for k, v in got[0].items():
+                        totals[k] += float(v) / ntok / n_updates
+                    totals["grad_norm"] += float(got[1]["grad_norm"]) / n_updates
+                    totals["lr"] += float(got[1]["lr"]) / n_updates
         t_total = time.perf_counter() - t0
         totals.update({"time/prep_s": t_prep, "time/update_s": t_total - t_prep,
                        "perf/tokens_per_s": tokens_processed * 1.0 / max(t_total - t_prep, 1e-9),

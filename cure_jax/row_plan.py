@@ -2,8 +2,8 @@
 
 In a multi-process run every process holds only its own rows (those its rollout server made),
 while a learner step is one SPMD program: every process must agree on the micro-batches (how
-many, how many rows each process feeds, the length bucket). The rows' lengths (two ints a row)
-are gathered once per update (`gather_rows`), and the plan is a pure function of them, so it
+many, how many rows each process feeds, the length bucket). The rows' lengths and kinds (three ints
+a row) are gathered once per update (`gather_rows`), and the plan is a pure function of them, so it
 is the same on every process without moving a token.
 
 Global row ids number the rows of process 0, then process 1, and so on; with one process they
@@ -27,6 +27,7 @@ class GlobalRows:
 
     prompt_len: np.ndarray     # [N] int64, global row order
     response_len: np.ndarray   # [N] int64
+    kind: np.ndarray           # [N] int64, KIND_CODE or KIND_TEST
     counts: np.ndarray         # [P] rows per process
     process_index: int
 
@@ -55,11 +56,11 @@ class GlobalRows:
 def gather_rows(batch: ExperienceBatch) -> GlobalRows:
     """Every process's row lengths (a collective when multi-process)."""
     import jax
-    parts = distributed.allgather_ints(np.concatenate([batch.prompt_len, batch.response_len]))
-    prompt = [a[:a.size // 2] for a in parts]
-    resp = [a[a.size // 2:] for a in parts]
+    parts = distributed.allgather_ints(np.concatenate([batch.prompt_len, batch.response_len,
+                                                       batch.kind]))
+    prompt, resp, kind = zip(*(np.split(a, 3) for a in parts))
     return GlobalRows(prompt_len=np.concatenate(prompt), response_len=np.concatenate(resp),
-                      counts=np.array([a.size for a in prompt], np.int64),
+                      kind=np.concatenate(kind), counts=np.array([a.size for a in prompt], np.int64),
                       process_index=jax.process_index())
 
 

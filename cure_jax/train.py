@@ -49,31 +49,44 @@ def build_learner(cfg: Config) -> Learner:
 
 
 def initial_state(learner: Learner, cfg: Config) -> TrainState:
-    """Params from `model.init_checkpoint` (an Orbax checkpoint written by `cure-convert
-    hf-to-orbax` or a cure-train run), else from the safetensors of `model.hf_dir`, else a
-    seeded random init; a fresh optimizer state in every case."""
+    """The initial train state; its params as `config.model.weights` names them (see ModelConfig):
+    `model.init_checkpoint` (an Orbax checkpoint written by `cure-convert hf-to-orbax` or a
+    cure-train run), else the safetensors of `model.hf_dir`, else those of `rollout.model_path`
+    (converted on the fly), or a seeded random init only with `model.init = "random"`. A source
+    that cannot be read is a one-line ConfigError naming its field. A fresh optimizer state in
+    every case."""
     from flax import nnx
 
-    m = cfg.model
-    if m.init_checkpoint:
+    source = cfg.model.weights(cfg.rollout.model_path)
+    if source is None:
+        log.info("initial params: random (config.model.init=random, seed %d)", cfg.seed)
+        return learner.init_state()
+    field, path = source
+    if field == "model.init_checkpoint":
         from cure_jax.convert_main import ConvertError, restore_params
         try:
-            state = restore_params(m.init_checkpoint, learner.model_cfg,
+            state = restore_params(path, learner.model_cfg,
                                    param_dtype=learner.param_dtype, mesh=learner.mesh)
         except (ConvertError, ValueError, FileNotFoundError) as e:
             raise ConfigError(f"config.model.init_checkpoint: {' '.join(str(e).split())}") from None
-        log.info("initial params from %s", m.init_checkpoint)
+        log.info("initial params from %s", path)
         return learner.state_from_params(nnx.to_pure_dict(state))
-    if m.hf_dir and any(pathlib.Path(m.hf_dir).glob("*.safetensors")):
-        from cure_jax import hf_io
-        try:
-            state = hf_io.load_hf_params(m.hf_dir, learner._abstract_state, learner.mesh,
-                                         cfg=learner.model_cfg)
-        except (ValueError, FileNotFoundError) as e:
-            raise ConfigError(f"config.model.hf_dir: {' '.join(str(e).split())}") from None
-        log.info("initial params from %s", m.hf_dir)
-        return learner.state_from_params(nnx.to_pure_dict(state))
-    return learner.init_state()
+    hf = pathlib.Path(path)
+    if not any(hf.glob("*.safetensors")):
+        what = "has no *.safetensors weights" if hf.is_dir() else "is not a local directory"
+        raise ConfigError(
+            f"config.{field}: {path!r} {what}, and the learner starts from its weights "
+            f"(config.model.init is 'pretrained'): give a local HF directory with safetensors "
+            f"weights, or set config.model.init_checkpoint (cure-convert hf-to-orbax), or "
+            f"config.model.init=random")
+    from cure_jax import hf_io
+    try:
+        state = hf_io.load_hf_params(hf, learner._abstract_state, learner.mesh,
+                                     cfg=learner.model_cfg)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise ConfigError(f"config.{field}: {' '.join(str(e).split())}") from None
+    log.info("initial params from %s (%s)", path, field)
+    return learner.state_from_params(nnx.to_pure_dict(state))
 
 
 def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> TrainState:

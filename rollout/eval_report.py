@@ -22,7 +22,9 @@ def _pct(v: float | None) -> str:
 def render_table(metrics: Mapping[str, dict], *, model: str,
                  bon: Sequence[tuple[int, int]]) -> str:
     """Markdown: the paper's one-line-per-model summary (UT / Code / BoN of the largest pair)
-    and a per-dataset table with every BoN pair, p_01, p_00 and parse rates."""
+    and a per-dataset table with every BoN pair, p_01, p_00 and parse rates. "Problems" are the
+    problems scored; a note under the table names the problems excluded because the sandbox
+    failed to execute them (``problems_sandbox_error``), when there are any."""
     keys = [cure_metrics.bon_key(n, m) for n, m in bon]
     head = max(bon, key=lambda nm: (nm[0] * max(nm[1], 1), nm)) if bon else None
     hk = cure_metrics.bon_key(*head) if head else None
@@ -45,6 +47,11 @@ def render_table(metrics: Mapping[str, dict], *, model: str,
         cells += [_pct(r["p_01"]), _pct(r["p_00"]), _pct(r["code_parse_rate"]),
                   _pct(r["test_parse_rate"])]
         lines.append("| " + " | ".join(cells) + " |")
+    excluded = {d: int(metrics[d].get("problems_sandbox_error") or 0) for d in ds}
+    if any(excluded.values()):
+        lines += ["", "Not scored (the sandbox failed to execute them, SANDBOX_ERROR after a "
+                  "retry): " + ", ".join(f"{d} {n} problem{'s' * (n != 1)}"
+                                         for d, n in excluded.items() if n) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -18,10 +18,16 @@ results (models, sampling, prompts); resuming with different ones is refused wit
 named. Raising ``k_code``/``k_case`` on a finished run only draws the extra samples (and
 re-executes those problems).
 
+Sandbox faults are not scores: a problem whose execution still holds a SANDBOX_ERROR cell
+after one retry (``rollout.execution.execute``) is excluded from every metric of its dataset
+and counted in ``problems_sandbox_error``; its exec record keeps ``sandbox_errors`` > 0, and a
+re-run executes it again.
+
 Outputs in ``out_dir``: ``metrics.json`` (per dataset: ``code_accuracy``,
-``unit_test_accuracy``, ``bon`` {"NxM": acc}, ``p_01``, ``p_00``, ``n_problems``,
-``code_parse_rate``, ``test_parse_rate``), ``results.md`` (the paper-style table) and
-``bon.png`` (BoN accuracy over n and over m), written by :mod:`rollout.eval_report`.
+``unit_test_accuracy``, ``bon`` {"NxM": acc}, ``p_01``, ``p_00``, ``n_problems`` (the problems
+scored), ``problems_sandbox_error`` (the problems excluded), ``code_parse_rate``,
+``test_parse_rate``), ``results.md`` (the paper-style table, with a note on excluded problems)
+and ``bon.png`` (BoN accuracy over n and over m), written by :mod:`rollout.eval_report`.
 
 No jax here (rollout never imports it); torch/vLLM load only when a local engine is used.
 """
@@ -144,8 +150,8 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
             for i, (ds, p) in enumerate(chunk):
                 errors = ran.sandbox_errors(i)
                 if errors:
-                    log.warning("%s/%s: %d executions failed inside the sandbox (SANDBOX_ERROR, "
-                                "counted as not passing)", ds, p.task_id, errors)
+                    log.warning("%s/%s: %d executions failed inside the sandbox after a retry "
+                                "(SANDBOX_ERROR): the problem is not scored", ds, p.task_id, errors)
                 records.append({
                     "type": "exec", "dataset": ds, "task_id": p.task_id,
                     "n_codes": settings.k_code, "n_tests": settings.n_tests,
@@ -153,15 +159,25 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
                     "gen": verdict_rows(ran.gen_verdicts[i]),
                     "gt": verdict_rows(ran.gt_verdicts[i]),
                     "sandbox_errors": errors,
+                    "sandbox_retried": i in ran.retried,
                 })
             slog.append(records)
             bar.update(len(chunk))
 
 
+def _faulted(rec: dict) -> bool:
+    """The exec record holds a SANDBOX_ERROR cell: the problem is not scored (and redone)."""
+    from sandbox import Verdict
+
+    bad = str(int(Verdict.SANDBOX_ERROR))  # its character in the verdict rows
+    return bool(rec.get("sandbox_errors")) or any(bad in row for row in rec["gen"] + rec["gt"])
+
+
 def _exec_is_current(rec: dict | None, settings: EvalSettings, problem: Problem) -> bool:
     return (rec is not None and rec["n_codes"] == settings.k_code
             and rec["n_tests"] == settings.n_tests
-            and rec["n_gt"] == len(gt_tests(problem, settings.max_gt_tests)))
+            and rec["n_gt"] == len(gt_tests(problem, settings.max_gt_tests))
+            and not _faulted(rec))
 
 
 def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) -> dict:
@@ -207,11 +223,13 @@ def write_summaries(metrics: Mapping[str, dict], logdir: str | os.PathLike[str],
     return len(scalars)
 
 
-def dataset_metrics(tables: Iterable[dict]) -> dict:
-    """The metrics.json entry of one dataset from its per-problem tables."""
+def dataset_metrics(tables: Iterable[dict], sandbox_errors: int = 0) -> dict:
+    """The metrics.json entry of one dataset from the per-problem tables of its scored problems;
+    ``sandbox_errors``: the problems excluded for a sandbox fault (``problems_sandbox_error``)."""
     agg = cure_metrics.aggregate(tables)
     return {
         "n_problems": agg["problems"],
+        "problems_sandbox_error": int(sandbox_errors),
         "code_accuracy": agg["code_accuracy"],
         "unit_test_accuracy": agg["unit_test_accuracy"],
         "bon": agg["bon"],
@@ -298,8 +316,14 @@ def evaluate(
                 if not _exec_is_current(slog.execs.get((ds, p.task_id)), settings, p)]
         _execute(jobs, slog, settings, sandbox_factory, progress)
 
-        result = {ds: dataset_metrics(problem_table(slog, ds, p, settings) for p in problems)
-                  for ds, problems in datasets.items()}
+        result = {}
+        for ds, problems in datasets.items():
+            bad = {p.task_id for p in problems if _faulted(slog.execs[(ds, p.task_id)])}
+            if bad:
+                log.warning("%s: %d of %d problems not scored: their execution failed inside "
+                            "the sandbox (SANDBOX_ERROR after a retry)", ds, len(bad), len(problems))
+            result[ds] = dataset_metrics((problem_table(slog, ds, p, settings) for p in problems
+                                          if p.task_id not in bad), sandbox_errors=len(bad))
     if reports:
         model = coder.label if tester is coder or settings.single_eval else \
             f"{coder.label} + {tester.label} (tester)"

@@ -11,6 +11,13 @@ are all False in the pass tables (the rule of :func:`rollout.rewards.mask_unpars
 :data:`NOT_RUN` in the verdict tables; a problem with no parsed code, or with no test at all,
 sends nothing to the sandbox.
 
+Sandbox faults are not rewards: a problem whose tables hold a SANDBOX_ERROR cell (an execution
+the sandbox could not carry out, an infrastructure fault, never the program's) is executed once
+more, alone with the other faulted problems, same codes and tests (``retries``, default 1). A
+problem still faulted after that is listed in :attr:`Execution.excluded`: its groups carry no
+signal and no metric counts it (callers: ``rollout.experience_maker`` for training and the
+held-out evaluation, ``rollout.evaluate`` for ``cure-eval``).
+
 The sandbox stays ignorant of problems and rewards: it sees programs, stdin/stdout tests and
 verdicts only.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +35,8 @@ from rollout.parsing import ParsedCode, ParsedTest
 from rollout.problems import Problem
 
 __all__ = ["NOT_RUN", "Execution", "execute", "gt_tests"]
+
+log = logging.getLogger(__name__)
 
 NOT_RUN = -1  # verdict table entry of a cell never executed (an unparsed code or test)
 
@@ -46,7 +56,10 @@ class Execution:
     bool [n_codes, n_gt] (codes x ground-truth tests), unparsed rows/columns False;
     ``gen_verdicts[i]`` / ``gt_verdicts[i]`` int8 of the same shapes: the ``sandbox.Verdict``
     value of each executed cell, :data:`NOT_RUN` elsewhere; ``counts``: executed cells per
-    verdict name, over the whole batch.
+    verdict name, over the whole batch (the final tables, after any retry).
+
+    ``retried``: problems executed a second time because their first tables held a
+    SANDBOX_ERROR cell; ``excluded``: problems whose tables still hold one (not to be scored).
     """
 
     gen_passed: list[np.ndarray]
@@ -54,6 +67,8 @@ class Execution:
     gen_verdicts: list[np.ndarray]
     gt_verdicts: list[np.ndarray]
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    retried: list[int] = dataclasses.field(default_factory=list)
+    excluded: list[int] = dataclasses.field(default_factory=list)
 
     def sandbox_errors(self, i: int) -> int:
         """Cells of problem ``i`` that failed inside the sandbox (SANDBOX_ERROR)."""
@@ -64,19 +79,60 @@ class Execution:
 
 
 def execute(problems: Sequence[Problem], codes: Sequence[Sequence[ParsedCode]],
-            tests: Sequence[Sequence[ParsedTest]], *, max_gt_tests: int, sandbox: Any
-            ) -> Execution:
+            tests: Sequence[Sequence[ParsedTest]], *, max_gt_tests: int, sandbox: Any,
+            retries: int = 1) -> Execution:
     """Runs ``codes[i]`` x (``tests[i]`` + ground-truth tests of ``problems[i]``) for every
     problem in one ``sandbox.run_matrices`` call and returns the tables (see :class:`Execution`).
 
     ``codes[i]`` / ``tests[i]``: the parsed responses of problem ``i`` (anything with ``ok`` and
     ``code``, resp. ``ok``, ``input`` and ``output``); their counts may differ per problem.
-    """
-    from sandbox import TestCase, Verdict
 
+    Problems whose tables hold a SANDBOX_ERROR cell are executed again (one more
+    ``run_matrices`` call for all of them), up to ``retries`` times; their new tables replace
+    the old ones. Those still faulted are :attr:`Execution.excluded`.
+    """
     if not len(problems) == len(codes) == len(tests):
         raise ValueError(f"execute: {len(problems)} problems, {len(codes)} code lists and "
                          f"{len(tests)} test lists; expected one of each per problem")
+    if retries < 0:
+        raise ValueError(f"retries: expected >= 0, got {retries}")
+    out = _execute_once(problems, codes, tests, max_gt_tests, sandbox)
+    for _ in range(retries):
+        bad = [i for i in range(len(problems)) if out.sandbox_errors(i)]
+        if not bad:
+            break
+        again = _execute_once([problems[i] for i in bad], [codes[i] for i in bad],
+                              [tests[i] for i in bad], max_gt_tests, sandbox)
+        for j, i in enumerate(bad):
+            out.gen_passed[i], out.gt_passed[i] = again.gen_passed[j], again.gt_passed[j]
+            out.gen_verdicts[i], out.gt_verdicts[i] = again.gen_verdicts[j], again.gt_verdicts[j]
+        out.retried.extend(bad)
+    out.retried = sorted(set(out.retried))
+    out.excluded = [i for i in range(len(problems)) if out.sandbox_errors(i)]
+    if out.retried:
+        log.warning("execute: %d of %d problems hit SANDBOX_ERROR and were executed again; "
+                    "%d still failed inside the sandbox and are not scored",
+                    len(out.retried), len(problems), len(out.excluded))
+    out.counts = _verdict_counts(out.gen_verdicts + out.gt_verdicts)
+    return out
+
+
+def _verdict_counts(tables: Sequence[np.ndarray]) -> collections.Counter:
+    """Executed cells (not :data:`NOT_RUN`) per ``sandbox.Verdict`` name."""
+    from sandbox import Verdict
+
+    values, n = np.unique(np.concatenate([t.ravel() for t in tables] or [np.zeros(0, np.int8)]),
+                          return_counts=True)
+    return collections.Counter({Verdict(int(v)).name: int(c) for v, c in zip(values, n)
+                                if v != NOT_RUN})
+
+
+def _execute_once(problems: Sequence[Problem], codes: Sequence[Sequence[ParsedCode]],
+                  tests: Sequence[Sequence[ParsedTest]], max_gt_tests: int, sandbox: Any
+                  ) -> Execution:
+    """One ``run_matrices`` call for the whole batch: the tables, no retry, no counts."""
+    from sandbox import TestCase, Verdict
+
     groups, layout = [], []
     for p, pcs, pts in zip(problems, codes, tests):
         rows = [j for j, c in enumerate(pcs) if c.ok]
@@ -97,7 +153,6 @@ def execute(problems: Sequence[Problem], codes: Sequence[Sequence[ParsedCode]],
         res = results.get(g)
         if res is not None:
             v = np.asarray(res.verdicts).astype(np.int8).reshape(len(rows), len(cols) + n_gt)
-            out.counts.update(Verdict(int(x)).name for x in v.ravel())
             r = np.asarray(rows)
             if cols:
                 gen_v[np.ix_(r, np.asarray(cols))] = v[:, :len(cols)]

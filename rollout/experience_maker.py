@@ -19,6 +19,13 @@ group (its problem's codes, or its tests) carries no signal (advantage 0). Such 
 and marked, never silently dropped; whether the learner sees them is the trainer's choice
 (``rollout.drop_zero_signal``).
 
+Sandbox faults are not rewards: a problem whose execution still holds a SANDBOX_ERROR cell after
+one retry (``rollout.execution.execute``) is excluded. Its rows stay in the batch with reward 0,
+advantage 0 and ``has_signal`` 0; no score counts it (accuracies, parse rates, p_01/p_00,
+reward and advantage statistics, ``problems`` are over the other problems); it is counted in
+``problems_sandbox_error`` (and the problems executed twice in ``sandbox_retries``). The
+same holds for :meth:`ExperienceMaker.evaluate`.
+
 A response longer than ``max_len - prompt_len`` tokens is truncated for training (the reference
 generates 10k tokens and trains on 8k); its reward still comes from the whole response.
 
@@ -96,6 +103,13 @@ class ExecutedBatch:
     gt_passed: list[np.ndarray]       # bool [k_code, n_gt]
     verdicts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    retried: list[int] = dataclasses.field(default_factory=list)   # executed twice (a fault)
+    excluded: list[int] = dataclasses.field(default_factory=list)  # still faulted: not scored
+
+    def scored(self) -> list[int]:
+        """Problems whose execution the sandbox carried out (all but :attr:`excluded`)."""
+        bad = set(self.excluded)
+        return [i for i in range(len(self.problems)) if i not in bad]
 
     def code_parsed(self, i: int) -> np.ndarray:
         return np.array([p.ok for p in self.parsed_codes[i]], dtype=bool)
@@ -109,7 +123,8 @@ def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
                          code_sampling: SamplingConfig, test_sampling: SamplingConfig,
                          max_gt_tests: int, show_example: bool | None) -> ExecutedBatch:
     """Sample codes and tests for every problem, parse them and run the whole batch's matrices
-    in one ``sandbox.run_matrices`` call (:func:`rollout.execution.execute`)."""
+    in one ``sandbox.run_matrices`` call (:func:`rollout.execution.execute`, which executes the
+    problems with a SANDBOX_ERROR cell once more and reports those still faulted)."""
     t0 = time.perf_counter()
     code_prompts = [builder.code_prompt(p) for p in problems]
     test_prompts = [builder.test_prompt(p, show_example) for p in problems]
@@ -128,7 +143,8 @@ def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
     t2 = time.perf_counter()
     return ExecutedBatch(list(problems), codes, tests, parsed_codes, parsed_tests,
                          ran.gen_passed, ran.gt_passed, ran.counts,
-                         {"generate_s": t1 - t0, "sandbox_s": t2 - t1})
+                         {"generate_s": t1 - t0, "sandbox_s": t2 - t1},
+                         retried=list(ran.retried), excluded=list(ran.excluded))
 
 
 def _describe(prefix: str, x: np.ndarray) -> dict[str, float]:
@@ -172,44 +188,59 @@ class ExperienceMaker:
             test_sampling=train_sampling(cfg, step_seed(cfg.seed, step, KIND_TEST)),
             max_gt_tests=cfg.max_gt_tests, show_example=None)  # the prompt config decides
         t0 = time.perf_counter()
-        P = len(problems)
-        code_len = [np.array([len(s.token_ids) for s in ex.codes[i]]) for i in range(P)]
-        test_len = [np.array([len(s.token_ids) for s in ex.tests[i]]) for i in range(P)]
-        br = batch_rewards(
-            ex.gen_passed, ex.gt_passed, self.reward_config,
-            code_parsed=[ex.code_parsed(i) for i in range(P)],
-            test_parsed=[ex.test_parsed(i) for i in range(P)],
-            code_lengths=code_len, test_lengths=test_len)
+        keep = ex.scored()
+        br = self._rewards(ex, keep)
         t1 = time.perf_counter()
-        arrays = self._rows(ex, br, problem_ids, version)
-        stats = self._stats(ex, br, arrays)
+        arrays = self._rows(ex, br, keep, problem_ids, version)
+        stats = self._stats(ex, br, keep, arrays)
         stats.update(ex.timings)
         stats.update(rewards_s=t1 - t0, rows_s=time.perf_counter() - t1, step=step,
                      version=version)
         return arrays, stats, ex
 
-    def _rows(self, ex: ExecutedBatch, br: BatchRewards, problem_ids: Sequence[int],
-              version: int) -> dict[str, np.ndarray]:
+    def _rewards(self, ex: ExecutedBatch, keep: Sequence[int]) -> BatchRewards:
+        """``batch_rewards`` over the scored problems ``keep`` only (problem ``keep[s]`` is
+        entry ``s``): an excluded problem's faulted matrix never enters a normalisation or a
+        statistic. With none scored, an empty result of the same layout (zero statistics)."""
+        idx = list(keep) if keep else list(range(len(ex.problems)))
+        br = batch_rewards(
+            [ex.gen_passed[i] for i in idx], [ex.gt_passed[i] for i in idx], self.reward_config,
+            code_parsed=[ex.code_parsed(i) for i in idx],
+            test_parsed=[ex.test_parsed(i) for i in idx],
+            code_lengths=[np.array([len(s.token_ids) for s in ex.codes[i]]) for i in idx],
+            test_lengths=[np.array([len(s.token_ids) for s in ex.tests[i]]) for i in idx])
+        if keep:
+            return br
+        # Every problem faulted: batch_rewards ran only to give the layout of an empty result.
+        empty = {f.name: (v[:1] if f.name.endswith("_offsets") else v[:0])
+                 for f in dataclasses.fields(br)
+                 if isinstance(v := getattr(br, f.name), np.ndarray)}
+        return dataclasses.replace(br, **empty, stats={k: 0.0 for k in br.stats})
+
+    def _rows(self, ex: ExecutedBatch, br: BatchRewards, keep: Sequence[int],
+              problem_ids: Sequence[int], version: int) -> dict[str, np.ndarray]:
         cfg = self.config
         samples: list[Sample] = []
         kind, pid, adv, rew, sig = [], [], [], [], []
+        entry = {i: s for s, i in enumerate(keep)}  # problem -> its entry in br
         for i in range(len(ex.problems)):
+            e = entry.get(i)  # None: excluded (a sandbox fault), no signal
             for j, s in enumerate(ex.codes[i]):
                 samples.append(s)
                 kind.append(KIND_CODE)
                 pid.append(problem_ids[i])
-                k = br.code_offsets[i] + j
-                adv.append(br.code_advantage[k])
-                rew.append(br.code_raw[k])
-                sig.append(br.code_has_signal[k])
+                k = None if e is None else br.code_offsets[e] + j
+                adv.append(0.0 if k is None else br.code_advantage[k])
+                rew.append(0.0 if k is None else br.code_raw[k])
+                sig.append(False if k is None else br.code_has_signal[k])
             for j, s in enumerate(ex.tests[i]):
                 samples.append(s)
                 kind.append(KIND_TEST)
                 pid.append(problem_ids[i])
-                k = br.test_offsets[i] + j
-                adv.append(br.test_advantage[k])
-                rew.append(br.test_raw[k])
-                sig.append(br.test_has_signal[k])
+                k = None if e is None else br.test_offsets[e] + j
+                adv.append(0.0 if k is None else br.test_advantage[k])
+                rew.append(0.0 if k is None else br.test_raw[k])
+                sig.append(False if k is None else br.test_has_signal[k])
         n = len(samples)
         plen = np.array([len(s.prompt_token_ids) for s in samples], dtype=np.int32)
         if (plen < 1).any():
@@ -238,12 +269,11 @@ class ExperienceMaker:
             "reward": np.asarray(rew, np.float32), "has_signal": np.asarray(sig, np.int8),
         }
 
-    def _stats(self, ex: ExecutedBatch, br: BatchRewards, arrays: Mapping[str, np.ndarray]
-               ) -> dict[str, Any]:
-        P = len(ex.problems)
+    def _stats(self, ex: ExecutedBatch, br: BatchRewards, keep: Sequence[int],
+               arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
         tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i],
                                               code_parsed=ex.code_parsed(i),
-                                              test_parsed=ex.test_parsed(i)) for i in range(P)]
+                                              test_parsed=ex.test_parsed(i)) for i in keep]
         agg = cure_metrics.aggregate(tables)
         stats: dict[str, Any] = {k: v for k, v in br.stats.items()}
         for k in ("code_accuracy", "unit_test_accuracy", "p_01", "p_00", "code_parse_rate",
@@ -271,12 +301,17 @@ class ExperienceMaker:
         stats["code_rows"] = int((kind == KIND_CODE).sum())
         stats["test_rows"] = int((kind == KIND_TEST).sum())
         stats["code_correct_count"] = int(br.code_correct.sum())
+        stats["scored_code_rows"] = int(br.code_correct.size)  # code_correct_rate's denominator
+        stats["code_correct_rate"] = (stats["code_correct_count"] / stats["scored_code_rows"]
+                                      if stats["scored_code_rows"] else 0.0)
         stats["truncated_rows"] = sum(f == "length" for f in finish)
         stats["rows_with_signal"] = int(sig.sum())
         stats["code_rows_with_signal"] = int((sig & (kind == KIND_CODE)).sum())
         stats["test_rows_with_signal"] = int((sig & (kind == KIND_TEST)).sum())
         stats["verdicts"] = dict(sorted(ex.verdicts.items()))
         stats["executions"] = int(sum(ex.verdicts.values()))
+        stats["problems_sandbox_error"] = len(ex.excluded)
+        stats["sandbox_retries"] = len(ex.retried)
         # One response of each kind, for a text summary (what the policy writes right now).
         stats["sample_code"] = ex.codes[0][0].text[:2000]
         stats["sample_test"] = ex.tests[0][0].text[:2000]
@@ -299,10 +334,14 @@ class ExperienceMaker:
         tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i], config.bon,
                                               code_parsed=ex.code_parsed(i),
                                               test_parsed=ex.test_parsed(i))
-                  for i in range(len(problems))]
+                  for i in ex.scored()]  # a problem the sandbox failed on is not scored
         out = cure_metrics.aggregate(tables)
+        if not tables:  # every problem faulted: the BoN keys of the config, as for no problems
+            out = self._empty_evaluation(config)
         out.update(ex.timings)
         out["verdicts"] = dict(sorted(ex.verdicts.items()))
+        out["problems_sandbox_error"] = len(ex.excluded)
+        out["sandbox_retries"] = len(ex.retried)
         return out
 
     @staticmethod
@@ -315,5 +354,6 @@ class ExperienceMaker:
                       key=lambda k: tuple(int(x) for x in k.split("x")))
         out["bon"] = {k: None for k in keys}
         out["counts"]["bon_sum"] = {k: 0.0 for k in keys}
-        out.update(generate_s=0.0, sandbox_s=0.0, verdicts={})
+        out.update(generate_s=0.0, sandbox_s=0.0, verdicts={}, problems_sandbox_error=0,
+                   sandbox_retries=0)
         return out

@@ -31,7 +31,8 @@ rejects a correct code loses what it accepts of them.
 Per-problem normalisation (codes and tests separately), population std :math:`\sigma`:
 :math:`A_i = (R_i - \bar R) / \sigma`; a group with :math:`\sigma \le \epsilon` (or an undefined
 reward) carries no signal: its advantages are 0 and it is flagged ``has_signal=False`` (kept in
-the record, never silently dropped).
+the record, never silently dropped). With long-CoT on, an all-correct group can still carry
+signal (see below).
 
 Unparsed responses (ONE rule, used by training and evaluation alike, see :func:`mask_unparsed`):
 an unparsed response is never executed. An unparsed code's row is all False (it fails every
@@ -47,13 +48,35 @@ Label-free mode (no ground truth): codes are scored against the parsed generated
 those passing the most generated tests (every code tied at that maximum, and only when it is
 > 0): the codes among which best-of-n picks. Tests are then rewarded against that pseudo-correctness.
 
-Long-CoT length-aware transformation (optional, per group, raw rewards :math:`R` and response
-lengths :math:`\ell`): positives :math:`P = \{R > 0\}`, negatives the rest; no signal if either is
-empty. :math:`T = \mathrm{clip}(\mathrm{median}_{i\in P}\,\ell_i, \ell_{lo}, \ell_{hi})`,
-:math:`v_i = T - \ell_i` on :math:`P`, negatives get :math:`v = \min(\min_P v, -1)` (never above any
-positive), and the advantage is the z-score of :math:`v`. (The reference rescales positives by
-:math:`|\sum_{neg} v| / \sum_P v` instead of centring; that factor is undefined or negative whenever
-:math:`\sum_P (T-\ell_i) \le 0`, which a median threshold makes common, so we centre.)
+Long-CoT length-aware advantages (optional, per group and per role: the reference's
+``enable_efficient``, applied to codes and to tests; :func:`length_aware`). From the raw rewards
+:math:`R` and the response lengths :math:`\ell` of one group, the reference
+(``reward.py``: ``length_regularize(normalize_reward(R))``) computes:
+
+1. :math:`z = R` when every :math:`R_i = 1` (an all-correct group is kept), else the z-score of
+   :math:`R`; none when :math:`\sigma = 0`.
+2. :math:`s = \mathrm{sign}(z)`: positives :math:`P = \{s = 1\}` (above the group mean),
+   negatives :math:`N = \{s = -1\}`, ties with the mean (:math:`s = 0`) in neither.
+3. If every :math:`\ell_i, i \in P`, is the same (one positive included): :math:`x = s`. Else
+   :math:`T = \mathrm{clip}(\mathrm{median}_{i\in P}\,\ell_i, \ell_{lo}, \ell_{hi})` (an even count
+   takes the mean of the two middle lengths), :math:`x_i = T - \ell_i` on :math:`P`, :math:`x_i = \min(0, \min_{j\in P} x_j)` on
+   :math:`N`, :math:`x_i = 0` on ties.
+4. Balance: :math:`U = \{x > 0\}`, :math:`D = \{x < 0\}`, :math:`x_U \mathrel{*}= |\sum_D x| /
+   \sum_U x`, then :math:`A = x / \mathrm{std}(x)` (the balance makes :math:`\sum x = 0`, so this is a
+   z-score). The factor is positive whenever it is defined; it is undefined, and the reference
+   drops the group, when :math:`U` or :math:`D` is empty: in step 3's first case when
+   :math:`N` is empty (an all-correct group whose positives share one length); in its second
+   when no positive is shorter than :math:`T` (e.g. all of them at least :math:`\ell_{hi}`, or the
+   shortest one is the median) or none is longer (e.g. all at most :math:`\ell_{lo}`: then
+   :math:`N` gets 0 too).
+
+Ours equals that wherever it is defined. Where it is not, the group gets the plain normalised
+reward (correctness without length shaping: signal iff :math:`\sigma > \epsilon`), so
+switching long-CoT on never drops a group that carries signal, and keeps all-correct groups
+whose lengths can be shaped. Two rounding guards: :math:`\sigma \le \epsilon` counts as
+zero (the reference's ``std == 0`` misses equal non-dyadic rewards, e.g. the std of three
+rewards of 0.1 is 1.4e-17, and would turn rounding noise into advantages of about 1), and
+:math:`|z_i| \le 10^{-9}` counts as a tie (the exact sign of :math:`R_i - \bar R`).
 """
 from __future__ import annotations
 
@@ -226,6 +249,9 @@ def normalize(raw: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, bool]:
     return (r - r.mean()) / sd, True
 
 
+_TIE = 1e-9  # |z| at most this is a tie with the group mean (sign 0), not rounding noise
+
+
 def length_aware(
     raw: np.ndarray,
     lengths: np.ndarray,
@@ -233,23 +259,46 @@ def length_aware(
     hi: float = 8000.0,
     eps: float = EPS,
 ) -> tuple[np.ndarray, bool]:
-    r"""Long-CoT length-aware advantages for one group (see the module docstring):
-    :math:`P=\{R>0\}`, :math:`T=\mathrm{clip}(\mathrm{median}_P\,\ell, lo, hi)`, :math:`v=T-\ell` on
-    :math:`P`, :math:`v=\min(\min_P v,-1)` elsewhere, advantage = z-score of :math:`v`.
-    Returns (float64 [k], has_signal); no signal when either side is empty.
+    r"""Long-CoT length-aware advantages for one group: the reference's
+    ``length_regularize(normalize_reward(raw))`` with ``enable_efficient`` (module docstring).
+
+    - :math:`z = R` if every :math:`R_i = 1`, else :math:`(R - \bar R)/\sigma`;
+      :math:`s = \mathrm{sign}(z)`, :math:`P = \{s=1\}`, :math:`N = \{s=-1\}`.
+    - :math:`x = s` if the lengths on :math:`P` are all equal; else
+      :math:`T = \mathrm{clip}(\mathrm{median}_P\,\ell, lo, hi)`, :math:`x = T - \ell` on :math:`P`,
+      :math:`\min(0, \min_P x)` on :math:`N`, 0 on ties.
+    - :math:`x_{x>0} \mathrel{*}= |\sum_{x<0} x| / \sum_{x>0} x`; advantage :math:`x/\mathrm{std}(x)`.
+
+    Where the reference is undefined (:math:`\sigma \le \epsilon` and not all ones, or no :math:`x > 0`
+    or no :math:`x < 0`), the plain :func:`normalize` of ``raw``. Returns (float64 [k], has_signal):
+    has_signal is True when the advantages are the reference's shaped ones or plain normalised
+    ones with signal, False (all zeros) otherwise: a group with :math:`\sigma \le \epsilon` that
+    is not an all-correct group the reference can shape.
     """
     r = np.asarray(raw, dtype=np.float64)
     ln = np.asarray(lengths, dtype=np.float64)
     if r.shape != ln.shape or r.ndim != 1:
         raise ValueError(f"lengths: expected shape {r.shape} like raw, got {ln.shape}")
-    pos = r > 0
-    if not pos.any() or pos.all():
-        return np.zeros(r.shape), False
-    t = float(np.clip(np.median(ln[pos]), lo, hi))
-    vp = t - ln[pos]
-    v = np.full(r.shape, min(float(vp.min()), -1.0))
-    v[pos] = vp
-    return normalize(v, eps)
+    z, sig = normalize(r, eps)
+    ones = r.size > 0 and bool(np.all(r == 1.0))
+    if not (sig or ones):
+        return z, False
+    s = np.ones(r.shape) if ones else np.sign(z) * (np.abs(z) > _TIE)
+    pos, neg = s > 0, s < 0
+    lp = ln[pos]
+    if lp.min() == lp.max():
+        x = s.copy()
+    else:
+        t = float(np.clip(np.median(lp), lo, hi))
+        x = np.zeros(r.shape)
+        x[pos] = t - lp
+        x[neg] = min(0.0, float((t - lp).min()))
+    up, dn = x > 0, x < 0
+    s_up, s_dn = float(x[up].sum()), float(-x[dn].sum())
+    if s_up <= 0 or s_dn <= 0:  # a side is empty: the reference drops the group
+        return z, sig
+    x[up] *= s_dn / s_up
+    return x / x.std(), True
 
 
 @dataclass(frozen=True)
@@ -351,12 +400,18 @@ def _masked_z(r: np.ndarray, mask: np.ndarray, eps: float) -> tuple[np.ndarray, 
 def _masked_length_aware(
     r: np.ndarray, ln: np.ndarray, mask: np.ndarray, lo: float, hi: float, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise :func:`length_aware` on padded arrays."""
+    """Row-wise :func:`length_aware` on padded arrays (same steps, vectorised over problems)."""
     if r.shape[1] == 0:
         return np.zeros(r.shape), np.zeros(r.shape[0], dtype=bool)
-    pos = mask & (r > 0)
+    z, sig = _masked_z(r, mask, eps)
+    ones = mask.any(axis=1) & (~mask | (r == 1.0)).all(axis=1)
+    live = (sig | ones)[:, None] & mask
+    zr = np.where(ones[:, None], 1.0, z)
+    pos = live & (zr > _TIE)
+    neg = live & (zr < -_TIE)
+    s = pos.astype(np.float64) - neg
     n_pos = pos.sum(axis=1)
-    n_neg = mask.sum(axis=1) - n_pos
+    same = np.where(pos, ln, -np.inf).max(axis=1) == np.where(pos, ln, np.inf).min(axis=1)
     srt = np.sort(np.where(pos, ln, np.inf), axis=1)
     k = np.maximum(n_pos, 1)
     lo_i = ((k - 1) // 2)[:, None]
@@ -364,11 +419,19 @@ def _masked_length_aware(
     med = 0.5 * (np.take_along_axis(srt, lo_i, 1) + np.take_along_axis(srt, hi_i, 1))[:, 0]
     t = np.clip(np.where(n_pos > 0, med, lo), lo, hi)
     vp = t[:, None] - ln
-    vmin = np.minimum(np.where(pos, vp, np.inf).min(axis=1, initial=np.inf), -1.0)
-    v = np.where(pos, vp, vmin[:, None])
-    adv, sig = _masked_z(v, mask, eps)
-    sig = sig & (n_pos > 0) & (n_neg > 0)
-    return np.where(sig[:, None], adv, 0.0), sig
+    vneg = np.minimum(np.where(pos, vp, np.inf).min(axis=1), 0.0)
+    v = np.where(pos, vp, np.where(neg, vneg[:, None], 0.0))
+    x = np.where(same[:, None], s, v)
+    up, dn = x > 0, x < 0
+    s_up = np.where(up, x, 0.0).sum(axis=1)
+    s_dn = -np.where(dn, x, 0.0).sum(axis=1)
+    shaped = (s_up > 0) & (s_dn > 0)
+    x = np.where(up, x * np.divide(s_dn, s_up, out=np.ones_like(s_up), where=shaped)[:, None], x)
+    n = np.maximum(mask.sum(axis=1), 1)
+    dev = np.where(mask, x - (x.sum(axis=1) / n)[:, None], 0.0)
+    sd = np.sqrt((dev * dev).sum(axis=1) / n)
+    a = x / np.where(shaped, sd, 1.0)[:, None]
+    return np.where(shaped[:, None], a, z), shaped | sig
 
 
 def batch_rewards(

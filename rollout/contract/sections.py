@@ -223,7 +223,8 @@ class RewardConfig(Section):
 
     scaling: unit-test reward form ("fraction" = reference, "count" = paper, "binary" = any/all).
     label_free: score codes against the model's own tests instead of ground truth.
-    long_cot_tests / long_cot_codes: apply the length-aware transformation (needs lengths).
+    long_cot_tests / long_cot_codes: the long-CoT length-aware advantages (the reference's
+        ``enable_efficient``, which shapes codes and tests alike) for that role; needs lengths.
     long_cot_min_len / long_cot_max_len: the clip range of the length threshold T.
     eps: a group whose std is at most eps carries no signal.
     """

@@ -88,9 +88,11 @@ ROLLOUT_RULES: dict[str, tuple] = {
     "problems_without_correct_code": SUM, "problems_all_codes_correct": SUM,
     "code_correct_count": SUM, "truncated_rows": SUM, "executions": SUM,
     "verdicts": SUM_DICT, "counts": SUM_DICT,
+    # sandbox faults: problems excluded (SANDBOX_ERROR after a retry), problems retried
+    "problems_sandbox_error": SUM, "sandbox_retries": SUM, "scored_code_rows": SUM,
     # ratios of summed counts
     **{k: RATES for k in RATIOS},
-    "code_correct_rate": ("ratio", "code_correct_count", "code_rows", 0.0),
+    "code_correct_rate": ("ratio", "code_correct_count", "scored_code_rows", 0.0),
     "truncated_rate": ("ratio", "truncated_rows", "rows", 0.0),
     # lengths
     "prompt_len_mean": ("mean", "rows"),
@@ -108,6 +110,7 @@ ROLLOUT_RULES: dict[str, tuple] = {
 # ExperienceMaker.evaluate metrics -> rule (durations, "*_s", are max over hosts)
 EVAL_RULES: dict[str, tuple] = {
     "problems": SUM, "counts": SUM_DICT, "verdicts": SUM_DICT, "bon": BON,
+    "problems_sandbox_error": SUM, "sandbox_retries": SUM,
     **{k: RATES for k in RATIOS},
 }
 

@@ -19,11 +19,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json")).read_text()
                       .replace("<ROOT>", str(ROOT)))
 MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
-ADDED = {"data.data_dir": "data", "mesh.devices": ""}  # fields added since, at their defaults
-PRESET_GPUS = {"mesh.devices": "0,1,2,3"}  # the Qwen presets name the learner's GPUs
+# Fields added since, at their defaults.
+ADDED = {"data.data_dir": "data", "mesh.devices": "", "model.init": "pretrained",
+         "learner.role_updates": "joint"}
+# The Qwen presets name the learner's GPUs, and the reference learner updates codes and tests
+# separately (learner_presets.py).
+PRESET_GPUS = {"mesh.devices": "0,1,2,3"}
+SEPARATE = {"learner.role_updates": "separate"}
+RANDOM_INIT = {"model.init": "random"}  # the tiny random policies ask for their random init
+# Variants added since: the run of the config they vary, with these fields changed.
+DERIVED = {"minibatches4": {"learner.minibatches": 4}}
 SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
            ("learner_presets", "reference-faithful"), ("qwen2_5_7b", None),
-           ("qwen2_5_14b", None), ("qwen3_4b", None)]
+           ("qwen2_5_14b", None), ("qwen3_4b", None), ("qwen2_5_7b", "minibatches4"),
+           ("qwen2_5_14b", "minibatches4"), ("qwen3_4b", "minibatches4")]
 
 
 def _load(name: str, arg: str | None = None):
@@ -60,10 +69,14 @@ def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     for f in ("CodeContests_train.json", "LiveBench.json"):
         (tmp_path / "data" / f).write_text("[]")
-    expected = dict(EXPECTED[f"{name}:{arg}" if arg else name])
+    expected = dict(EXPECTED[f"{name}:{arg}" if arg and arg not in DERIVED else name])
     expected.pop("tiny_model")  # server-spec plumbing derived from model.qwen_config
+    expected.update(DERIVED.get(arg, {}))
     got = _effective(name, arg)
-    for key, value in {**ADDED, **(PRESET_GPUS if name.startswith("qwen") else {})}.items():
+    preset = {**PRESET_GPUS, **SEPARATE} if name.startswith("qwen") else \
+        SEPARATE if name == "learner_presets" else {}
+    for key, value in {**ADDED, **preset,
+                       **(RANDOM_INIT if name == "tiny" and arg else {})}.items():
         assert got.pop(key) == value, key
     assert sorted(got) == sorted(expected)
     assert {k: v for k, v in got.items() if v != expected[k]} == {}

@@ -129,15 +129,18 @@ def test_label_free_code_rewards():
 
 
 def test_length_aware_hand_worked():
+    # z > 0 on the three 1s. T = median(500, 2000, 3000) = 2000: x_P = [1500, 0, -1000], the
+    # negative gets min(0, -1000) = -1000; balance 2000 / 1500 -> x = [2000, 0, -1000, -1000],
+    # std = sqrt(6e6 / 4): advantages [4, 0, -2, -2] / sqrt(6).
     adv, sig = rewards.length_aware(np.array([1.0, 1.0, 1.0, -1.0]), np.array([500, 2000, 3000, 100]))
     assert sig
-    v = np.array([1500.0, 0.0, -1000.0, -1000.0])  # T = median(500, 2000, 3000) = 2000
-    np.testing.assert_allclose(adv, (v - v.mean()) / v.std())
-    # T is clipped up to 1000; negatives sit at min(min_P v, -1) = -1 here.
+    np.testing.assert_allclose(adv, np.array([4.0, 0.0, -2.0, -2.0]) / np.sqrt(6))
+    # T is clipped up to 1000: x_P = [900, 700] > 0, the negative gets min(0, 700) = 0, no x < 0:
+    # the reference drops the group; ours keeps the plain normalised reward.
     adv, sig = rewards.length_aware(np.array([0.5, 0.5, 0.0]), np.array([100, 300, 50]))
-    v = np.array([900.0, 700.0, -1.0])
-    np.testing.assert_allclose(adv, (v - v.mean()) / v.std())
-    # One side empty: no signal.
+    assert sig
+    np.testing.assert_allclose(adv, rewards.normalize(np.array([0.5, 0.5, 0.0]))[0])
+    # All correct but nothing to shape (every length under T = 1000): no signal.
     assert rewards.length_aware(np.ones(3), np.arange(3))[1] is False
     assert rewards.length_aware(-np.ones(3), np.arange(3))[1] is False
 
@@ -280,8 +283,9 @@ def test_property_batch_matches_per_problem(tables, scaling, label_free, long_co
     gt = [t[1] for t in tables]
     tp = [t[2] for t in tables]
     cp = [t[3] for t in tables]
-    tl = [np.arange(g.shape[1]) * 700.0 + 200 for g in gen]
-    cl = [np.arange(g.shape[0])[::-1] * 900.0 + 50 for g in gen]
+    # Lengths with ties, some under long_cot_min_len, some over long_cot_max_len.
+    tl = [(np.arange(g.shape[1]) * 7 % 5) * 900.0 + 300 for g in gen]
+    cl = [(np.arange(g.shape[0])[::-1] * 3 % 4) * 2500.0 + 50 for g in gen]
     cfg = rewards.RewardConfig(
         scaling=scaling, label_free=label_free, long_cot_tests=long_cot, long_cot_codes=long_cot
     )

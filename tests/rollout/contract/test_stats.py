@@ -47,12 +47,14 @@ def _tables(rng: np.random.Generator, P: int) -> list[dict]:
 
 
 def _host_result(tables: list[dict], host: int) -> dict:
-    """What ExperienceMaker.evaluate returns for these tables (timings and verdicts made up)."""
+    """What ExperienceMaker.evaluate returns for these tables (timings, verdicts and sandbox
+    faults made up)."""
     if not tables:
         return ExperienceMaker._empty_evaluation(EvalConfig(k_code=4, k_case=4, bon=tuple(BON)))
     out = metrics.aggregate(tables)
     out.update(generate_s=1.0 + host, sandbox_s=3.0 - host,
-               verdicts={"OK": 2 * len(tables), "WRONG_ANSWER": host + len(tables)})
+               verdicts={"OK": 2 * len(tables), "WRONG_ANSWER": host + len(tables)},
+               problems_sandbox_error=host, sandbox_retries=host + 1)
     return out
 
 
@@ -76,7 +78,9 @@ def test_eval_merge_equals_aggregate_for_every_split():
                         sandbox_s=max(h["sandbox_s"] for h in per_host),
                         verdicts={"OK": sum(h["verdicts"].get("OK", 0) for h in per_host),
                                   "WRONG_ANSWER": sum(h["verdicts"].get("WRONG_ANSWER", 0)
-                                                      for h in per_host)})
+                                                      for h in per_host)},
+                        problems_sandbox_error=sum(h["problems_sandbox_error"] for h in per_host),
+                        sandbox_retries=sum(h["sandbox_retries"] for h in per_host))
             assert merged == want, (hosts, parts)  # exact: ratios of summed integers
             n_checked += 1
     assert n_checked == 1 + 8 + 36
