@@ -10,9 +10,9 @@ import pytest
 from cure_jax import row_plan, sharding
 from cure_jax.config import LearnerConfig, SyntheticRolloutConfig
 from cure_jax.experience import ExperienceBatch, ExperienceError
+from cure_jax.learner import make_learner
 from cure_jax.models.qwen import QwenConfig
 from cure_jax.sources.synthetic import SyntheticSource, group_advantages
-from cure_jax.learner import make_learner
 
 MODEL = QwenConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=10000.0,
@@ -110,22 +110,29 @@ def test_micro_batching_gradient_equals_one_batch(agg):
     assert len(lengths) >= 2, lengths  # several length buckets really were exercised
 
 
-@pytest.mark.slow
-def test_learning_raises_synthetic_reward():
-    """Policy gradient on the tiny policy: reward for emitting token 3 rises clearly."""
+def learn_synthetic(cfg: LearnerConfig, steps: int):
+    """`steps` RL steps of the synthetic source (reward: token 3) on 2 devices; returns the
+    final state and the mean reward of each step's batch."""
     mesh = sharding.make_mesh(data=1, fsdp=-1, tp=1, devices=jax.devices()[:2])
-    cfg = LearnerConfig(lr=3e-3, clip_high=0.28, kl_coef=0.01, tis_cap=2.0, minibatches=2,
-                        micro_batch_size=8, length_bucket=8, logprob_chunk=16)
     learner = make_learner(MODEL, cfg, mesh, seed=0)
     state = learner.init_state()
     ref = learner.reference_params(state.params)
     src = SyntheticSource(SyntheticRolloutConfig(num_prompts=4, group_size=4, prompt_len=6,
                                                   response_len=6, target_token=3), learner, seed=0)
     rewards = []
-    for step in range(30):
+    for step in range(steps):
         batch = src.sample(state.params, step)
         rewards.append(float(batch.reward.mean()))
         state, _ = learner.update(state, batch, ref)
+    return state, rewards
+
+
+@pytest.mark.slow
+def test_learning_raises_synthetic_reward():
+    """Policy gradient on the tiny policy: reward for emitting token 3 rises clearly."""
+    cfg = LearnerConfig(lr=3e-3, clip_high=0.28, kl_coef=0.01, tis_cap=2.0, minibatches=2,
+                        micro_batch_size=8, length_bucket=8, logprob_chunk=16)
+    _, rewards = learn_synthetic(cfg, 30)
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > 0.4 and last > first + 0.3, rewards
 

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from cure_jax import sharding
-from cure_jax.config import ConfigError, LearnerConfig, SyntheticRolloutConfig, load_config
+from cure_jax.config import ConfigError, LearnerConfig, load_config
 from cure_jax.learner import make_learner
-from cure_jax.sources.synthetic import SyntheticSource
 from rollout.contract.schema import KIND_CODE, KIND_TEST
-from tests.cure_jax.test_learner import MODEL, random_batch
+from tests.cure_jax.test_learner import MODEL, learn_synthetic, random_batch
 from tests.helpers.cure_runs import tiny_config
 
 CFG = LearnerConfig(lr=1e-3, kl_coef=0.05, tis_cap=2.0, length_bucket=8, logprob_chunk=8,
@@ -84,19 +83,9 @@ def test_role_updates_is_checked_at_the_door():
 @pytest.mark.slow
 def test_separate_updates_learn_the_synthetic_reward():
     """Half the synthetic groups are codes, half tests: both roles' steps raise the reward."""
-    mesh = sharding.make_mesh(data=1, fsdp=-1, tp=1, devices=jax.devices()[:2])
     cfg = dataclasses.replace(CFG, lr=3e-3, clip_high=0.28, kl_coef=0.01, micro_batch_size=8,
                               logprob_chunk=16)
-    learner = make_learner(MODEL, cfg, mesh, seed=0)
-    state = learner.init_state()
-    ref = learner.reference_params(state.params)
-    src = SyntheticSource(SyntheticRolloutConfig(num_prompts=4, group_size=4, prompt_len=6,
-                                                 response_len=6, target_token=3), learner, seed=0)
-    rewards = []
-    for step in range(25):
-        batch = src.sample(state.params, step)
-        rewards.append(float(batch.reward.mean()))
-        state, _ = learner.update(state, batch, ref)
+    state, rewards = learn_synthetic(cfg, 25)
     assert int(state.step) == 50
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > 0.4 and last > first + 0.3, rewards
