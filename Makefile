@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	  echo "installing bubblewrap (sandbox isolation)"; \
 	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || \
 	  echo "warning: could not install bubblewrap; the sandbox will run with rlimits only"; }
+	@ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || { \
+	  echo "installing libseccomp2 (the sandbox's syscall filter)"; \
+	  (apt-get update -qq && apt-get install -y -qq libseccomp2 >/dev/null) || \
+	  echo "warning: could not install libseccomp2; the sandbox will run without a syscall filter"; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so nothing later pulls a multi-GB CUDA build.

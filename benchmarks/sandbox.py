@@ -7,9 +7,12 @@ wrong, some crashing, some timing out). Every method runs with the same parallel
 or thread per CPU) and the same time limit; baselines use the real interpreter (not a venv shim).
 
     python benchmarks/sandbox.py [--trivial N] [--mix-programs P] [--mix-tests T] [--breakdown]
+                                 [--filter-cost]
 
 ``--breakdown`` also prints where the time of one execution goes (one worker, empty program,
-median ms per stage, from the timestamps a ``Sandbox(trace=True)`` records).
+median ms per stage, from the timestamps a ``Sandbox(trace=True)`` records). ``--filter-cost``
+also measures the sandbox with and without its seccomp filter (``sandbox.syscall_filter``), the
+two alternating in rounds on the same workloads.
 """
 from __future__ import annotations
 
@@ -145,7 +148,7 @@ STAGES = [
     ("child: setsid, IPC namespace, mount /proc", "t_child", "t_ns"),
     ("child: oom_score_adj, stdio fds, close the rest", "t_ns", "t_fds"),
     ("child: rlimits", "t_fds", "t_limits"),
-    ("child: drop uid, no_new_privs, chdir", "t_limits", "t_setup"),
+    ("child: drop uid, no_new_privs, seccomp", "t_limits", "t_setup"),
     ("child: program's stdio and module", "t_setup", "t_ready"),
     ("child: program + exit, until the worker sees it", "t_ready", "t_exited"),
     ("worker: reap, read output, reply ready", "t_exited", "t_reply"),
@@ -176,6 +179,29 @@ def breakdown(limits: Limits, n: int, preload: list[str] | None) -> None:
           f"{median([(b['t_req'] - a['t_req']) / 1e6 for a, b in zip(traces, traces[1:])]):7.3f}")
 
 
+def filter_cost(limits: Limits, preload: list[str] | None, workers: int, trivial, mix,
+                rounds: int) -> None:
+    """Executions per second with the syscall filter (ours) and without it (baseline)."""
+    with Sandbox(workers=workers, limits=limits, preload=preload) as on, \
+            Sandbox(workers=workers, limits=limits, preload=preload, syscall_filter=False) as off:
+        if not on.syscall_filtered:
+            print("filter cost: no syscall filter on this machine (libseccomp missing)")
+            return
+        for sb in (on, off):
+            run_ours(sb, [trivial])   # warm-up
+        for wl, groups in (("trivial", [trivial]), ("mix", mix)):
+            tot = {True: [0.0, 0], False: [0.0, 0]}
+            for r, part in enumerate(chunks(groups, rounds, wl == "trivial")):
+                for sb in ((on, off) if r % 2 == 0 else (off, on)):
+                    dt, n, _ = run_ours(sb, part)
+                    tot[sb is on][0] += dt
+                    tot[sb is on][1] += n
+            f, u = (tot[k][1] / tot[k][0] for k in (True, False))
+            name = "sandbox_seccomp" + ("_mix" if wl == "mix" else "")
+            print(f"RESULT {name} ours={f:.1f} baseline={u:.1f} ratio={f / u:.3f} "
+                  f"(exec/s with / without the syscall filter)")
+
+
 def chunks(groups, rounds: int, split_tests: bool):
     """Split a workload into ``rounds`` slices (by tests or by groups)."""
     if split_tests:
@@ -196,6 +222,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6, help="alternations of the methods")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print the per-stage time of one execution")
+    ap.add_argument("--filter-cost", action="store_true",
+                    help="also compare the sandbox with and without its syscall filter")
     ap.add_argument("--preload", default=None,
                     help="comma-separated modules the workers preload ('' for none; default: "
                          "the Sandbox default)")
@@ -236,6 +264,8 @@ def main() -> None:
                     for i in range(3):
                         rows[(wl, kind)][i] += got[i]
     rows = {key: (n / dt, n, passes) for key, (dt, n, passes) in rows.items()}
+    if args.filter_cost:
+        filter_cost(limits, preload, args.workers, trivial, mix, args.rounds)
     for wl in ("trivial", "mix"):
         for kind in ("ours", "subprocess", "reference"):
             rate, n, passes = rows[(wl, kind)]

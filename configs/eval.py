@@ -10,12 +10,30 @@
         --config.tester.engine=vllm --config.tester.model=/path/to/ReasonFlux-Coder-4B
 
 Re-running the same command resumes from <out_dir>/samples.jsonl. ``bon`` is a list of (n, m)
-pairs: ``--config.bon="((4,4),(16,16))"``. Sampling defaults are the paper's
-evaluation settings (temperature 0.8, top_p 0.95, top_k 40).
+pairs: ``--config.bon="((4,4),(16,16))"``.
+
+``protocol`` decides what the numbers mean (rollout/contract/protocol.py); it fills every field
+marked "protocol" below that is left unset, and a field set on the command line wins:
+
+  paper (the reference's evaluation; the default, through "auto", for LiveBench, MBPP,
+      LiveCodeBench, CodeContests, CodeForces): sandbox.max_gt_tests=8 (the first 8
+      ground-truth tests), drop_unparsed_tests=True (an unparsed generated test counts neither
+      in the unit-test accuracy nor in the BoN test prefix; a problem without a parsed test is
+      not scored), bon = (4,4) plus the project's pairs, sampling temperature 0.8, top_p 0.95,
+      top_k 40, max_tokens 10000, prompts.mode="reference" (the reference's raw prompt format);
+  project (the default for other data, e.g. embedded:eval): sandbox.max_gt_tests=0 (all),
+      drop_unparsed_tests=False (every sampled test counts; an unparsed one is inaccurate),
+      bon = (1,16) (4,16) (8,16) (16,16) (16,1) (16,4) (16,8), temperature 0.8, top_p 0.95,
+      top_k 40, max_tokens 4096, prompts.mode="auto" (the chat template when there is one).
+
+metrics.json always carries both unit-test accuracies (unit_test_accuracy_all_tests and
+unit_test_accuracy_parsed_tests; unit_test_accuracy is the protocol's), the accumulate
+accuracies and the mean response lengths in tokens.
 """
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -67,14 +85,20 @@ def get_config() -> ml_collections.ConfigDict:
         "api": ml_collections.ConfigDict({"base_url": "", "model": "", "key": "", "key_env": "", "rpm": 0.0}),
     })
 
+    c.protocol = "auto"  # "auto" | "paper" | "project" (see the module docstring)
     c.k_code = 16
     c.k_case = 16
-    c.bon = ((1, 16), (4, 16), (8, 16), (16, 16), (16, 1), (16, 4), (16, 8))
-    c.single_eval = False  # code only: no tests sampled, code accuracy and BoN(n, 0)
-    c.sampling = ml_collections.ConfigDict({
-        "temperature": 0.8, "top_p": 0.95, "top_k": 40, "max_tokens": 4096, "seed": 0})
+    c.bon = config_dict.placeholder(tuple)  # protocol; e.g. ((4, 4), (16, 16))
+    c.drop_unparsed_tests = config_dict.placeholder(bool)  # protocol
+    c.single_eval = False  # code only: no tests sampled, code accuracy (and BoN(n, 0) if given)
+    c.sampling = ml_collections.ConfigDict({  # unset fields: the protocol's
+        "temperature": config_dict.placeholder(float), "top_p": config_dict.placeholder(float),
+        "top_k": config_dict.placeholder(int), "max_tokens": config_dict.placeholder(int),
+        "seed": 0})
     c.prompts = ml_collections.ConfigDict({
-        "mode": "auto",  # "auto" | "chat" | "raw" (local engines; the API always gets chat messages)
+        # protocol; "auto" | "chat" | "raw" | "reference" (the API always gets chat messages:
+        # in "reference" mode the reference's whole prompt is the user message, as it sends it)
+        "mode": config_dict.placeholder(str),
         "code_template": "", "test_template": "", "raw_template": "",  # your own Jinja files
         "system_prompt": "",
         "show_example_in_test_prompt": False,  # the paper's evaluation shows none
@@ -84,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
         "isolation": "auto",
         "time_multiplier": 1.0,
         "memory_mb": 1024,
-        "max_gt_tests": 0,  # 0: every ground-truth test
+        "max_gt_tests": config_dict.placeholder(int),  # protocol; 0: every ground-truth test
     })
     c.gen_batch = 64  # prompts per local engine call / API samples per fsync
     c.exec_batch = 8  # problems per sandbox call

@@ -83,7 +83,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                      "gpu_memory_utilization": 0.85, "max_model_len": 12288})
     c.cure.scaling = "fraction"
     c.data.update({"train": "data/CodeContests_train.json", "eval": "data/LiveBench.json"})
-    c.eval.update({"k_code": 16, "k_case": 16, "temperature": 0.8, "top_p": 0.95, "top_k": 40,
-                   "max_tokens": 10240, "seed": 0, "bon": ((1, 16), (4, 16), (16, 16))})
+    # The reference's prompt format (rollout/templates/reference_*.jinja), for training and the
+    # held-out evaluation alike; --config.rollout.prompts.mode=chat uses the chat template.
+    c.rollout.prompts.mode = "reference"
+    # The paper's evaluation protocol (rollout/contract/protocol.py): the first 8 ground-truth
+    # tests, unparsed generated tests dropped, temperature 0.8 / top_p 0.95 / top_k 40, 10000
+    # new tokens; BoN pairs the reference's (4,4) (16,16) and ours.
+    c.eval.update({"protocol": "paper", "k_code": 16, "k_case": 16, "seed": 0,
+                   "bon": ((1, 16), (4, 4), (4, 16), (16, 16))})
     return c
 

@@ -5,7 +5,9 @@ reference's ``enable_efficient``), on codes and on tests alike: the sign of each
 (above the group mean), a length threshold T = median length of the positive responses clipped
 to [1000, 8000] tokens, positives rewarded for being shorter than T (efficient codes and tests),
 all-correct groups shaped by length too (see rollout.rewards.length_aware).
-Qwen3 has its own chat template (thinking); prompts use it.
+Prompts: the reference's raw format, as in the 7B recipe (Qwen3's own chat template, with its
+thinking switch: --config.rollout.prompts.mode=chat); the evaluation keeps 16384 new tokens (the
+long chain of thought) instead of the paper protocol's 10000.
 
 GPU layout (8 x 80 GB), as the 7B recipe's: learner on GPUs 0-3 (mesh.devices, fsdp=4), vLLM
 on GPUs 4-7 (rollout.devices) with tensor parallel 2.

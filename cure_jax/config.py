@@ -284,6 +284,11 @@ class Config(Section):
     sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        # The evaluation protocol "auto" depends on the held-out data: resolved at the door.
+        object.__setattr__(self, "eval", self.eval.resolved(self.data.eval, f"{self._path}.eval"))
+        super().__post_init__()
+
     def validate(self, p: str) -> None:
         r = self.rollout
         if r.source == "cure" and self.model.preset and not (r.model_path or self.model.hf_dir):

@@ -66,9 +66,12 @@ def fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """Held-out metrics -> `eval/*` TensorBoard tags (BoN pairs as `eval/bon_NxM`)."""
+    """Held-out metrics -> `eval/*` TensorBoard tags (BoN pairs as `eval/bon_NxM`, their
+    accumulate accuracies as `eval/bon_accumulate_NxM`)."""
     out = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-    out.update({f"eval/bon_{k}": v for k, v in (metrics.get("bon") or {}).items() if v is not None})
+    for name in ("bon", "bon_accumulate"):
+        out.update({f"eval/{name}_{k}": v for k, v in (metrics.get(name) or {}).items()
+                    if v is not None})
     return out
 
 

@@ -53,8 +53,9 @@ def main(argv: list[str]) -> None:
     from cure_jax.checkpoint import CheckpointError
     from cure_jax.train import train_and_evaluate
     from rollout.contract.control import RolloutServerError
+    from rollout.contract.segments import ShmError
     distributed.initialize(force=_DISTRIBUTED.value)
-    with cli.errors(PROG, failure=(CheckpointError, RolloutServerError)):  # one line each
+    with cli.errors(PROG, failure=(CheckpointError, RolloutServerError, ShmError)):  # one line each
         train_and_evaluate(config, _WORKDIR.value)
 
 

@@ -8,7 +8,9 @@ means the same everywhere. A spec is a comma-separated list; each item is
 * a hub dataset name (LiveBench, MBPP, LiveCodeBench, CodeContests, CodeForces; see
   rollout.hub): read from ``<data_dir>/<Name>.json``, downloaded there first when missing.
 
-Errors are :class:`DatasetError`, one line naming the item.
+Errors are :class:`DatasetError`, one line naming the item. A problem without ground-truth
+tests is a one-line ``rollout.problems.ProblemFormatError`` naming its file and row, unless
+``require_tests`` is False (label-free training: ``cure.label_free``).
 """
 from __future__ import annotations
 
@@ -26,14 +28,16 @@ class DatasetError(EvalError):
 
 
 def load_dataset(item: str, *, data_dir: str | os.PathLike[str] = "data",
-                 download: bool = True) -> tuple[str, list[Problem]]:
+                 download: bool = True, require_tests: bool = True
+                 ) -> tuple[str, list[Problem]]:
     """(label, problems) of one spec item (see the module doc)."""
     if item.startswith(("embedded:", "embedded-")):
         split = item.split(":", 1)[1] if ":" in item else item.split("-", 1)[1]
         return f"embedded-{split}", embedded_problems(split)
     if pathlib.Path(item).exists():
         path = pathlib.Path(item)
-        return (path.stem if path.is_file() else path.name), load_problems(path)
+        return (path.stem if path.is_file() else path.name), load_problems(
+            path, require_tests=require_tests)
     from rollout import hub  # stdlib only; the hub client loads lazily
 
     try:
@@ -50,16 +54,18 @@ def load_dataset(item: str, *, data_dir: str | os.PathLike[str] = "data",
             path = hub.download_dataset(info.name, data_dir).path
         except hub.DatasetDownloadError as e:
             raise DatasetError(f"dataset {info.name}: {e}") from None
-    return info.name, load_problems(path)
+    return info.name, load_problems(path, require_tests=require_tests)
 
 
 def resolve_datasets(spec: str, *, data_dir: str | os.PathLike[str] = "data",
-                     max_problems: int = 0, download: bool = True) -> dict[str, list[Problem]]:
+                     max_problems: int = 0, download: bool = True, require_tests: bool = True
+                     ) -> dict[str, list[Problem]]:
     """{label: problems} of every item of ``spec``, in the given order; ``max_problems`` > 0
     keeps the first that many problems of each."""
     out: dict[str, list[Problem]] = {}
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        label, problems = load_dataset(item, data_dir=data_dir, download=download)
+        label, problems = load_dataset(item, data_dir=data_dir, download=download,
+                                       require_tests=require_tests)
         if not problems:
             raise DatasetError(f"dataset {item!r} holds no problems")
         if label in out:
@@ -71,8 +77,9 @@ def resolve_datasets(spec: str, *, data_dir: str | os.PathLike[str] = "data",
 
 
 def spec_problems(spec: str, *, data_dir: str | os.PathLike[str] = "data",
-                  download: bool = True) -> list[Problem]:
+                  download: bool = True, require_tests: bool = True) -> list[Problem]:
     """Every problem of ``spec`` as one list (the datasets in the given order): a training or
     held-out split of cure-train."""
-    return [p for problems in resolve_datasets(spec, data_dir=data_dir, download=download).values()
+    return [p for problems in resolve_datasets(spec, data_dir=data_dir, download=download,
+                                               require_tests=require_tests).values()
             for p in problems]

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from rollout import eval_report
 from rollout import evaluate as ev
-from rollout.contract import cli
+from rollout.contract import cli, protocol
 from rollout.contract.config import ConfigError
 from rollout.contract.sections import check_data_spec
 from rollout.engines.api_engine import ApiConfig, ApiError
@@ -108,23 +108,46 @@ def specs_from_config(cfg: Any) -> tuple[ev.ModelSpec, ev.ModelSpec | None]:
     return coder, _spec(t.engine, t.model, t.tokenizer, api, options, "tester.", t.base_model)
 
 
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens")
+
+
+def protocol_settings(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """(concrete protocol, settings) of ``cfg.protocol`` for ``cfg.dataset``
+    (rollout.contract.protocol): the protocol's values for the fields left unset (None), the
+    fields set explicitly as given."""
+    explicit = {"max_gt_tests": cfg.sandbox.max_gt_tests,
+                "drop_unparsed_tests": cfg.drop_unparsed_tests, "bon": cfg.bon,
+                "prompts_mode": cfg.prompts.mode,
+                **{k: cfg.sampling.get(k) for k in _SAMPLING_KEYS}}
+    try:
+        return protocol.expand(cfg.protocol, cfg.dataset, protocol.PROJECT_CURE_EVAL, explicit)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+
+
 def build(cfg: Any) -> dict[str, Any]:
     """Every object the evaluation needs, validated (raises ConfigError naming the field)."""
     coder, tester = specs_from_config(cfg)
+    name, ps = protocol_settings(cfg)
+    if cfg.single_eval and cfg.bon is None:
+        ps["bon"] = ()  # code only: no tests to rank codes with (unless pairs (n, 0) are given)
     try:
         settings = ev.EvalSettings(k_code=cfg.k_code, k_case=cfg.k_case,
-                                   bon=parse_bon(cfg.bon), single_eval=cfg.single_eval,
-                                   max_gt_tests=cfg.sandbox.max_gt_tests,
+                                   bon=parse_bon(ps["bon"]), single_eval=cfg.single_eval,
+                                   max_gt_tests=ps["max_gt_tests"],
+                                   drop_unparsed_tests=ps["drop_unparsed_tests"], protocol=name,
                                    gen_batch=cfg.gen_batch, exec_batch=cfg.exec_batch)
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
     try:
-        sampling = ev.eval_sampling(**dict(cfg.sampling))
+        fields = {k: v for k, v in dict(cfg.sampling).items() if v is not None}
+        fields.update({k: ps[k] for k in _SAMPLING_KEYS})
+        sampling = ev.eval_sampling(**fields)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config.{e}") from None
     p = cfg.prompts
     try:
-        prompts = PromptConfig(mode=p.mode, code_template=p.code_template or None,
+        prompts = PromptConfig(mode=ps["prompts_mode"], code_template=p.code_template or None,
                                test_template=p.test_template or None,
                                raw_template=p.raw_template or None,
                                system_prompt=p.system_prompt or None,

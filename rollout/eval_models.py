@@ -106,14 +106,15 @@ class ApiRole:
         self.spec = spec
         self.flush_every = flush_every
         self.engine = ApiEngine(spec.api, seed=0)
-        self.builder = PromptBuilder(dataclasses.replace(prompt_cfg, mode="raw"))
+        # Chat messages: the instruction is the user turn (mode "reference": the reference's
+        # whole prompt, as the reference sends it; rollout.prompts).
+        mode = "reference" if prompt_cfg.mode == "reference" else "raw"
+        self.builder = PromptBuilder(dataclasses.replace(prompt_cfg, mode=mode))
 
     def prompt(self, problem: Problem, kind: str, show_example: bool) -> list[dict[str, str]]:
-        text = (self.builder.code_instruction(problem) if kind == "code"
-                else self.builder.test_instruction(problem, show_example))
-        system = self.builder.config.system_prompt
-        return ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": text}]
+        text = (self.builder.code_instruction(problem, evaluation=True) if kind == "code"
+                else self.builder.test_instruction(problem, show_example, evaluation=True))
+        return self.builder.messages(text)
 
     def run(self, wants: Sequence[Want], sampling: SamplingConfig,
             flush_s: float = 2.0) -> Iterator[list[Generated]]:
@@ -162,8 +163,8 @@ class LocalRole:
         self.builder = PromptBuilder(prompt_cfg, tokenizer=tokenizer)
 
     def prompt(self, problem: Problem, kind: str, show_example: bool) -> str:
-        return (self.builder.code_prompt(problem) if kind == "code"
-                else self.builder.test_prompt(problem, show_example))
+        return (self.builder.code_prompt(problem, evaluation=True) if kind == "code"
+                else self.builder.test_prompt(problem, show_example, evaluation=True))
 
     def run(self, wants: Sequence[Want], sampling: SamplingConfig) -> Iterator[list[Generated]]:
         """One batch per engine call (``batch`` prompts with the same number of samples)."""

@@ -19,17 +19,25 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100.0 * v:.1f}"
 
 
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
+
+
 def render_table(metrics: Mapping[str, dict], *, model: str,
-                 bon: Sequence[tuple[int, int]]) -> str:
-    """Markdown: the paper's one-line-per-model summary (UT / Code / BoN of the largest pair)
-    and a per-dataset table with every BoN pair, p_01, p_00 and parse rates. "Problems" are the
-    problems scored; a note under the table names the problems excluded because the sandbox
-    failed to execute them (``problems_sandbox_error``), when there are any."""
+                 bon: Sequence[tuple[int, int]], note: str = "") -> str:
+    """Markdown: the paper's one-line-per-model summary (UT / Code / BoN of the largest pair),
+    a per-dataset table with both unit-test accuracies (UT: the protocol's; then all tests and
+    parsed tests), every BoN pair, p_01, p_00 and parse rates, and a table of the accumulate
+    accuracies (the share of ground-truth tests passed by the codes, of correct-code checks
+    passed by the tests, and of ground-truth tests passed by each BoN pick) with the mean
+    response lengths in tokens. "Problems" are the problems scored; ``note`` (the protocol)
+    goes under the heading; a note under the tables names the problems not scored (the sandbox
+    failed to execute them, or no generated test parsed under the paper's protocol)."""
     keys = [cure_metrics.bon_key(n, m) for n, m in bon]
     head = max(bon, key=lambda nm: (nm[0] * max(nm[1], 1), nm)) if bon else None
     hk = cure_metrics.bon_key(*head) if head else None
     ds = list(metrics)
-    lines = [f"## {model}", "",
+    lines = [f"## {model}", ""] + ([note, ""] if note else []) + [
              f"UT / Code / BoN {hk or '-'} (%)", "",
              "| Model | " + " | ".join(ds) + " |",
              "|---|" + "---|" * len(ds),
@@ -37,21 +45,41 @@ def render_table(metrics: Mapping[str, dict], *, model: str,
                  f"{_pct(metrics[d]['unit_test_accuracy'])}/{_pct(metrics[d]['code_accuracy'])}/"
                  f"{_pct(metrics[d]['bon'].get(hk)) if hk else '-'}" for d in ds) + " |",
              "",
-             "| Dataset | Problems | UT | Code | " + " | ".join(f"BoN {k}" for k in keys)
+             "| Dataset | Problems | UT | Code | UT all tests | UT parsed tests | "
+             + " | ".join(f"BoN {k}" for k in keys)
              + " | p_01 | p_00 | code parsed | test parsed |",
-             "|---|" + "---|" * (7 + len(keys))]
+             "|---|" + "---|" * (9 + len(keys))]
     for d in ds:
         r = metrics[d]
-        cells = [d, str(r["n_problems"]), _pct(r["unit_test_accuracy"]), _pct(r["code_accuracy"])]
+        cells = [d, str(r["n_problems"]), _pct(r["unit_test_accuracy"]), _pct(r["code_accuracy"]),
+                 _pct(r.get("unit_test_accuracy_all_tests")),
+                 _pct(r.get("unit_test_accuracy_parsed_tests"))]
         cells += [_pct(r["bon"].get(k)) for k in keys]
         cells += [_pct(r["p_01"]), _pct(r["p_00"]), _pct(r["code_parse_rate"]),
                   _pct(r["test_parse_rate"])]
         lines.append("| " + " | ".join(cells) + " |")
-    excluded = {d: int(metrics[d].get("problems_sandbox_error") or 0) for d in ds}
-    if any(excluded.values()):
-        lines += ["", "Not scored (the sandbox failed to execute them, SANDBOX_ERROR after a "
-                  "retry): " + ", ".join(f"{d} {n} problem{'s' * (n != 1)}"
-                                         for d, n in excluded.items() if n) + "."]
+    lines += ["", "Accumulate accuracies (%) and mean response lengths (tokens)", "",
+              "| Dataset | Code acc. | UT acc. | " + " | ".join(f"BoN {k} acc." for k in keys)
+              + " | code tokens | test tokens |",
+              "|---|" + "---|" * (4 + len(keys))]
+    for d in ds:
+        r = metrics[d]
+        acc = r.get("bon_accumulate") or {}
+        cells = [d, _pct(r.get("code_accumulate_accuracy")),
+                 _pct(r.get("unit_test_accumulate_accuracy"))]
+        cells += [_pct(acc.get(k)) for k in keys]
+        cells += [_num(r.get("mean_code_length")), _num(r.get("mean_test_length"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = (("problems_sandbox_error", ("Not scored (the sandbox failed to execute them, "
+                                         "SANDBOX_ERROR after a retry)")),
+             ("problems_without_parsed_test", ("No generated test parsed (not scored when "
+                                               "unparsed tests are dropped, as the paper's "
+                                               "protocol does)")))
+    for key, what in notes:
+        n_by = {d: int(metrics[d].get(key) or 0) for d in ds}
+        if any(n_by.values()):
+            lines += ["", f"{what}: " + ", ".join(
+                f"{d} {n} problem{'s' * (n != 1)}" for d, n in n_by.items() if n) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -102,14 +130,16 @@ def plot_bon(metrics: Mapping[str, dict], bon: Sequence[tuple[int, int]], path: 
 
 
 def write_reports(metrics: Mapping[str, dict], out_dir: str | os.PathLike[str], *, model: str,
-                  bon: Sequence[tuple[int, int]], single_eval: bool = False) -> None:
-    """metrics.json, results.md and bon.png in ``out_dir`` (each replaced atomically)."""
+                  bon: Sequence[tuple[int, int]], single_eval: bool = False,
+                  note: str = "") -> None:
+    """metrics.json, results.md (``note``: a line under its heading) and bon.png in
+    ``out_dir`` (each replaced atomically)."""
     out = pathlib.Path(out_dir)
     tmp = out / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / METRICS_FILE)
     tmp = out / (TABLE_FILE + ".tmp")
-    tmp.write_text(render_table(metrics, model=model, bon=bon))
+    tmp.write_text(render_table(metrics, model=model, bon=bon, note=note))
     os.replace(tmp, out / TABLE_FILE)
     tmp = out / ("tmp-" + PLOT_FILE)
     plot_bon(metrics, bon, tmp, title=model + (" (code only)" if single_eval else ""))

@@ -68,13 +68,18 @@ def sampling_fingerprint(sampling: SamplingConfig) -> dict[str, Any]:
 class EvalSettings:
     """What to sample and score. ``bon`` pairs need ``n <= k_code`` and ``m <= k_case``;
     ``single_eval`` evaluates code only (no tests are sampled); ``max_gt_tests`` = 0 uses all
-    ground-truth tests."""
+    ground-truth tests; ``drop_unparsed_tests``: score as the reference does (unparsed tests
+    dropped, see rollout.metrics); ``protocol``: the evaluation protocol these settings come
+    from (rollout.contract.protocol; reported with the results). The defaults are the
+    "project" protocol's."""
 
     k_code: int = 16
     k_case: int = 16
     bon: tuple[tuple[int, int], ...] = ((1, 16), (4, 16), (8, 16), (16, 16), (16, 1), (16, 4), (16, 8))
     single_eval: bool = False
     max_gt_tests: int = 0
+    drop_unparsed_tests: bool = False
+    protocol: str = "project"
     gen_batch: int = 64  # prompts per engine call (vllm/hf); samples per fsync (api)
     exec_batch: int = 8  # problems per sandbox call
 
@@ -94,6 +99,16 @@ class EvalSettings:
                                  + (" (single_eval samples no tests)" if self.single_eval else ""))
         if self.gen_batch < 1 or self.exec_batch < 1:
             raise ValueError("gen_batch/exec_batch: must be >= 1")
+        if self.max_gt_tests < 0:
+            raise ValueError(f"sandbox.max_gt_tests: must be >= 0, 0 = all (got {self.max_gt_tests})")
+
+    def describe(self) -> str:
+        """One line for the report: the protocol and the scoring settings it stands for."""
+        gt = f"the first {self.max_gt_tests}" if self.max_gt_tests else "all"
+        tests = ("unparsed generated tests dropped (a problem without a parsed test is not "
+                 "scored)" if self.drop_unparsed_tests else "every sampled test counts "
+                 "(an unparsed one as inaccurate)")
+        return f"protocol {self.protocol}: {gt} ground-truth tests per problem, {tests}"
 
     @property
     def n_tests(self) -> int:

@@ -23,11 +23,18 @@ after one retry (``rollout.execution.execute``) is excluded from every metric of
 and counted in ``problems_sandbox_error``; its exec record keeps ``sandbox_errors`` > 0, and a
 re-run executes it again.
 
-Outputs in ``out_dir``: ``metrics.json`` (per dataset: ``code_accuracy``,
-``unit_test_accuracy``, ``bon`` {"NxM": acc}, ``p_01``, ``p_00``, ``n_problems`` (the problems
-scored), ``problems_sandbox_error`` (the problems excluded), ``code_parse_rate``,
-``test_parse_rate``), ``results.md`` (the paper-style table, with a note on excluded problems)
-and ``bon.png`` (BoN accuracy over n and over m), written by :mod:`rollout.eval_report`.
+Scoring follows the settings' evaluation protocol (``EvalSettings.protocol``,
+``max_gt_tests``, ``drop_unparsed_tests``; rollout.contract.protocol and rollout.metrics).
+
+Outputs in ``out_dir``: ``metrics.json`` (per dataset: ``protocol``, ``code_accuracy``,
+``code_accumulate_accuracy``, ``unit_test_accuracy`` (the protocol's convention),
+``unit_test_accuracy_all_tests``, ``unit_test_accuracy_parsed_tests``,
+``unit_test_accumulate_accuracy``, ``bon`` and ``bon_accumulate`` {"NxM": acc}, ``p_01``,
+``p_00``, ``n_problems`` (the problems scored), ``problems_sandbox_error`` (the problems
+excluded), ``problems_without_parsed_test``, ``code_parse_rate``, ``test_parse_rate``,
+``mean_code_length`` and ``mean_test_length`` (tokens)), ``results.md`` (the paper-style
+table, with the protocol and a note on excluded problems) and ``bon.png`` (BoN accuracy over n
+and over m), written by :mod:`rollout.eval_report`.
 
 No jax here (rollout never imports it); torch/vLLM load only when a local engine is used.
 """
@@ -181,28 +188,32 @@ def _exec_is_current(rec: dict | None, settings: EvalSettings, problem: Problem)
 
 
 def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) -> dict:
-    """Per-problem metrics (rollout.metrics.evaluate_table) from its exec and sample records."""
+    """Per-problem metrics (rollout.metrics.evaluate_table) from its exec and sample records
+    (response lengths: the samples' ``response_tokens``, where the engine reported them)."""
     rec = slog.execs[(ds, p.task_id)]
     n, m = settings.k_code, settings.n_tests
-    code_parsed = np.array([slog.samples[(ds, p.task_id, "code", i)]["code"] is not None
-                            for i in range(n)])
-    test_parsed = np.array([slog.samples[(ds, p.task_id, "test", k)]["test_input"] is not None
-                            for k in range(m)], dtype=bool)
+    codes = [slog.samples[(ds, p.task_id, "code", i)] for i in range(n)]
+    tests = [slog.samples[(ds, p.task_id, "test", k)] for k in range(m)]
     return cure_metrics.evaluate_table(
         passed_table(rec["gen"], n, m), passed_table(rec["gt"], n, rec["n_gt"]), list(settings.bon),
-        code_parsed=code_parsed, test_parsed=test_parsed)
+        code_parsed=np.array([c["code"] is not None for c in codes], dtype=bool),
+        test_parsed=np.array([t["test_input"] is not None for t in tests], dtype=bool),
+        drop_unparsed_tests=settings.drop_unparsed_tests,
+        code_lengths=[c.get("response_tokens") for c in codes],
+        test_lengths=[t.get("response_tokens") for t in tests])
 
 
 def summary_scalars(metrics: Mapping[str, dict], prefix: str = "eval") -> dict[str, float]:
     """Flat ``{"<prefix>/<dataset>/<metric>": value}`` for TensorBoard (cure-train's
-    periodic evaluation); BoN entries become ``.../bon_NxM``; undefined (None) rates are left out."""
+    periodic evaluation); BoN entries become ``.../bon_NxM`` (``.../bon_accumulate_NxM``);
+    undefined (None) rates and text (the protocol's name) are left out."""
     out: dict[str, float] = {}
     for ds, r in metrics.items():
         for k, v in r.items():
-            if k == "bon":
-                out.update({f"{prefix}/{ds}/bon_{nm}": float(a) for nm, a in v.items()
+            if isinstance(v, Mapping):
+                out.update({f"{prefix}/{ds}/{k}_{nm}": float(a) for nm, a in v.items()
                             if a is not None})
-            elif v is not None:
+            elif v is not None and not isinstance(v, str):
                 out[f"{prefix}/{ds}/{k}"] = float(v)
     return out
 
@@ -223,21 +234,25 @@ def write_summaries(metrics: Mapping[str, dict], logdir: str | os.PathLike[str],
     return len(scalars)
 
 
-def dataset_metrics(tables: Iterable[dict], sandbox_errors: int = 0) -> dict:
-    """The metrics.json entry of one dataset from the per-problem tables of its scored problems;
-    ``sandbox_errors``: the problems excluded for a sandbox fault (``problems_sandbox_error``)."""
+_DATASET_KEYS = (
+    "code_accuracy", "code_accumulate_accuracy", "unit_test_accuracy",
+    "unit_test_accuracy_all_tests", "unit_test_accuracy_parsed_tests",
+    "unit_test_accumulate_accuracy", "bon", "bon_accumulate", "p_01", "p_00",
+    "code_parse_rate", "test_parse_rate", "mean_code_length", "mean_test_length",
+    "problems_without_parsed_test",
+)
+
+
+def dataset_metrics(tables: Iterable[dict], sandbox_errors: int = 0,
+                    protocol: str | None = None) -> dict:
+    """The metrics.json entry of one dataset from the per-problem tables of its problems the
+    sandbox executed; ``sandbox_errors``: the problems excluded for a sandbox fault
+    (``problems_sandbox_error``); ``protocol``: the evaluation protocol's name, recorded."""
     agg = cure_metrics.aggregate(tables)
-    return {
-        "n_problems": agg["problems"],
-        "problems_sandbox_error": int(sandbox_errors),
-        "code_accuracy": agg["code_accuracy"],
-        "unit_test_accuracy": agg["unit_test_accuracy"],
-        "bon": agg["bon"],
-        "p_01": agg["p_01"],
-        "p_00": agg["p_00"],
-        "code_parse_rate": agg["code_parse_rate"],
-        "test_parse_rate": agg["test_parse_rate"],
-    }
+    out: dict[str, Any] = {"protocol": protocol} if protocol else {}
+    out.update(n_problems=agg["problems"], problems_sandbox_error=int(sandbox_errors))
+    out.update({k: agg[k] for k in _DATASET_KEYS})
+    return out
 
 
 def evaluate(
@@ -323,9 +338,12 @@ def evaluate(
                 log.warning("%s: %d of %d problems not scored: their execution failed inside "
                             "the sandbox (SANDBOX_ERROR after a retry)", ds, len(bad), len(problems))
             result[ds] = dataset_metrics((problem_table(slog, ds, p, settings) for p in problems
-                                          if p.task_id not in bad), sandbox_errors=len(bad))
+                                          if p.task_id not in bad), sandbox_errors=len(bad),
+                                         protocol=settings.protocol)
     if reports:
         model = coder.label if tester is coder or settings.single_eval else \
             f"{coder.label} + {tester.label} (tester)"
-        write_reports(result, out, model=model, bon=settings.bon, single_eval=settings.single_eval)
+        write_reports(result, out, model=model, bon=settings.bon, single_eval=settings.single_eval,
+                      note=f"{settings.describe()}; {sampling.max_tokens} new tokens at most, "
+                           f"prompts {prompt_config.mode}.")
     return result

@@ -4,7 +4,8 @@ Training rollouts, the held-out evaluation during training, ``cure-eval`` and th
 measurement all execute through :func:`execute`, so they count passes the same way. For a
 batch of problems it takes the parsed codes and parsed generated tests of each problem, adds
 the problem's first ``max_gt_tests`` ground-truth tests (0: all), and runs every problem's
-matrix in ONE ``sandbox.run_matrices`` call (the pool schedules the whole batch at once).
+matrix in ONE ``sandbox.run_matrices`` call (the pool schedules the whole batch at once). A
+problem without ground-truth tests (label-free training only) has an empty ground-truth part.
 
 Unparsed responses are never executed: an unparsed code's row and an unparsed test's column
 are all False in the pass tables (the rule of :func:`rollout.rewards.mask_unparsed`) and

@@ -26,6 +26,15 @@ reward and advantage statistics, ``problems`` are over the other problems); it i
 ``problems_sandbox_error`` (and the problems executed twice in ``sandbox_retries``). The
 same holds for :meth:`ExperienceMaker.evaluate`.
 
+A frozen external tester (``cure.tester``, label-free): the tests come from the tester's engine
+(its own prompt builder and tokenizer, no log-probs) instead of the policy's; they run against
+the policy's codes and reward them label-free, and the batch holds the code rows only: the
+tester is not trained, so its tests are no rows (``test_*`` statistics that describe tests
+describe the tester's; ``test_rows`` is 0). Training problems without ground-truth tests (only
+label-free) are executed against generated tests alone; the statistics that need ground truth
+(accuracies, p_01/p_00, parse rates: ``rollout.metrics``) cover the problems that have it, None
+when none has, and ``problems_without_gt`` counts the others. Evaluation needs them.
+
 A response longer than ``max_len - prompt_len`` tokens is truncated for training (the reference
 generates 10k tokens and trains on 8k); its reward still comes from the whole response.
 
@@ -50,7 +59,7 @@ from rollout.contract.sections import EvalConfig, RolloutConfig
 from rollout.engines.base import Sample, SamplingConfig
 from rollout.execution import execute
 from rollout.parsing import ParsedCode, ParsedTest, parse_code, parse_test
-from rollout.problems import Problem
+from rollout.problems import Problem, check_labeled
 from rollout.prompts import STOP_STRINGS, PromptBuilder
 from rollout.rewards import BatchRewards, RewardConfig, batch_rewards
 
@@ -121,15 +130,22 @@ class ExecutedBatch:
 def generate_and_execute(engine: Any, builder: PromptBuilder, sandbox: Any,
                          problems: Sequence[Problem], *, k_code: int, k_case: int,
                          code_sampling: SamplingConfig, test_sampling: SamplingConfig,
-                         max_gt_tests: int, show_example: bool | None) -> ExecutedBatch:
+                         max_gt_tests: int, show_example: bool | None, test_engine: Any = None,
+                         test_builder: PromptBuilder | None = None,
+                         evaluation: bool = False) -> ExecutedBatch:
     """Sample codes and tests for every problem, parse them and run the whole batch's matrices
     in one ``sandbox.run_matrices`` call (:func:`rollout.execution.execute`, which executes the
-    problems with a SANDBOX_ERROR cell once more and reports those still faulted)."""
+    problems with a SANDBOX_ERROR cell once more and reports those still faulted). The tests
+    come from ``test_engine`` with ``test_builder``'s prompts (a frozen tester) when given.
+    ``evaluation``: the prompts are evaluation prompts (the templates' ``evaluation``)."""
     t0 = time.perf_counter()
-    code_prompts = [builder.code_prompt(p) for p in problems]
-    test_prompts = [builder.test_prompt(p, show_example) for p in problems]
+    test_engine = engine if test_engine is None else test_engine
+    test_builder = builder if test_builder is None else test_builder
+    code_prompts = [builder.code_prompt(p, evaluation=evaluation) for p in problems]
+    test_prompts = [test_builder.test_prompt(p, show_example, evaluation=evaluation)
+                    for p in problems]
     codes = engine.generate(code_prompts, k_code, code_sampling)
-    tests = engine.generate(test_prompts, k_case, test_sampling)
+    tests = test_engine.generate(test_prompts, k_case, test_sampling)
     for what, got, k in (("code", codes, k_code), ("test", tests, k_case)):
         if len(got) != len(problems) or any(len(s) != k for s in got):
             raise RuntimeError(f"engine returned {[len(s) for s in got]} {what} samples for "
@@ -160,16 +176,25 @@ def _describe(prefix: str, x: np.ndarray) -> dict[str, float]:
 
 
 class ExperienceMaker:
-    """Turns problems into CURE experience rows with a given engine and sandbox."""
+    """Turns problems into CURE experience rows with a given engine and sandbox; ``tester``: a
+    frozen tester's engine writing the training tests (label-free only; see the module doc),
+    prompted by ``tester_builder`` (default: the prompt config, the tester's tokenizer)."""
 
     def __init__(self, engine: Any, sandbox: Any, config: RolloutConfig = RolloutConfig(),
                  reward_config: RewardConfig | None = None,
-                 prompt_builder: PromptBuilder | None = None) -> None:
+                 prompt_builder: PromptBuilder | None = None, tester: Any = None,
+                 tester_builder: PromptBuilder | None = None) -> None:
         self.engine = engine
         self.sandbox = sandbox
         self.config = config
         self.reward_config = reward_config if reward_config is not None else RewardConfig()
         self.builder = prompt_builder or PromptBuilder(tokenizer=getattr(engine, "tokenizer", None))
+        if tester is not None and not self.reward_config.label_free:
+            raise ValueError("tester: a frozen tester rewards codes label-free; it needs "
+                             "RewardConfig.label_free=True")
+        self.tester = tester
+        self.tester_builder = tester_builder or (None if tester is None else PromptBuilder(
+            self.builder.config, tokenizer=getattr(tester, "tokenizer", None)))
 
     # ------------------------------------------------------------------ training
     def make(self, problems: Sequence[Problem], problem_ids: Sequence[int], *, step: int,
@@ -181,12 +206,16 @@ class ExperienceMaker:
             raise ValueError(f"problem_ids: {len(problem_ids)} ids for {len(problems)} problems")
         if not problems:
             raise ValueError("problems: a training step needs at least one problem")
+        test_sampling = train_sampling(cfg, step_seed(cfg.seed, step, KIND_TEST))
+        if self.tester is not None:  # its tests are no rows: no log-probs needed
+            test_sampling = dataclasses.replace(test_sampling, logprobs=False)
         ex = generate_and_execute(
             self.engine, self.builder, self.sandbox, problems, k_code=cfg.k_code,
             k_case=cfg.k_case,
             code_sampling=train_sampling(cfg, step_seed(cfg.seed, step, KIND_CODE)),
-            test_sampling=train_sampling(cfg, step_seed(cfg.seed, step, KIND_TEST)),
-            max_gt_tests=cfg.max_gt_tests, show_example=None)  # the prompt config decides
+            test_sampling=test_sampling, max_gt_tests=cfg.max_gt_tests,
+            show_example=None,  # the prompt config decides
+            test_engine=self.tester, test_builder=self.tester_builder)
         t0 = time.perf_counter()
         keep = ex.scored()
         br = self._rewards(ex, keep)
@@ -233,7 +262,7 @@ class ExperienceMaker:
                 adv.append(0.0 if k is None else br.code_advantage[k])
                 rew.append(0.0 if k is None else br.code_raw[k])
                 sig.append(False if k is None else br.code_has_signal[k])
-            for j, s in enumerate(ex.tests[i]):
+            for j, s in enumerate(() if self.tester is not None else ex.tests[i]):
                 samples.append(s)
                 kind.append(KIND_TEST)
                 pid.append(problem_ids[i])
@@ -271,9 +300,10 @@ class ExperienceMaker:
 
     def _stats(self, ex: ExecutedBatch, br: BatchRewards, keep: Sequence[int],
                arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        labeled = [i for i in keep if ex.gt_passed[i].shape[1]]  # the others: label-free only
         tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i],
                                               code_parsed=ex.code_parsed(i),
-                                              test_parsed=ex.test_parsed(i)) for i in keep]
+                                              test_parsed=ex.test_parsed(i)) for i in labeled]
         agg = cure_metrics.aggregate(tables)
         stats: dict[str, Any] = {k: v for k, v in br.stats.items()}
         for k in ("code_accuracy", "unit_test_accuracy", "p_01", "p_00", "code_parse_rate",
@@ -286,12 +316,14 @@ class ExperienceMaker:
         defined = br.test_raw[br.test_defined]
         stats.update(_describe("test_reward", defined))
         stats.update(_describe("code_advantage", br.code_advantage))
-        stats.update(_describe("test_advantage", br.test_advantage))
+        stats.update(_describe("test_advantage", br.test_advantage[:0] if self.tester
+                               is not None else br.test_advantage))  # a tester's: no rows
         for name, k in (("code", KIND_CODE), ("test", KIND_TEST)):
             lens = rlen[kind == k]
             stats[f"{name}_len_mean"] = float(lens.mean()) if lens.size else 0.0
             stats[f"{name}_len_max"] = float(lens.max()) if lens.size else 0.0
-        finish = [s.finish_reason for row in ex.codes + ex.tests for s in row]
+        finish = [s.finish_reason for row in ex.codes + ([] if self.tester is not None
+                                                         else ex.tests) for s in row]
         stats["truncated_rate"] = float(np.mean([f == "length" for f in finish])) if finish else 0.0
         stats["prompt_len_mean"] = float(arrays["prompt_len"].mean())
         stats["rows"] = len(kind)
@@ -312,6 +344,7 @@ class ExperienceMaker:
         stats["executions"] = int(sum(ex.verdicts.values()))
         stats["problems_sandbox_error"] = len(ex.excluded)
         stats["sandbox_retries"] = len(ex.retried)
+        stats["problems_without_gt"] = len(keep) - len(labeled)
         # One response of each kind, for a text summary (what the policy writes right now).
         stats["sample_code"] = ex.codes[0][0].text[:2000]
         stats["sample_test"] = ex.tests[0][0].text[:2000]
@@ -320,20 +353,26 @@ class ExperienceMaker:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, problems: Sequence[Problem], config: EvalConfig = EvalConfig()
                  ) -> dict[str, Any]:
-        """Code/unit-test accuracy, BoN, p_01/p_00 and parse rates on ``problems`` with the
-        engine's current weights (rollout.metrics over one sampled table per problem). No
-        problems (an empty shard) give zero counts and None rates, without sampling."""
+        """Code/unit-test accuracy, BoN, p_01/p_00, accumulate accuracies, parse rates and
+        mean response lengths on ``problems`` with the engine's current weights (rollout.metrics
+        over one sampled table per problem), under ``config``'s evaluation protocol (an
+        unresolved ``auto`` one is resolved without a data spec: ``project``). No problems (an
+        empty shard) give zero counts and None rates, without sampling."""
+        config = config.resolved()
         if not problems:  # an empty shard of a split evaluation
             return self._empty_evaluation(config)
+        check_labeled(problems)
         ex = generate_and_execute(
             self.engine, self.builder, self.sandbox, problems, k_code=config.k_code,
             k_case=config.k_case, code_sampling=heldout_sampling(config, config.seed),
             test_sampling=heldout_sampling(config,
                                            None if config.seed < 0 else config.seed + 7919),
-            max_gt_tests=config.max_gt_tests, show_example=False)
-        tables = [cure_metrics.evaluate_table(ex.gen_passed[i], ex.gt_passed[i], config.bon,
-                                              code_parsed=ex.code_parsed(i),
-                                              test_parsed=ex.test_parsed(i))
+            max_gt_tests=config.max_gt_tests, show_example=False, evaluation=True)
+        tables = [cure_metrics.evaluate_table(
+            ex.gen_passed[i], ex.gt_passed[i], config.bon, code_parsed=ex.code_parsed(i),
+            test_parsed=ex.test_parsed(i), drop_unparsed_tests=config.drop_unparsed_tests,
+            code_lengths=[len(s.token_ids) for s in ex.codes[i]],
+            test_lengths=[len(s.token_ids) for s in ex.tests[i]])
                   for i in ex.scored()]  # a problem the sandbox failed on is not scored
         out = cure_metrics.aggregate(tables)
         if not tables:  # every problem faulted: the BoN keys of the config, as for no problems
@@ -349,11 +388,9 @@ class ExperienceMaker:
         """The result of :meth:`evaluate` on no problems (a host whose shard is empty): zero
         counts, None rates and BoN, the same keys as any other host's result, so the merge
         (``rollout.contract.stats.merge_eval_metrics``) needs no special case."""
-        out = cure_metrics.aggregate([])
-        keys = sorted({cure_metrics.bon_key(n, m) for n, m in config.bon},
-                      key=lambda k: tuple(int(x) for x in k.split("x")))
-        out["bon"] = {k: None for k in keys}
-        out["counts"]["bon_sum"] = {k: 0.0 for k in keys}
+        config = config.resolved()
+        out = cure_metrics.aggregate([], bon_keys=[cure_metrics.bon_key(n, m)
+                                                   for n, m in config.bon])
         out.update(generate_s=0.0, sandbox_s=0.0, verdicts={}, problems_sandbox_error=0,
                    sandbox_retries=0)
         return out

@@ -8,6 +8,11 @@ ground-truth tests, parallel lists of str), optional ``example_input``/``example
 Validation is strict and loud: a malformed row raises :class:`ProblemFormatError` with a
 one-line message naming the file, the row and the field. No row is ever dropped.
 
+Ground-truth tests: a ``Problem`` may hold none (``labeled`` False): label-free training
+(``cure.label_free``) scores codes against generated tests and loads such problems
+(``require_tests=False`` in the loaders). Everything else needs them: the loaders reject a
+problem without them by default, and evaluation checks its problems (:func:`check_labeled`).
+
 numpy/stdlib only: the JAX learner imports this module.
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = [
     "EMBEDDED_SPLITS",
     "Problem",
     "ProblemFormatError",
+    "check_labeled",
     "embedded_dir",
     "embedded_problems",
     "load_problems",
@@ -81,8 +87,9 @@ class Problem:
     """One stdin/stdout coding problem (mirrors a CURE Stdio-format JSON object).
 
     ``test_input``/``test_output`` are the private ground-truth tests (never shown to the
-    model); ``example_input``/``example_output`` are the public tests shown in prompts.
-    Construction validates every field, so a ``Problem`` in hand is always well formed.
+    model; none only in label-free training, see the module doc); ``example_input`` /
+    ``example_output`` are the public tests shown in prompts. Construction validates every
+    field, so a ``Problem`` in hand is always well formed.
     """
 
     task_id: str
@@ -115,12 +122,15 @@ class Problem:
         row: int | None = None,
         line: int | None = None,
         default_dataset: str = "",
+        require_tests: bool = True,
     ) -> Problem:
         """Validate one Stdio-format object and build a ``Problem``.
 
         ``source``/``row``/``line`` only label errors (``row`` is a 0-based index into a JSON
         list, ``line`` a 1-based line of a JSONL file). A missing ``task_id`` becomes
-        ``"<dataset>/<row>"``; a missing ``dataset`` becomes ``default_dataset``.
+        ``"<dataset>/<row>"``; a missing ``dataset`` becomes ``default_dataset``. Without
+        ground-truth tests (missing or empty ``test_input``/``test_output``) the row is an
+        error unless ``require_tests`` is False (label-free training).
         """
 
         def fail(message: str, field: str | None = None) -> ProblemFormatError:
@@ -137,10 +147,10 @@ class Problem:
         if not question.strip():
             raise fail("is empty", "question")
 
-        tests = _parallel_lists(d, _TEST_FIELDS, required=True, fail=fail)
-        if not tests[0]:
-            raise fail("the private test list is empty (at least one test is required)",
-                       "test_input")
+        # Both test fields absent: no ground truth (checked below, naming the problem); one
+        # of them absent: a malformed row.
+        either = any(d.get(f) is not None for f in _TEST_FIELDS)
+        tests = _parallel_lists(d, _TEST_FIELDS, required=require_tests and either, fail=fail)
         examples = _parallel_lists(d, _EXAMPLE_FIELDS, required=False, fail=fail)
 
         limit = d.get("test_time_limit", 1)
@@ -170,6 +180,11 @@ class Problem:
         task_id = str(task_id)
         if not task_id.strip():
             raise fail("is empty", "task_id")
+        if require_tests and not tests[0]:
+            raise fail(f"the private test list is empty or missing: problem {task_id!r} has no "
+                       f"ground-truth tests, which evaluation and ground-truth rewards need "
+                       f"(only label-free training, cure.label_free, loads such problems)",
+                       "test_input")
 
         difficulty = d.get("difficulty")
         if difficulty is not None:
@@ -223,6 +238,11 @@ class Problem:
         """Number of private ground-truth tests."""
         return len(self.test_input)
 
+    @property
+    def labeled(self) -> bool:
+        """Whether the problem has ground-truth tests (only label-free training does without)."""
+        return bool(self.test_input)
+
     def private_tests(self) -> list[tuple[str, str]]:
         """(input, expected output) pairs of the private ground-truth tests."""
         return list(zip(self.test_input, self.test_output))
@@ -272,8 +292,6 @@ def _check_problem(p: Problem, *, source: str) -> None:
         raise fail("must be a non-empty string", "question")
     for name in ("test_input", "test_output", "example_input", "example_output", "solutions"):
         _string_list(getattr(p, name), name, fail)
-    if not p.test_input:
-        raise fail("the private test list is empty (at least one test is required)", "test_input")
     if len(p.test_input) != len(p.test_output):
         raise fail(f"has {len(p.test_output)} items but 'test_input' has {len(p.test_input)}",
                    "test_output")
@@ -309,9 +327,11 @@ def problems_from_records(
     source: str,
     default_dataset: str = "",
     allow_duplicate_ids: bool = False,
+    require_tests: bool = True,
 ) -> list[Problem]:
     """Validate already-parsed records (a JSON list); errors name ``source`` and the row."""
-    problems = [Problem.from_dict(r, source=source, row=i, default_dataset=default_dataset)
+    problems = [Problem.from_dict(r, source=source, row=i, default_dataset=default_dataset,
+                                  require_tests=require_tests)
                 for i, r in enumerate(records)]
     if not allow_duplicate_ids:
         _check_unique_ids(problems, [f"{source}, row {i} (0-based index)"
@@ -319,8 +339,8 @@ def problems_from_records(
     return problems
 
 
-def _read_json_list(path: pathlib.Path, source: str, default_dataset: str) -> tuple[
-        list[Problem], list[str]]:
+def _read_json_list(path: pathlib.Path, source: str, default_dataset: str,
+                    require_tests: bool) -> tuple[list[Problem], list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -336,13 +356,13 @@ def _read_json_list(path: pathlib.Path, source: str, default_dataset: str) -> tu
         raise ProblemFormatError(
             f"expected a JSON list of problem objects, got {_type_name(data)}{hint}",
             source=source)
-    problems = [Problem.from_dict(r, source=source, row=i, default_dataset=default_dataset)
-                for i, r in enumerate(data)]
+    problems = [Problem.from_dict(r, source=source, row=i, default_dataset=default_dataset,
+                                  require_tests=require_tests) for i, r in enumerate(data)]
     return problems, [f"{source}, row {i} (0-based index)" for i in range(len(problems))]
 
 
-def _read_jsonl(path: pathlib.Path, source: str, default_dataset: str) -> tuple[
-        list[Problem], list[str]]:
+def _read_jsonl(path: pathlib.Path, source: str, default_dataset: str,
+                require_tests: bool) -> tuple[list[Problem], list[str]]:
     problems: list[Problem] = []
     labels: list[str] = []
     with path.open("r", encoding="utf-8") as f:
@@ -356,7 +376,7 @@ def _read_jsonl(path: pathlib.Path, source: str, default_dataset: str) -> tuple[
                                          source=source, line=lineno) from None
             # task ids default to the 0-based record index, like a JSON list's row index.
             p = Problem.from_dict(record, source=source, line=lineno,
-                                  default_dataset=default_dataset)
+                                  default_dataset=default_dataset, require_tests=require_tests)
             if not (isinstance(record, Mapping) and record.get("task_id") is not None):
                 p = dataclasses.replace(p, task_id=f"{p.dataset or 'problem'}/{len(problems)}")
             problems.append(p)
@@ -371,11 +391,13 @@ def load_problems_file(
     source: str | None = None,
     dataset: str | None = None,
     allow_duplicate_ids: bool = False,
+    require_tests: bool = True,
 ) -> list[Problem]:
     """Load one file: a JSON list of objects (``.json``) or JSON Lines (``.jsonl``).
 
     ``fmt`` ("json"/"jsonl") overrides the suffix; ``source`` overrides the file name used
-    in error messages; ``dataset`` (default: the file's stem) fills rows without one.
+    in error messages; ``dataset`` (default: the file's stem) fills rows without one;
+    ``require_tests`` False admits problems without ground-truth tests (label-free training).
     """
     p = pathlib.Path(path)
     label = source if source is not None else str(p)
@@ -387,19 +409,21 @@ def load_problems_file(
         raise FileNotFoundError(f"{label}: no such problem file")
     default_dataset = dataset if dataset is not None else p.stem
     reader = _read_json_list if kind == "json" else _read_jsonl
-    problems, labels = reader(p, label, default_dataset)
+    problems, labels = reader(p, label, default_dataset, require_tests)
     if not allow_duplicate_ids:
         _check_unique_ids(problems, labels)
     return problems
 
 
 def load_problems(path: str | os.PathLike[str], *, dataset: str | None = None,
-                  allow_duplicate_ids: bool = False) -> list[Problem]:
+                  allow_duplicate_ids: bool = False, require_tests: bool = True
+                  ) -> list[Problem]:
     """Load problems from a ``.json`` list, a ``.jsonl`` file, or a directory of them.
 
     A directory is read non-recursively in sorted file-name order; it must contain at least
     one ``.json``/``.jsonl`` file. Task ids must be unique across everything loaded unless
-    ``allow_duplicate_ids``.
+    ``allow_duplicate_ids``; problems without ground-truth tests are errors unless
+    ``require_tests`` is False (label-free training).
     """
     p = pathlib.Path(path)
     if p.is_dir():
@@ -412,7 +436,8 @@ def load_problems(path: str | os.PathLike[str], *, dataset: str | None = None,
         problems: list[Problem] = []
         labels: list[str] = []
         for f in files:
-            got = load_problems_file(f, dataset=dataset, allow_duplicate_ids=True)
+            got = load_problems_file(f, dataset=dataset, allow_duplicate_ids=True,
+                                     require_tests=require_tests)
             problems.extend(got)
             labels.extend(f"{f}, problem {p_.task_id!r}" for p_ in got)
         if not allow_duplicate_ids:
@@ -420,7 +445,19 @@ def load_problems(path: str | os.PathLike[str], *, dataset: str | None = None,
         return problems
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such problem file or directory")
-    return load_problems_file(p, dataset=dataset, allow_duplicate_ids=allow_duplicate_ids)
+    return load_problems_file(p, dataset=dataset, allow_duplicate_ids=allow_duplicate_ids,
+                              require_tests=require_tests)
+
+
+def check_labeled(problems: Iterable[Problem], what: str = "evaluation") -> None:
+    """``what`` scores codes by ground-truth tests: the first problem without any is a one-line
+    :class:`ProblemFormatError` naming its dataset (the file's stem by default) and task id."""
+    for p in problems:
+        if not p.labeled:
+            raise ProblemFormatError(
+                f"problem {p.task_id!r} has no ground-truth tests; {what} needs them (only "
+                f"label-free training, cure.label_free, loads such problems)",
+                source=f"dataset {p.dataset or '<unnamed>'!r}", field="test_input")
 
 
 def problems_to_json(problems: Iterable[Problem]) -> str:

@@ -10,6 +10,12 @@ from the learner's WeightChannel and are pushed into the engine in place
 (``rollout.engines.push_from_channel``). Every row carries the version of the weights that
 produced it.
 
+A frozen external tester (``cure.tester``, label-free training) is a second engine built from
+the same spec (its own backend, options and seed, ``TesterConfig.engine_spec``): it writes the
+training tests that reward the policy's codes. Weights are pushed into the policy's engine only;
+the tester keeps its own, and held-out evaluation measures the policy alone. Label-free runs
+load training problems without ground-truth tests; the evaluation split still needs them.
+
 The server dies with its parent (PR_SET_PDEATHSIG, and EOF on the command pipe).
 """
 from __future__ import annotations
@@ -63,7 +69,8 @@ class Server:
         cfg = ServerConfig.from_spec(spec)  # cure-train's sections, rebuilt and re-validated
         self.rollout_cfg, self.eval_cfg = cfg.rollout, cfg.eval
         self.data_dir = cfg.data.data_dir  # where hub datasets are read/downloaded
-        self.train = spec_problems(cfg.data.train, data_dir=self.data_dir)
+        self.train = spec_problems(cfg.data.train, data_dir=self.data_dir,
+                                   require_tests=not cfg.cure.label_free)
         self.splits = {"eval": cfg.data.eval}
 
         self.buffer = RolloutBuffer.attach(spec["buffer"])
@@ -80,6 +87,10 @@ class Server:
         from rollout.engines import make_engine
 
         self.engine = make_engine(engine_cfg)
+        tester = cfg.cure.tester
+        self.tester = make_engine(tester.engine_spec(  # "" backend: the policy engine's
+            str(engine_cfg.get("backend", cfg.rollout.engine)), int(engine_cfg.get("seed", 0))
+        )) if tester.model_path else None
         from sandbox import Limits, Sandbox
 
         sb = cfg.sandbox
@@ -88,7 +99,7 @@ class Server:
         builder = PromptBuilder(cfg.rollout.prompts,
                                 tokenizer=getattr(self.engine, "tokenizer", None))
         self.maker = ExperienceMaker(self.engine, self.sandbox, self.rollout_cfg, cfg.cure,
-                                     builder)
+                                     builder, tester=self.tester)
         self.startup_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ commands
@@ -146,7 +157,7 @@ class Server:
         self.chan.send({"type": "progress", "id": cmd.get("id"), "phase": phase})
 
     def close(self) -> None:
-        for name in ("sandbox", "engine", "buffer", "channel"):
+        for name in ("sandbox", "engine", "tester", "buffer", "channel"):
             obj = getattr(self, name, None)
             if obj is not None:
                 try:

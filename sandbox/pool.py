@@ -28,6 +28,7 @@ import numpy as np
 from . import isolation, protocol
 from .cgroups import WorkerCgroup
 from .procs import descendants, tasks_of_uid
+from .syscall_filter import filter_hex, warn_unfiltered
 from .judge import classify
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
 
@@ -211,13 +212,16 @@ class Sandbox:
     each fork copy a little more memory. Only
     modules whose import starts no thread and draws no randomness (not ``random``: every
     child would inherit one seed).
+    ``syscall_filter``: programs run under ``sandbox.syscall_filter``'s seccomp filter (without
+    libseccomp: a warning, once); ``syscall_filtered`` says whether it is in force.
     ``trace``: record the timestamps (``time.perf_counter_ns``, one clock for every process)
     of each execution's stages in ``traces`` -- for ``benchmarks/sandbox.py --breakdown``.
     """
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None,
                  isolation: str = "auto", cgroups: bool = True, python: str | None = None,
-                 preload: Sequence[str] | None = None, trace: bool = False) -> None:
+                 preload: Sequence[str] | None = None, trace: bool = False,
+                 syscall_filter: bool = True) -> None:
         self.limits = limits if limits is not None else Limits()
         if not isinstance(self.limits, Limits):
             raise TypeError(f"limits must be a sandbox.Limits, got {type(self.limits).__name__}")
@@ -240,6 +244,8 @@ class Sandbox:
         self._check_python()
         self.use_cgroups = bool(cgroups) and os.geteuid() == 0
         self.isolation = self._choose_mode(isolation)
+        self._seccomp_hex = filter_hex() if syscall_filter else ""
+        self.syscall_filtered = bool(self._seccomp_hex)   # False too if a worker cannot load it
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -267,7 +273,8 @@ class Sandbox:
                      "tmp_bytes": int(self.limits.tmp_mb) << 20,
                      "sys_path": [isolation.program_path(d) if self.isolation != "rlimits" else d
                                   for d in isolation.site_packages(self.python)],
-                     "preload": self.preload, "proc_batch": isolation.PROC_BATCH}
+                     "preload": self.preload, "proc_batch": isolation.PROC_BATCH,
+                     "seccomp": self._seccomp_hex}
         if os.geteuid() == 0:
             # A distinct unprivileged uid per worker (and per orchestrator process), so that
             # RLIMIT_NPROC counts only that worker's program and no two programs share a uid.
@@ -339,6 +346,9 @@ class Sandbox:
     def _start_worker(self, index: int) -> _WorkerHandle:
         h = _WorkerHandle(self.isolation, self._worker_config(index), self._max_blob(),
                           self._cgroup_spec(index) if self.use_cgroups else None, self.python)
+        if self._seccomp_hex and not h.hello.get("seccomp"):
+            self.syscall_filtered = False
+            warn_unfiltered(f"a worker could not load it: {h.hello.get('seccomp_error')}")
         with self._stats_lock:
             self.stats.worker_starts += 1
         return h

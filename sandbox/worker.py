@@ -15,8 +15,8 @@ execution:
                    mounted at /proc (it sees its own processes only, numbered from 1)
   child: stdio onto memfds (stdin read-only), all other fds closed, setsid, rlimits (AS, CPU,
          NPROC, NOFILE, FSIZE = output cap, CORE 0, MSGQUEUE 0), drop to an unprivileged uid,
-         no_new_privs, compile, run the program as ``__main__`` and finish like the
-         interpreter does.
+         no_new_privs, the seccomp filter (``sandbox.syscall_filter``), compile, run the
+         program as ``__main__`` and finish like the interpreter does.
   worker: waits on a pidfd with the wall limit, SIGKILLs on timeout, reaps, reads stdout/stderr
           from the memfds (the kernel already capped them), replies. Then, with no process of
           the program left (the kernel has killed its whole PID namespace), it gives /tmp or
@@ -70,6 +70,7 @@ MS_REC, MS_PRIVATE = 0x4000, 0x40000
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 STDERR_TAIL = 4096
 CODE_CACHE_SIZE = 64                 # programs whose code objects a worker keeps
 CODE_CACHE_BYTES = 1 << 20           # ... and their total source size (the heap is forked)
@@ -91,6 +92,24 @@ for _name in ("setns", "unshare", "mount", "umount2", "prctl", "capset"):
     except AttributeError:
         pass
 _now = time.perf_counter_ns
+
+
+class _SockFprog(ctypes.Structure):   # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _seccomp_program(bpf: bytes) -> tuple[ctypes.Array, _SockFprog]:
+    """The filter (classic BPF, 8 bytes an instruction, from ``sandbox.syscall_filter``) as
+    the struct ``prctl(PR_SET_SECCOMP)`` takes; the buffer must outlive it."""
+    if not bpf or len(bpf) % 8 or len(bpf) // 8 > 4096:
+        raise ValueError(f"not a BPF program: {len(bpf)} bytes")
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    return buf, _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+
+
+def _install_seccomp(prog: _SockFprog) -> None:
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
+           "seccomp filter")
 
 
 def _check(rc: int, what: str) -> None:
@@ -176,6 +195,30 @@ class Worker:
         # deallocate them (tearing down three stream objects touches many pages to copy).
         self._own_stdio = (sys.stdin, sys.stdout, sys.stderr)
         self._poller = select.poll()   # waits for each child's pidfd
+        # The syscall filter each child installs last thing before the program (see
+        # sandbox.syscall_filter); tried once here, so that a kernel without seccomp shows in
+        # the hello instead of failing every execution.
+        self._seccomp: tuple[ctypes.Array, _SockFprog] | None = None
+        self.seccomp_error = ""
+        if config.get("seccomp"):
+            try:
+                self._seccomp = _seccomp_program(bytes.fromhex(config["seccomp"]))
+                self._seccomp_works()
+            except (OSError, ValueError) as e:
+                self._seccomp = None
+                self.seccomp_error = str(e)
+
+    def _seccomp_works(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+                _install_seccomp(self._seccomp[1])
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        if os.waitpid(pid, 0)[1] != 0:
+            raise OSError("prctl(PR_SET_SECCOMP) failed: the kernel lacks seccomp filters?")
 
     def _nested_works(self) -> bool:
         pid = os.fork()
@@ -292,7 +335,8 @@ class Worker:
         return {"op": "hello", "pid": os.getpid(), "namespaces": self.ns,
                 "per_execution_namespaces": self.private, "shared_mounts": self.shared_mounts,
                 "ns_error": self.ns_error, "uid": self.uid if self.drop_uid else os.getuid(),
-                "real_uid": os.getuid(), "refuse": self.refuse}
+                "real_uid": os.getuid(), "refuse": self.refuse,
+                "seccomp": self._seccomp is not None, "seccomp_error": self.seccomp_error}
 
     def serve(self) -> None:
         protocol.write_frame(self.wfd, self.hello())
@@ -625,6 +669,8 @@ class Worker:
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.chdir("/tmp")
+        if self._seccomp is not None:   # last: binds the program and all it starts
+            _install_seccomp(self._seccomp[1])
         if marks is not None:
             marks.append(_now())
         _run_program(program, status_w, code, self._stdio, marks)

@@ -83,6 +83,7 @@ def rollout_scalars(stats: Mapping[str, Any]) -> dict[str, float]:
             "problems_without_correct_code": "batch/problems_without_correct_code",
             "executions": "sandbox/executions", "generate_s": "time/generate_s",
             "problems_sandbox_error": "sandbox/errors", "sandbox_retries": "sandbox/retries",
+            "problems_without_gt": "batch/problems_without_gt",
             "sandbox_s": "time/sandbox_s", "rewards_s": "time/rewards_s"}
     for k, tag in tags.items():
         v = stats.get(k)

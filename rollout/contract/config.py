@@ -217,6 +217,7 @@ def defaults(cls: type, none: Callable[[Any], Any] | None = None) -> dict[str, A
             raise TypeError(f"{cls.__name__}.{f.name}: a section field needs a default")
         if value is None and none is not None:
             inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            value = none(inner[0] if len(inner) == 1 else object)
+            kind = inner[0] if len(inner) == 1 else object
+            value = none(typing.get_origin(kind) or kind)  # tuple[int, ...] -> tuple
         out[f.name] = value
     return out

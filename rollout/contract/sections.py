@@ -14,13 +14,14 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from rollout.contract.config import Section, check, fail, one_of, to_dict
+from rollout.contract import protocol
+from rollout.contract.config import Section, build, check, fail, one_of, to_dict
 
 __all__ = [
     "EMBEDDED_SPLITS", "HUB_DATASETS", "SERVER_SECTIONS", "DataConfig", "EngineOptions",
     "EvalConfig", "PromptConfig", "RewardConfig", "RolloutConfig", "SamplingFields",
-    "SandboxConfig", "ServerConfig", "SyntheticRolloutConfig", "check_data_spec",
-    "check_sampling",
+    "SandboxConfig", "ServerConfig", "SyntheticRolloutConfig", "TesterConfig",
+    "check_data_spec", "check_sampling",
 ]
 
 ROLLOUT_SOURCES = ("synthetic", "cure")  # "cure": the rollout server; "synthetic": in-process
@@ -28,7 +29,7 @@ MODES = ("sync", "async")
 ENGINES = ("vllm", "hf")
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-PROMPT_MODES = ("auto", "chat", "raw")
+PROMPT_MODES = ("auto", "chat", "raw", "reference")
 SCALINGS: tuple[str, ...] = ("fraction", "count", "binary")
 EPS = 1e-6
 ISOLATION = ("auto", "namespaces", "userns", "rlimits")  # sandbox.isolation modes + "auto"
@@ -114,13 +115,16 @@ class EngineOptions(Section):
 class PromptConfig(Section):
     """How prompts are built (``rollout.prompts.PromptBuilder``).
 
-    mode: "chat" (tokenizer chat template), "raw" (``raw_template``) or "auto" (chat when the
-      tokenizer has a chat template, else raw).
+    mode: "chat" (tokenizer chat template), "raw" (``raw_template``), "auto" (chat when the
+      tokenizer has a chat template, else raw) or "reference" (the reference's own prompt
+      format, verbatim: the code and test templates render the whole prompt, default
+      ``rollout/templates/reference_*.jinja``; no chat or raw wrapping).
     code_template / test_template / raw_template: paths of the user's own Jinja files; None
       uses the packaged ones in ``rollout/templates/``.
-    show_example_in_test_prompt: show the first public example in the test prompt (training:
-      True; evaluation: False).
-    system_prompt: optional system message (chat) / preamble (raw).
+    show_example_in_test_prompt: show the public example(s) in the test prompt (training:
+      True; evaluation: False). The packaged templates show the first; the reference's, all.
+    system_prompt: optional system message (chat; the API's system message in every mode) /
+      preamble (raw); the reference's templates carry their own.
     """
 
     mode: str = "auto"
@@ -217,12 +221,51 @@ class RolloutConfig(SamplingFields):
 
 
 # ------------------------------------------------------------------------------ cure
+TESTER_SEED_OFFSET = 7919  # the tester engine's seed: the policy engine's seed + this
+
+
+@dataclasses.dataclass(frozen=True)
+class TesterConfig(Section):
+    """A frozen external tester (``cure.tester``), the paper's label-free setting: a second
+    engine in the rollout server serves ``model_path`` (e.g. ReasonFlux-Coder-4B) and writes
+    the k_case unit tests of every problem; the policy's codes run against them and are
+    rewarded label-free (``cure.label_free``, which it requires). The tester is never trained:
+    its tests are not rows of the learner's batch and weight pushes never reach its engine.
+    Held-out evaluation measures the policy alone (its own codes and tests).
+
+    model_path: HF directory or hub id; "" (default) = no tester, the policy writes its own
+      tests. engine: "vllm" | "hf"; "" = ``rollout.engine``. engine_options: as
+      ``rollout.engine_options``, for the tester's engine alone; two engines share the rollout
+      server's devices, so split ``gpu_memory_utilization`` (or ``kv_cache_gb`` on the vLLM
+      CPU build) between them. Its seed is the policy engine's + ``TESTER_SEED_OFFSET``; its
+      requests sample with ``rollout``'s test sampling (k_case, temperature, max_tokens, seeds).
+    """
+
+    _path: ClassVar[str] = "cure.tester"
+
+    model_path: str = ""
+    engine: str = ""
+    engine_options: EngineOptions = dataclasses.field(default_factory=EngineOptions)
+
+    def validate(self, p: str) -> None:
+        one_of(self.engine, ("",) + ENGINES, f"{p}.engine")
+
+    def engine_spec(self, rollout_engine: str, seed: int) -> dict[str, Any]:
+        """The tester's engine config (``rollout.engines.EngineConfig`` fields); ``seed``: the
+        policy engine's seed."""
+        return {"backend": self.engine or rollout_engine, "seed": seed + TESTER_SEED_OFFSET,
+                **to_dict(self.engine_options), "model": self.model_path}
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardConfig(Section):
     """How rewards become advantages (section ``cure``; ``rollout.rewards``).
 
     scaling: unit-test reward form ("fraction" = reference, "count" = paper, "binary" = any/all).
-    label_free: score codes against the model's own tests instead of ground truth.
+    label_free: score codes against generated tests instead of ground truth (the policy's own
+        tests, or a frozen tester's: ``tester``); training problems may then lack ground-truth
+        tests (the statistics that need them cover the problems that have them).
+    tester: a frozen external tester model (:class:`TesterConfig`; needs label_free).
     long_cot_tests / long_cot_codes: the long-CoT length-aware advantages (the reference's
         ``enable_efficient``, which shapes codes and tests alike) for that role; needs lengths.
     long_cot_min_len / long_cot_max_len: the clip range of the length threshold T.
@@ -236,9 +279,13 @@ class RewardConfig(Section):
     long_cot_min_len: float = 1000.0
     long_cot_max_len: float = 8000.0
     eps: float = EPS
+    tester: TesterConfig = dataclasses.field(default_factory=TesterConfig)
 
     def validate(self, p: str) -> None:
         one_of(self.scaling, SCALINGS, f"{p}.scaling")
+        check(self.label_free or not self.tester.model_path, f"{p}.tester.model_path",
+              f"a frozen tester's tests reward the codes without ground truth: it needs "
+              f"{p}.label_free=True (got {self.tester.model_path!r} with label_free=False)")
         check(0 <= self.long_cot_min_len <= self.long_cot_max_len, f"{p}.long_cot_min_len",
               f"need 0 <= long_cot_min_len <= long_cot_max_len (got {self.long_cot_min_len}, "
               f"{self.long_cot_max_len})")
@@ -321,23 +368,59 @@ class SandboxConfig(Section):
 # ------------------------------------------------------------------------------ eval
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(SamplingFields):
-    """The periodic held-out evaluation: the paper's sampling (temperature 0.8, top_p 0.95,
-    top_k 40; no public example in the test prompt), the BoN (n codes, m tests) pairs to report,
-    and ``max_problems`` (0 = the whole split)."""
+    """The periodic held-out evaluation, under an evaluation protocol (``protocol``; exactly
+    what each sets: :mod:`rollout.contract.protocol`): "paper" (the reference's: the first 8
+    ground-truth tests, unparsed generated tests dropped, BoN (4,4) (1,16) (16,16),
+    temperature 0.8, top_p 0.95, top_k 40, 10000 new tokens), "project" (every ground-truth
+    test, unparsed tests kept, BoN (1,16) (16,16), the same sampling with 2048 new tokens) or
+    "auto" (paper when ``data.eval`` names only the paper's evaluation sets, else project).
+
+    The protocol fills the fields left None; a field set explicitly wins. An "auto" section
+    holds the project's values until :meth:`resolved` is given the held-out data spec:
+    cure-train and the rollout server resolve it at the door with ``data.eval``, so the config
+    they write and the rollout server's spec hold the concrete protocol and values. The prompts
+    are ``rollout.prompts`` (the policy's), without a public example in the test prompt.
+    ``max_problems``: 0 = the whole split."""
 
     _path: ClassVar[str] = "eval"
     _greedy_ok: ClassVar[bool] = True
 
-    max_gt_tests: int = 0
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    max_tokens: int = 2048
+    protocol: str = "auto"
+    max_gt_tests: int | None = None
+    drop_unparsed_tests: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
     seed: int = 12345
-    bon: tuple[tuple[int, int], ...] = ((1, 16), (16, 16))
+    bon: tuple[tuple[int, int], ...] | None = None
     max_problems: int = 0
 
+    def __post_init__(self) -> None:
+        # The unset fields take the protocol's values ("auto": the project's until resolved);
+        # which ones did is remembered, so that resolving "auto" can give them the paper's.
+        name = "project" if self.protocol == "auto" else self.protocol
+        filled = []
+        if name in ("paper", "project"):  # anything else fails validation below
+            for k, v in protocol.settings(name, protocol.PROJECT_TRAINING_EVAL).items():
+                if getattr(self, k) is None:
+                    object.__setattr__(self, k, v)
+                    filled.append(k)
+        object.__setattr__(self, "_from_protocol", tuple(filled))
+        super().__post_init__()
+
+    def resolved(self, data_spec: str | None = None, path: str | None = None) -> EvalConfig:
+        """This section with a concrete protocol: "auto" resolved for the held-out data spec
+        ``data_spec`` (None: "project"), the fields it filled refilled; errors name ``path``."""
+        if self.protocol != "auto":
+            return self
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update({k: None for k in self._from_protocol},
+                      protocol=protocol.resolve("auto", data_spec))
+        return build(EvalConfig, fields, path or self._path)
+
     def validate(self, p: str) -> None:
+        one_of(self.protocol, protocol.PROTOCOLS, f"{p}.protocol")
         super().validate(p)
         for b in self.bon:
             check(1 <= b[0] <= self.k_code and 0 <= b[1] <= self.k_case, f"{p}.bon",
@@ -359,6 +442,10 @@ class ServerConfig(Section):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eval", self.eval.resolved(self.data.eval, f"{self._path}.eval"))
+        super().__post_init__()
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ServerConfig:

@@ -19,6 +19,7 @@ Rules (``(name, *arguments)``):
 - ``sum``: summed (counts); ``sum_dict``: summed per name, recursively (``verdicts``, ``counts``);
 - ``rates``: the headline ratio recomputed by :func:`rates` from the summed ``counts``;
   ``bon``: BoN recomputed by :func:`bon_rates` (summed ``bon_sum`` / summed ``problems``);
+  ``bon_accumulate``: by :func:`bon_accumulate_rates` (summed ``bon_acc_sum`` / ``gt_tests``);
 - ``ratio, num, den, empty``: summed ``num`` / summed ``den`` (``empty`` when ``den`` sums to 0);
 - ``mean, weight``: mean weighted by the hosts' ``weight`` (a host with weight 0 contributes
   nothing; when every weight is 0 the hosts' default, the first host's value, is kept);
@@ -47,6 +48,7 @@ __all__ = [
     "RATIOS",
     "ROLLOUT_RULES",
     "StatsKeyError",
+    "bon_accumulate_rates",
     "bon_rates",
     "check_shard",
     "merge_eval_metrics",
@@ -65,18 +67,25 @@ class StatsKeyError(KeyError):
 
 # headline ratio -> (numerator count, denominator count) of rollout.metrics' counts
 RATIOS: dict[str, tuple[str, str]] = {
-    "code_accuracy": ("n_correct_codes", "n_codes"),
-    "unit_test_accuracy": ("ut_accurate", "ut_tests"),
+    "code_accuracy": ("n_correct_codes", "n_scored_codes"),
+    "code_accumulate_accuracy": ("gt_cells_passed", "gt_cells"),
+    "unit_test_accuracy": ("ut_accurate", "ut_tests"),  # the protocol's convention
+    "unit_test_accuracy_all_tests": ("ut_accurate", "ut_tests_all"),
+    "unit_test_accuracy_parsed_tests": ("ut_accurate", "ut_tests_parsed"),
+    "unit_test_accumulate_accuracy": ("ut_cells_passed", "ut_cells"),
     "p_01": ("p01_pass", "p01_pairs"),
     "p_00": ("p00_pass", "p00_pairs"),
     "code_parse_rate": ("n_code_parsed", "n_codes"),
     "test_parse_rate": ("n_test_parsed", "n_tests"),
+    "mean_code_length": ("code_len_sum", "code_len_count"),  # tokens
+    "mean_test_length": ("test_len_sum", "test_len_count"),
 }
 
 # arrays that ExperienceMaker describes as <prefix>_{count,mean,std,min,max}
 DESCRIBED = ("code_reward", "test_reward", "code_advantage", "test_advantage")
 
 SUM, SUM_DICT, RATES, BON = ("sum",), ("sum_dict",), ("rates",), ("bon",)
+BON_ACCUMULATE = ("bon_accumulate",)
 MIN, MAX, SAME, FIRST = ("min",), ("max",), ("same",), ("first",)
 
 # ExperienceMaker.make statistics -> rule (durations, "*_s", are max over hosts)
@@ -90,6 +99,8 @@ ROLLOUT_RULES: dict[str, tuple] = {
     "verdicts": SUM_DICT, "counts": SUM_DICT,
     # sandbox faults: problems excluded (SANDBOX_ERROR after a retry), problems retried
     "problems_sandbox_error": SUM, "sandbox_retries": SUM, "scored_code_rows": SUM,
+    # label-free training: scored problems without ground-truth tests (not in the "counts")
+    "problems_without_gt": SUM,
     # ratios of summed counts
     **{k: RATES for k in RATIOS},
     "code_correct_rate": ("ratio", "code_correct_count", "scored_code_rows", 0.0),
@@ -110,6 +121,7 @@ ROLLOUT_RULES: dict[str, tuple] = {
 # ExperienceMaker.evaluate metrics -> rule (durations, "*_s", are max over hosts)
 EVAL_RULES: dict[str, tuple] = {
     "problems": SUM, "counts": SUM_DICT, "verdicts": SUM_DICT, "bon": BON,
+    "bon_accumulate": BON_ACCUMULATE, "problems_without_parsed_test": SUM,
     "problems_sandbox_error": SUM, "sandbox_retries": SUM,
     **{k: RATES for k in RATIOS},
 }
@@ -143,6 +155,16 @@ def bon_rates(counts: Mapping[str, Any]) -> dict[str, float | None]:
         raise StatsKeyError("counts: missing 'problems' (needed by BoN)")
     sums = counts.get("bon_sum") or {}
     return {k: _ratio(sums[k], problems) for k in sorted(sums, key=_bon_order)}
+
+
+def bon_accumulate_rates(counts: Mapping[str, Any]) -> dict[str, float | None]:
+    """BoN accumulate "NxM" -> ``bon_acc_sum[NxM] / gt_tests``: the share of the scored
+    problems' ground-truth tests that the BoN picks pass (None with none), sorted by (N, M)."""
+    gt_tests = counts.get("gt_tests")
+    if gt_tests is None:
+        raise StatsKeyError("counts: missing 'gt_tests' (needed by the BoN accumulate accuracy)")
+    sums = counts.get("bon_acc_sum") or {}
+    return {k: _ratio(sums[k], gt_tests) for k in sorted(sums, key=_bon_order)}
 
 
 # ------------------------------------------------------------------------------ merging
@@ -201,9 +223,11 @@ def _merge_key(key: str, rule: tuple, hosts: Sequence[Mapping[str, Any]],
     """One key of the merged dict by its rule (see the module docstring)."""
     name = rule[0]
     values = [h[key] for h in hosts if key in h]
-    if name in ("rates", "bon"):
+    if name in ("rates", "bon", "bon_accumulate"):
         if counts is None:
             raise StatsKeyError(f"{key}: needs 'counts' from every host")
+        if name == "bon_accumulate":
+            return bon_accumulate_rates(counts)
         return bon_rates(counts) if name == "bon" else rates(counts)[key]
     if name == "ratio":
         num, den = sum(_need(hosts, rule[1], key)), sum(_need(hosts, rule[2], key))

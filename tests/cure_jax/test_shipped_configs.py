@@ -21,11 +21,25 @@ EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json"))
 MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
 # Fields added since, at their defaults.
 ADDED = {"data.data_dir": "data", "mesh.devices": "", "model.init": "pretrained",
-         "learner.role_updates": "joint"}
+         "learner.role_updates": "joint",
+         "cure.tester": {"model_path": "", "engine": "", "engine_options": {
+             "dtype": "auto", "tokenizer": None, "max_model_len": None,
+             "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "enforce_eager": True,
+             "enable_prefix_caching": True, "distributed_executor_backend": None,
+             "in_process": None, "kv_cache_gb": None, "enable_chunked_prefill": None,
+             "device": "auto"}},
+         # the evaluation protocol, resolved at the door ("auto": project off the paper's sets)
+         "eval.protocol": "project", "eval.drop_unparsed_tests": False}
 # The Qwen presets name the learner's GPUs, and the reference learner updates codes and tests
 # separately (learner_presets.py).
 PRESET_GPUS = {"mesh.devices": "0,1,2,3"}
 SEPARATE = {"learner.role_updates": "separate"}
+# The Qwen presets evaluate under the paper's protocol with the reference's prompt format
+# (rollout/contract/protocol.py): new fields, and fields whose values it changed.
+PAPER_PROTOCOL = {"eval.protocol": "paper", "eval.drop_unparsed_tests": True}
+PAPER_CHANGED = {"eval.max_gt_tests": 8, "eval.bon": [[1, 16], [4, 4], [4, 16], [16, 16]],
+                 "rollout.prompts.mode": "reference"}
+PAPER_MAX_TOKENS = {"eval.max_tokens": 10000}  # qwen3_4b keeps its 16384 (long CoT)
 RANDOM_INIT = {"model.init": "random"}  # the tiny random policies ask for their random init
 # Variants added since: the run of the config they vary, with these fields changed.
 DERIVED = {"minibatches4": {"learner.minibatches": 4}}
@@ -72,8 +86,10 @@ def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
     expected = dict(EXPECTED[f"{name}:{arg}" if arg and arg not in DERIVED else name])
     expected.pop("tiny_model")  # server-spec plumbing derived from model.qwen_config
     expected.update(DERIVED.get(arg, {}))
+    if name.startswith("qwen"):
+        expected.update({**PAPER_CHANGED, **({} if name == "qwen3_4b" else PAPER_MAX_TOKENS)})
     got = _effective(name, arg)
-    preset = {**PRESET_GPUS, **SEPARATE} if name.startswith("qwen") else \
+    preset = {**PRESET_GPUS, **SEPARATE, **PAPER_PROTOCOL} if name.startswith("qwen") else \
         SEPARATE if name == "learner_presets" else {}
     for key, value in {**ADDED, **preset,
                        **(RANDOM_INIT if name == "tiny" and arg else {})}.items():
@@ -93,11 +109,14 @@ def test_warmstart_config_is_the_recipe():
 def test_default_config_is_the_dataclass_defaults():
     """The base of every config file: each field at its default; None defaults can be set."""
     c = default_config()
-    assert c.learner.lr == 1e-6 and c.rollout.k_code == 16 and c.eval.bon == ((1, 16), (16, 16))
+    assert c.learner.lr == 1e-6 and c.rollout.k_code == 16 and c.eval.bon is None
+    assert c.eval.protocol == "auto"  # the protocol fills the unset eval fields at the door
     assert c.rollout.engine_options.max_model_len is None
     c.rollout.engine_options.max_model_len = 4096  # a typed placeholder, not a None field
     with pytest.raises(TypeError):
         c.rollout.engine_options.max_model_len = "long"
     c.model.preset = "qwen3-4b"
     c.rollout.model_path = MODEL_PATH
-    assert load_config(c).rollout.engine_options.max_model_len == 4096
+    cfg = load_config(c)
+    assert cfg.rollout.engine_options.max_model_len == 4096
+    assert cfg.eval.protocol == "project" and cfg.eval.bon == ((1, 16), (16, 16))

@@ -167,8 +167,7 @@ def test_direct_construction_validates_and_freezes_lists():
     assert hash(p) == hash(Problem("a", "q?", ("1\n",), ("1",)))
     with pytest.raises(ProblemFormatError, match="'test_output'"):
         Problem("a", "q?", ("1\n",), ("1", "2"))
-    with pytest.raises(ProblemFormatError, match="private test list is empty"):
-        Problem("a", "q?", (), ())
+    assert not Problem("a", "q?", (), ()).labeled  # label-free training; loaders reject it
     with pytest.raises(ProblemFormatError, match="'test_time_limit'"):
         Problem("a", "q?", ("1\n",), ("1",), test_time_limit=0)
     with pytest.raises(ProblemFormatError, match="'test_input': item 0 must be a string"):
