@@ -26,11 +26,17 @@ from rollout.contract import protocol
 from rollout.contract.config import ConfigError
 from rollout.contract.sections import EvalConfig, ServerConfig
 from rollout.contract.stats import merge_eval_metrics
-from rollout.engines.base import Sample
 from rollout.eval_settings import EvalSettings
 from rollout.experience_maker import ExperienceMaker
 from rollout.problems import Problem, embedded_problems
 from rollout.prompts import REFERENCE_API_SYSTEM, PromptBuilder, PromptConfig
+from tests.helpers.scripted_rollout import (
+    CORRECT,
+    NO_TEST,
+    TEST_HEADER,
+    ScriptedEngine,
+    sandbox_fixture,
+)
 from tests.rollout.contract.test_stats import _splits
 
 
@@ -470,42 +476,27 @@ def test_cure_eval_writes_the_new_metrics_and_rows(tmp_path):
     assert "eval/toy/protocol" not in scalars and "eval/toy/mean_code_length" in scalars
 
 
-class _Scripted:
+def _scripted(codes, tests) -> ScriptedEngine:
     """Fixed responses by kind (the reference's code prompt has no ```python)."""
-
-    tokenizer = None
-
-    def __init__(self, codes, tests):
-        self.by_kind = {"code": codes, "test": tests}
-        self.prompts = []
-
-    def generate(self, prompts, n, sampling):
-        self.prompts += prompts
-        out = []
-        for p in prompts:
-            texts = self.by_kind["test" if "**Test Input:**" in p else "code"][:n]
-            out.append([Sample(list(t.encode()), t, np.zeros(len(t.encode()), np.float32),
-                               "stop", list(p.encode())) for t in texts])
-        return out
+    return ScriptedEngine(codes, tests, test_marker=TEST_HEADER, exact_n=False, logprob=0.0)
 
 
-def test_training_evaluation_under_the_paper_protocol():
-    from sandbox import Limits, Sandbox
+sandbox = sandbox_fixture()
 
+
+def test_training_evaluation_under_the_paper_protocol(sandbox):
     (p,) = [q for q in embedded_problems("train") if q.task_id == "embedded/sum_of_list"]
-    correct = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
+    correct, none = CORRECT, NO_TEST
     wrong = "```python\nn = int(input())\nprint(n)\n```"
     good = "**Test Input:**\n```\n3\n1 2 3\n```\n**Test Output:**\n```\n6\n```\n**Explanation:** s"
     bad = "**Test Input:**\n```\n2\n1 2\n```\n**Test Output:**\n```\n2\n```\n**Explanation:** n"
-    none = "The answer depends on the input."
     codes, tests = [correct, wrong, wrong, correct], [none, bad, good, none]
-    engine = _Scripted(codes, tests)
+    engine = _scripted(codes, tests)
     builder = PromptBuilder(PromptConfig(mode="reference"))
-    with Sandbox(workers=2, limits=Limits(time_s=2.0)) as sb:
-        maker = ExperienceMaker(engine, sb, prompt_builder=builder)
-        cfg = EvalConfig(protocol="paper", k_code=4, k_case=4, bon=((4, 1), (4, 4)))
-        out = maker.evaluate([p], cfg)
-        project = maker.evaluate([p], EvalConfig(k_code=4, k_case=4, bon=((4, 1), (4, 4))))
+    maker = ExperienceMaker(engine, sandbox, prompt_builder=builder)
+    cfg = EvalConfig(protocol="paper", k_code=4, k_case=4, bon=((4, 1), (4, 4)))
+    out = maker.evaluate([p], cfg)
+    project = maker.evaluate([p], EvalConfig(k_code=4, k_case=4, bon=((4, 1), (4, 4))))
     assert engine.prompts[0] == builder.code_prompt(p, evaluation=True)  # the eval sentence
     assert "Your code should output the results" in engine.prompts[0]
     # tests 1 (accepts the wrong codes, rejects the correct) and 2 (accurate) parsed

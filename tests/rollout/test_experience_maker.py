@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rollout.contract.schema import FIELDS, check_rows
-from rollout.engines.base import Sample, SamplingConfig
+from rollout.engines.base import SamplingConfig
 from rollout.experience_maker import (
     LENGTH_MULTIPLE,
     EvalConfig,
@@ -24,6 +24,16 @@ from rollout.experience_maker import (
 from rollout.problems import embedded_problems
 from rollout.prompts import STOP_STRINGS, PromptBuilder, PromptConfig
 from rollout.rewards import RewardConfig, batch_rewards
+from tests.helpers.scripted_rollout import (
+    BAD,
+    CORRECT,
+    GOOD,
+    NO_CODE,
+    NO_TEST,
+    OFF_BY_ONE,
+    ScriptedEngine,
+    sandbox_fixture,
+)
 
 TINY_HF = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 512,
            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -37,50 +47,12 @@ def _sum_problem():
     return p
 
 
-CORRECT = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
-OFF_BY_ONE = "```python\nn = int(input())\nprint(sum(map(int, input().split())) + 1)\n```"
-NO_CODE = "I am not sure how to solve this."
-GOOD_TEST = "**Test Input:**\n```\n3\n1 2 3\n```\n**Test Output:**\n```\n6\n```\n**Explanation:** sum"
-BAD_TEST = "**Test Input:**\n```\n2\n1 1\n```\n**Test Output:**\n```\n3\n```\n**Explanation:** wrong"
-NO_TEST = "The answer depends on the input."
-
-
-class ScriptedEngine:
-    """Returns fixed responses (a stand-in for the *model* only): byte tokens, log-prob -0.5."""
-
-    tokenizer = None
-
-    def __init__(self, codes, tests):
-        self.by_kind = {"code": codes, "test": tests}
-        self.calls = []
-
-    def generate(self, prompts, n, sampling):
-        self.calls.append((len(prompts), n, sampling))
-        out = []
-        for p in prompts:
-            kind = "code" if "```python" in p else "test"
-            texts = self.by_kind[kind][:n]
-            assert len(texts) == n
-            ids = list(p.encode())
-            out.append([Sample(list(t.encode()), t, np.full(len(t.encode()), -0.5, np.float32),
-                               "stop", ids) for t in texts])
-        return out
-
-    def close(self):
-        pass
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    from sandbox import Limits, Sandbox
-
-    with Sandbox(workers=2, limits=Limits(time_s=2.0)) as sb:
-        yield sb
+sandbox = sandbox_fixture()
 
 
 def test_scripted_matrix_rewards_and_rows(sandbox):
     problem = _sum_problem()
-    eng = ScriptedEngine([CORRECT, OFF_BY_ONE, NO_CODE], [GOOD_TEST, BAD_TEST, NO_TEST])
+    eng = ScriptedEngine([CORRECT, OFF_BY_ONE, NO_CODE], [GOOD, BAD, NO_TEST])
     cfg = RolloutConfig(k_code=3, k_case=3, max_gt_tests=4, max_tokens=64, seed=7)
     maker = ExperienceMaker(eng, sandbox, cfg, RewardConfig(scaling="fraction"),
                             PromptBuilder(PromptConfig(mode="raw")))
@@ -143,7 +115,7 @@ def test_scripted_matrix_rewards_and_rows(sandbox):
 
 def test_zero_signal_groups_are_marked_and_rows_truncated(sandbox):
     problem = _sum_problem()
-    eng = ScriptedEngine([OFF_BY_ONE, OFF_BY_ONE], [GOOD_TEST, NO_TEST])
+    eng = ScriptedEngine([OFF_BY_ONE, OFF_BY_ONE], [GOOD, NO_TEST])
     prompt_len = len(PromptBuilder(PromptConfig(mode="raw")).code_prompt(problem).encode())
     cfg = RolloutConfig(k_code=2, k_case=2, max_len=prompt_len + 10)
     maker = ExperienceMaker(eng, sandbox, cfg, RewardConfig(),

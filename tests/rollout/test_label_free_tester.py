@@ -22,7 +22,6 @@ from rollout.contract.schema import KIND_CODE, check_rows
 from rollout.contract.sections import TESTER_SEED_OFFSET, RewardConfig
 from rollout.contract.stats import merge_rollout_stats
 from rollout.datasets import spec_problems
-from rollout.engines.base import Sample
 from rollout.experience_maker import EvalConfig, ExperienceMaker, RolloutConfig
 from rollout.problems import (
     Problem,
@@ -33,6 +32,16 @@ from rollout.problems import (
 )
 from rollout.prompts import PromptBuilder, PromptConfig
 from rollout.rewards import label_free_code_rewards
+from tests.helpers.scripted_rollout import (
+    BAD,
+    CORRECT,
+    GOOD,
+    NO_CODE,
+    NO_TEST,
+    OFF_BY_ONE,
+    ScriptedEngine,
+    sandbox_fixture,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_CODER = ROOT / "rollout" / "assets" / "tiny_coder"
@@ -42,13 +51,8 @@ TINY_HF = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_
            "hidden_act": "silu", "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
            "tie_word_embeddings": False, "max_position_embeddings": 1024}
 
-CORRECT = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
-OFF_BY_ONE = "```python\nn = int(input())\nprint(sum(map(int, input().split())) + 1)\n```"
-NO_CODE = "I am not sure how to solve this."
-GOOD_TEST = "**Test Input:**\n```\n3\n1 2 3\n```\n**Test Output:**\n```\n6\n```\n**Explanation:** sum"
-GOOD_TEST2 = "**Test Input:**\n```\n2\n5 5\n```\n**Test Output:**\n```\n10\n```\n**Explanation:** sum"
-BAD_TEST = "**Test Input:**\n```\n2\n1 1\n```\n**Test Output:**\n```\n3\n```\n**Explanation:** wrong"
-NO_TEST = "The answer depends on the input."
+# another correct test (not helpers.GOOD2)
+GOOD_5_5 = "**Test Input:**\n```\n2\n5 5\n```\n**Test Output:**\n```\n10\n```\n**Explanation:** sum"
 
 
 def _sum_problem() -> Problem:
@@ -61,42 +65,13 @@ def _unlabeled(p: Problem, task_id: str = "unlabeled/0") -> Problem:
                    dataset="unlabeled")
 
 
-class Scripted:
+def _scripted(codes=(), tests=()) -> ScriptedEngine:
     """A stand-in for a model: fixed responses per prompt kind (byte tokens, log-prob -0.5 when
     asked for); a kind it was given no responses for is an error, and so is a weight push."""
-
-    tokenizer = None
-    weights_version = 0
-
-    def __init__(self, codes=(), tests=()):
-        self.texts = {"code": list(codes), "test": list(tests)}
-        self.calls: list[tuple[str, int, object]] = []
-
-    def generate(self, prompts, n, sampling):
-        out = []
-        for p in prompts:
-            kind = "code" if "```python" in p else "test"
-            assert self.texts[kind], f"this engine was asked for {kind}s"
-            self.calls.append((kind, n, sampling))
-            ids = list(p.encode())
-            out.append([Sample(list(t.encode()), t,
-                               np.full(len(t.encode()), -0.5, np.float32) if sampling.logprobs
-                               else None, "stop", ids) for t in self.texts[kind][:n]])
-        return out
-
-    def load_weights(self, named_tensors):
-        raise AssertionError("weights were pushed into this engine")
-
-    def close(self):
-        pass
+    return ScriptedEngine(codes, tests, exact_n=False, logprobs_when_asked=True)
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    from sandbox import Limits, Sandbox
-
-    with Sandbox(workers=2, limits=Limits(time_s=2.0)) as sb:
-        yield sb
+sandbox = sandbox_fixture()
 
 
 def _maker(sandbox, policy, tester=None, label_free=True) -> ExperienceMaker:
@@ -108,17 +83,18 @@ def _maker(sandbox, policy, tester=None, label_free=True) -> ExperienceMaker:
 # ------------------------------------------------------------------------------ the batch
 def test_the_testers_tests_reward_the_codes_and_are_no_rows(sandbox):
     # The policy's own tests would reward the off-by-one code; it is never asked for tests.
-    policy = Scripted(codes=[CORRECT, OFF_BY_ONE, NO_CODE])
-    tester = Scripted(tests=[GOOD_TEST, GOOD_TEST2, NO_TEST])
+    policy = _scripted(codes=[CORRECT, OFF_BY_ONE, NO_CODE])
+    tester = _scripted(tests=[GOOD, GOOD_5_5, NO_TEST])
     maker = _maker(sandbox, policy, tester)
     arrays, stats, ex = maker.make([_sum_problem()] * 2, [5, 8], step=2, version=4)
 
-    assert [c[0] for c in policy.calls] == ["code"] * 2 and all(c[2].logprobs for c in policy.calls)
-    assert [c[0] for c in tester.calls] == ["test"] * 2
-    assert not any(c[2].logprobs for c in tester.calls)  # the tester's log-probs are never used
+    assert [c[0] for c in policy.requests] == ["code"] * 2
+    assert all(c[2].logprobs for c in policy.requests)
+    assert [c[0] for c in tester.requests] == ["test"] * 2
+    assert not any(c[2].logprobs for c in tester.requests)  # the tester's log-probs are never used
     want = np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]], bool)  # the tester's tests, not the policy's
     for i in range(2):
-        assert [s.text for s in ex.tests[i]] == [GOOD_TEST, GOOD_TEST2, NO_TEST]
+        assert [s.text for s in ex.tests[i]] == [GOOD, GOOD_5_5, NO_TEST]
         np.testing.assert_array_equal(ex.gen_passed[i], want)
 
     # Only code rows: the tester is frozen, its tests are not trained on.
@@ -140,7 +116,7 @@ def test_the_testers_tests_reward_the_codes_and_are_no_rows(sandbox):
 
 
 def test_the_policys_own_tests_stay_an_option(sandbox):
-    policy = Scripted(codes=[CORRECT, OFF_BY_ONE, NO_CODE], tests=[BAD_TEST, BAD_TEST, NO_TEST])
+    policy = _scripted(codes=[CORRECT, OFF_BY_ONE, NO_CODE], tests=[BAD, BAD, NO_TEST])
     arrays, stats, _ = _maker(sandbox, policy).make([_sum_problem()], [0], step=0, version=0)
     assert arrays["kind"].tolist() == [0, 0, 0, 1, 1, 1] and stats["test_rows"] == 3
     np.testing.assert_allclose(arrays["reward"][:3], [0, 1, 0])  # the wrong tests' favourite
@@ -148,12 +124,12 @@ def test_the_policys_own_tests_stay_an_option(sandbox):
 
 def test_a_tester_needs_label_free(sandbox):
     with pytest.raises(ValueError, match="label_free"):
-        _maker(sandbox, Scripted(codes=[CORRECT]), Scripted(tests=[GOOD_TEST]), label_free=False)
+        _maker(sandbox, _scripted(codes=[CORRECT]), _scripted(tests=[GOOD]), label_free=False)
 
 
 def test_problems_without_ground_truth_in_label_free_training(sandbox):
-    policy = Scripted(codes=[CORRECT, OFF_BY_ONE, NO_CODE])
-    maker = _maker(sandbox, policy, Scripted(tests=[GOOD_TEST, GOOD_TEST2, NO_TEST]))
+    policy = _scripted(codes=[CORRECT, OFF_BY_ONE, NO_CODE])
+    maker = _maker(sandbox, policy, _scripted(tests=[GOOD, GOOD_5_5, NO_TEST]))
     labeled, unlabeled = _sum_problem(), _unlabeled(_sum_problem())
     arrays, stats, ex = maker.make([labeled, unlabeled], [0, 1], step=0, version=0)
     assert ex.gt_passed[1].shape == (3, 0)  # executed against the tester's tests only
@@ -173,7 +149,7 @@ def test_problems_without_ground_truth_in_label_free_training(sandbox):
         maker.evaluate([labeled, unlabeled], EvalConfig(k_code=3, k_case=3, bon=((1, 1),)))
     assert "'unlabeled/0' has no ground-truth tests" in str(e.value)
     assert "dataset 'unlabeled'" in str(e.value) and "\n" not in str(e.value)
-    assert policy.calls[-1][0] == "code"  # nothing sampled for it
+    assert policy.requests[-1][0] == "code"  # nothing sampled for it
 
 
 # ------------------------------------------------------------------------------ loading

@@ -22,7 +22,6 @@ from rollout.contract.stats import (
     merge_eval_metrics,
     merge_rollout_stats,
 )
-from rollout.engines.base import Sample
 from rollout.eval_models import ModelSpec
 from rollout.eval_settings import EvalSettings
 from rollout.execution import execute
@@ -32,19 +31,16 @@ from rollout.problems import Problem, embedded_problems
 from rollout.prompts import PromptBuilder, PromptConfig
 from rollout.rewards import RewardConfig
 from sandbox import Verdict
+from tests.helpers.scripted_rollout import (
+    CODES,
+    TEST_HEADER,
+    TESTS,
+    ScriptedEngine,
+    sandbox_fixture,
+)
 
 FAULTY_TL = 1.5  # the time limit that marks the problem the sandbox fails on
 
-CORRECT = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
-CORRECT2 = "```python\nimport sys\nd = sys.stdin.read().split()\nprint(sum(int(x) for x in d[1:]))\n```"
-OFF_BY_ONE = "```python\nn = int(input())\nprint(sum(map(int, input().split())) + 1)\n```"
-NO_CODE = "I am not sure how to solve this."
-GOOD = "**Test Input:**\n```\n3\n1 2 3\n```\n**Test Output:**\n```\n6\n```\n**Explanation:** sum"
-GOOD2 = "**Test Input:**\n```\n2\n5 -1\n```\n**Test Output:**\n```\n4\n```\n**Explanation:** ok"
-BAD = "**Test Input:**\n```\n2\n1 1\n```\n**Test Output:**\n```\n3\n```\n**Explanation:** wrong"
-NO_TEST = "The answer depends on the input."
-CODES = [CORRECT, CORRECT2, OFF_BY_ONE, NO_CODE]
-TESTS = [GOOD, GOOD2, BAD, NO_TEST]
 # variant -> (code picks, test picks): signal on both sides (0 and 1, the faulty one), every
 # code correct (2), no correct code (3).
 SCRIPTS = {0: ([0, 2, 3], [0, 2, 3]), 1: ([0, 2, 2], [0, 1, 2]), 2: ([0, 1, 0], [0, 1, 3]),
@@ -52,27 +48,10 @@ SCRIPTS = {0: ([0, 2, 3], [0, 2, 3]), 1: ([0, 2, 2], [0, 1, 2]), 2: ([0, 1, 0], 
 FAULTY = 1
 
 
-class VariantEngine:
+def _variant_engine() -> ScriptedEngine:
     """Responses decided by the prompt alone ("Variant i." picks a script): byte tokens,
     log-prob -0.5. Works as a training engine and as cure-eval's local engine."""
-
-    tokenizer = None
-    weights_version = 0
-
-    def generate(self, prompts, n, sampling):
-        out = []
-        for p in prompts:
-            kind = 1 if "**Test Input:**" in p else 0
-            v = next(i for i in SCRIPTS if f"Variant {i}." in p)
-            pool = TESTS if kind else CODES
-            texts = [pool[j] for j in SCRIPTS[v][kind][:n]]
-            assert len(texts) == n
-            out.append([Sample(list(t.encode()), t, np.full(len(t.encode()), -0.5, np.float32),
-                               "stop", list(p.encode())) for t in texts])
-        return out
-
-    def close(self):
-        pass
+    return ScriptedEngine(CODES, TESTS, scripts=SCRIPTS, test_marker=TEST_HEADER)
 
 
 class FaultySandbox:
@@ -104,12 +83,7 @@ class FaultySandbox:
         pass
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    from sandbox import Limits, Sandbox
-
-    with Sandbox(workers=2, limits=Limits(time_s=2.0)) as sb:
-        yield sb
+sandbox = sandbox_fixture()
 
 
 def _variants() -> list[Problem]:
@@ -122,7 +96,7 @@ def _variants() -> list[Problem]:
 
 def _maker(sb) -> ExperienceMaker:
     cfg = RolloutConfig(k_code=3, k_case=3, max_gt_tests=2, max_tokens=64, seed=7)
-    return ExperienceMaker(VariantEngine(), sb, cfg, RewardConfig(scaling="fraction"),
+    return ExperienceMaker(_variant_engine(), sb, cfg, RewardConfig(scaling="fraction"),
                            PromptBuilder(PromptConfig(mode="raw")))
 
 
@@ -245,7 +219,7 @@ def test_cure_eval_excludes_reports_and_redoes_the_problem(tmp_path, sandbox):
     spec = ModelSpec(engine="vllm", model="policy")
 
     def run(out, probs, sb):
-        return ev.evaluate({"toy": probs}, spec, out, settings=settings, engine=VariantEngine(),
+        return ev.evaluate({"toy": probs}, spec, out, settings=settings, engine=_variant_engine(),
                            sandbox_factory=lambda: sb, progress=False)["toy"]
 
     got = run(tmp_path / "faulty", problems, FaultySandbox(sandbox, times=None))

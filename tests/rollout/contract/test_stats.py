@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import zlib
 
 import numpy as np
 import pytest
@@ -26,11 +25,22 @@ from rollout.contract.stats import (
     rates,
     shard_range,
 )
-from rollout.engines.base import Sample
 from rollout.experience_maker import EvalConfig, ExperienceMaker, RolloutConfig
 from rollout.problems import embedded_problems
 from rollout.prompts import PromptBuilder, PromptConfig
 from rollout.rewards import RewardConfig
+from tests.helpers.scripted_rollout import (
+    BAD,
+    CORRECT,
+    CORRECT2,
+    GOOD,
+    GOOD2,
+    NO_CODE_LONG,
+    NO_TEST,
+    OFF_BY_ONE,
+    ScriptedEngine,
+    sandbox_fixture,
+)
 
 BON = [(1, 0), (1, 3), (2, 2), (4, 4)]
 
@@ -128,17 +138,9 @@ def test_eval_merge_errors():
 
 
 # ------------------------------------------------------------------------------ rollout stats
-CORRECT = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
-CORRECT2 = "```python\nimport sys\nd = sys.stdin.read().split()\nprint(sum(int(x) for x in d[1:]))\n```"
-OFF_BY_ONE = "```python\nn = int(input())\nprint(sum(map(int, input().split())) + 1)\n```"
-NO_CODE = "I am not sure how to solve this, let me think about it for a very long time"
-GOOD = "**Test Input:**\n```\n3\n1 2 3\n```\n**Test Output:**\n```\n6\n```\n**Explanation:** sum"
-GOOD2 = "**Test Input:**\n```\n2\n5 -1\n```\n**Test Output:**\n```\n4\n```\n**Explanation:** ok"
-BAD = "**Test Input:**\n```\n2\n1 1\n```\n**Test Output:**\n```\n3\n```\n**Explanation:** wrong"
-NO_TEST = "The answer depends on the input."
-CODES = [CORRECT, CORRECT2, OFF_BY_ONE, NO_CODE]
+CODES = [CORRECT, CORRECT2, OFF_BY_ONE, NO_CODE_LONG]  # a long unparsed code, truncated
 TESTS = [GOOD, GOOD2, BAD, NO_TEST]
-TRUNCATED = {NO_CODE, NO_TEST}
+TRUNCATED = {NO_CODE_LONG, NO_TEST}
 
 # variant -> (code responses, test responses), chosen to cover every case: signal on both
 # sides, no correct code (tests undefined), every code correct, nothing parsed.
@@ -146,40 +148,15 @@ SCRIPTS = {0: ([0, 2, 3], [0, 2, 3]), 1: ([2, 2, 3], [0, 1, 2]), 2: ([0, 1, 0], 
            3: ([1, 2, 2], [2, 1, 0]), 4: ([3, 3, 3], [3, 3, 3]), 5: ([0, 2, 1], [1, 2, 2])}
 
 
-class PromptKeyedEngine:
+def _prompt_keyed_engine() -> ScriptedEngine:
     """Responses decided by the prompt alone (a stand-in for the *model*), so a problem gets
     the same samples whichever batch or host it is in: scripted for "Variant i" problems,
     else drawn by a hash of the prompt. Byte tokens, log-prob -0.5."""
-
-    tokenizer = None
-
-    def generate(self, prompts, n, sampling):
-        out = []
-        for p in prompts:
-            kind = 0 if "```python" in p else 1
-            pool = CODES if kind == 0 else TESTS
-            v = next((i for i in SCRIPTS if f"Variant {i}." in p), None)
-            if v is not None:
-                picks = SCRIPTS[v][kind][:n]
-            else:
-                picks = np.random.default_rng(zlib.crc32(p.encode())).integers(0, len(pool), n)
-            ids = list(p.encode())
-            out.append([Sample(list(pool[j].encode()), pool[j],
-                               np.full(len(pool[j].encode()), -0.5, np.float32),
-                               "length" if pool[j] in TRUNCATED else "stop", ids)
-                        for j in picks])
-        return out
-
-    def close(self):
-        pass
+    return ScriptedEngine(CODES, TESTS, scripts=SCRIPTS, hash_unscripted=True, exact_n=False,
+                          truncated=TRUNCATED)
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    from sandbox import Limits, Sandbox
-
-    with Sandbox(workers=2, limits=Limits(time_s=2.0)) as sb:
-        yield sb
+sandbox = sandbox_fixture()
 
 
 def _variants() -> list:
@@ -202,7 +179,7 @@ def _assert_same_stats(merged: dict, whole: dict) -> None:
 
 def test_rollout_stats_of_hosts_merge_into_the_whole_batch(sandbox):
     cfg = RolloutConfig(k_code=3, k_case=3, max_gt_tests=2, max_tokens=64, seed=7)
-    maker = ExperienceMaker(PromptKeyedEngine(), sandbox, cfg, RewardConfig(scaling="fraction"),
+    maker = ExperienceMaker(_prompt_keyed_engine(), sandbox, cfg, RewardConfig(scaling="fraction"),
                             PromptBuilder(PromptConfig(mode="raw")))
     problems = _variants()
     order = [1, 4, 0, 2, 3, 5]  # host 0 of the 3-way split has no correct code
@@ -284,7 +261,7 @@ def test_server_evaluate_shards_merge_into_the_unsharded_result(sandbox):
     srv.chan, srv.version, srv.busy = _Chan(), 4, None
     srv.splits, srv.data_dir = {"eval": "embedded:eval"}, "data"
     srv.eval_cfg = EvalConfig(k_code=2, k_case=2, max_gt_tests=1, bon=((1, 1), (2, 2), (2, 0)))
-    srv.maker = ExperienceMaker(PromptKeyedEngine(), sandbox, RolloutConfig(),
+    srv.maker = ExperienceMaker(_prompt_keyed_engine(), sandbox, RolloutConfig(),
                                 prompt_builder=PromptBuilder(PromptConfig(mode="raw")))
 
     def run(**kw):
