@@ -157,8 +157,9 @@ class Console:
         if jax.process_index() != 0:
             return
         exp, m, s = info.experience, info.metrics, info.scalars
-        trained = 0 if exp.batch is None else exp.batch.num_rows
-        trained = int(s.get("batch/rows_trained", exp.scalars.get("batch/rows_trained", trained)))
+        # every process's rows (the sources report them); this process's own otherwise
+        local = 0 if exp.batch is None else exp.batch.num_rows
+        trained = int(exp.scalars.get("batch/rows_trained", local))
         ev = info.eval_metrics
         print(f"step {info.done}/{info.steps} v{info.version} | {exp.summary} | rows "
               f"{trained}/{exp.rows} | pg {fmt(m.get('pg_loss'), '.4f')} kl "

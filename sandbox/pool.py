@@ -23,13 +23,11 @@ import threading
 import time
 from typing import Callable, Sequence
 
-import numpy as np
-
 from . import isolation, protocol
 from .cgroups import WorkerCgroup
+from .judge import classify
 from .procs import descendants, tasks_of_uid
 from .syscall_filter import filter_hex, warn_unfiltered
-from .judge import classify
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
 
 __all__ = ["Sandbox", "SandboxStats", "IsolationUnavailable"]
