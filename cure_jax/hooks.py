@@ -187,8 +187,7 @@ class Checkpoints:
     def after_step(self, info: StepInfo) -> None:
         self.writer.flush()
         # A signal to any process stops every process after the same step.
-        if distributed.global_sum(int(self.stop.requested)) if jax.process_count() > 1 \
-                else self.stop.requested:
+        if distributed.global_sum(int(self.stop.requested)):
             self.save(info)
             self.ckpt.wait()
             self.writer.flush()

@@ -99,7 +99,7 @@ class SyntheticSource:
         groups = np.array_split(np.arange(self.cfg.num_prompts), jax.process_count())
         mine = groups[jax.process_index()]
         g = self.cfg.group_size
-        return batch.select(np.arange(mine[0] * g, (mine[-1] + 1) * g) if mine.size else [])
+        return batch.select(np.arange(mine[0] * g, (mine[-1] + 1) * g))  # num_prompts >= P
 
     def next(self, step: int, params: Any, version: int) -> Experience:
         t0 = time.perf_counter()
