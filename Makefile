@@ -33,8 +33,11 @@ $(STAMP): pyproject.toml Makefile
 train: setup
 	$(VENV)/bin/cure-train --config=configs/tiny.py --workdir=$(WORKDIR)
 
+# One pytest worker per core, a test module per worker at a time (module fixtures are built
+# once); tests/conftest.py starts the longest modules first. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests
 
 # device_check.py (and its device_sections.py) is for a GPU machine: see device-check below.
 bench: setup

@@ -13,8 +13,10 @@ optax states, namedtuples) round-trips and mismatches are reported by name.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
+import shutil
 import signal
 import threading
 from typing import Any
@@ -118,6 +120,7 @@ class Checkpointer:
         handlers = {layout.STATE_ITEM: ocp.StandardCheckpointHandler(),
                     layout.DRIVER_ITEM: ocp.JsonCheckpointHandler()}
         self._mngr = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
+        self._writing: int | None = None  # the step whose (async) write may still be running
 
     # -- queries
     def latest_step(self) -> int | None:
@@ -131,18 +134,44 @@ class Checkpointer:
 
     # -- save
     def save(self, step: int, state: Any, driver: dict[str, Any] | None = None, *, force: bool = True) -> bool:
-        """Save arrays of `state` and the JSON-able `driver` dict at `step` (async if enabled)."""
+        """Save arrays of `state` and the JSON-able `driver` dict at `step` (async if enabled).
+
+        The previous write finishes first, so a failure (a full disk, say) is a CheckpointError
+        naming the step that could not be written; the checkpoints before it stay intact."""
+        self.wait()
         args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardSave(to_nested(state)),
                                      layout.DRIVER_ITEM: ocp.args.JsonSave(dict(driver or {}))})
-        return self._mngr.save(step, args=args, force=force)
+        self._writing = step
+        with self._write_errors():
+            return self._mngr.save(step, args=args, force=force)
 
     def wait(self) -> None:
         """Block until background writes are finished (call before exiting)."""
-        self._mngr.wait_until_finished()
+        with self._write_errors():
+            self._mngr.wait_until_finished()
+        self._writing = None
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
-        self._mngr.close()
+        try:
+            self.wait()
+        finally:
+            self._mngr.close()
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """Any failure of a write as one CheckpointError line naming the step's directory."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            step, self._writing = self._writing, None
+            text = str(e)
+            cause = f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+            if "No space left on device" in text:
+                free = shutil.disk_usage(self.directory).free / (1 << 20)
+                cause = f"No space left on device, {free:.1f} MiB free in {self.directory}"
+            where = self.step_dir(step) if step is not None else self.directory
+            raise CheckpointError(f"checkpoint {where}: could not be written "
+                                  f"({cause})") from None
 
     # -- restore
     def _check_compatible(self, step: int, target_nested: dict[str, Any]) -> None:

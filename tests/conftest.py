@@ -18,9 +18,28 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+# `make test` runs the suite on every core (pytest-xdist, one module per worker at a time):
+# these modules take minutes, so they start first and the short ones fill the other workers
+# around them. Longest first; every other module keeps its collection order after them.
+LONGEST_FIRST = (
+    "e2e/test_tiny_learns.py", "e2e/test_cure_train_e2e.py", "e2e/test_multiprocess.py",
+    "e2e/test_train_resume.py", "cure_jax/test_learner.py", "e2e/test_weight_push.py",
+    "cure_jax/test_convert.py", "rollout/test_eval_main.py", "cure_jax/test_warmstart.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        rel = pathlib.Path(str(item.path)).relative_to(REPO_ROOT / "tests").as_posix()
+        return rank.get(rel, len(rank))
+    items.sort(key=key)  # stable: tests within a module keep their order

@@ -13,8 +13,9 @@ an error, and the learner's truncated importance sampling (`learner.tis_cap`) co
 
 Supervision: the server is a child process in its own session, reached through
 `rollout.contract.control.RolloutClient` (deadlines, heartbeats, one-line errors naming the
-server's exit status and log). With `rollout.restarts > 0` a dead server is restarted, given the
-current weights and asked again for the rollouts in flight. The shared-memory segments are owned
+server's exit status and log). With `rollout.restarts > 0` a dead or frozen server (no heartbeat
+within `rollout.heartbeat_timeout_s`) is killed and restarted, given the current weights and
+asked again for the rollouts in flight. The shared-memory segments are owned
 (and unlinked) by this process.
 
 Resume: problem ids of step s are a pure function of (seed, s) (`problem_ids_for_step`), and
@@ -228,8 +229,8 @@ class RolloutServerSource:
                     self._request(step + self.lead)
                 break
             except RolloutServerError as e:
-                if self.restarts_left <= 0 or self.client.alive():
-                    raise
+                if self.restarts_left <= 0 or not self.client.lost:
+                    raise  # out of restarts, or a command failed in a healthy server
                 self._restart(e, step, params)
         self._finish_load(block=False)
         arrays, stats = msg.arrays, msg.meta

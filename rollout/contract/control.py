@@ -242,6 +242,12 @@ class RolloutClient:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    @property
+    def lost(self) -> bool:
+        """Whether the server died or went silent past the heartbeat timeout (frozen): either
+        way it will answer nothing more, so a supervisor may replace it."""
+        return self._broken or not self.alive()
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop the server (politely, then by force) and every process it started."""
         if self._closed:

@@ -190,7 +190,7 @@ class RolloutConfig(SamplingFields):
     max_staleness: int = 1
     weights_dtype: str = "float32"  # dtype of the weights pushed into the engine
     drop_zero_signal: bool = True   # the learner skips rows whose group carries no signal
-    restarts: int = 0               # restarts of a dead rollout server
+    restarts: int = 0               # restarts of a dead or frozen rollout server
     startup_timeout_s: float = 600.0
     step_timeout_s: float = 3600.0
     heartbeat_timeout_s: float = 30.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,3 +146,41 @@ def test_corrupt_latest_checkpoint_is_one_line_error(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     last = [line for line in r.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("cure-train: error: checkpoint ") and str(ckdir) in last, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_disk_full_while_checkpointing_then_resume(reference_run):
+    """Fault drill: the run directory's filesystem (a tmpfs of root's mounting) fills up after
+    the checkpoint of step 4, so that of step 8 cannot be written: one line names it and the
+    cause, the checkpoint of step 4 stays intact, and once there is room the same command
+    resumes from it and ends where the uninterrupted run did, bit for bit."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    base, full, _ = reference_run
+    wd = base / "disk_full"
+    wd.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(wd)], check=True)
+    try:
+        p = _start(wd, base / "jitcache", "--config.train.checkpoint_every=4")
+        deadline = time.time() + 240
+        while not (wd / "checkpoints" / "4").is_dir():  # committed: renamed into place
+            assert p.poll() is None and time.time() < deadline, "no checkpoint of step 4"
+            time.sleep(0.01)
+        filler = wd / "filler"
+        with open(filler, "wb") as f:  # leave the event files room, not a checkpoint
+            f.write(b"\0" * (shutil.disk_usage(wd).free - (256 << 10)))
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 1, out[-3000:]
+        last = [line for line in out.splitlines() if line.strip()][-1]
+        assert last.startswith(f"cure-train: error: checkpoint {wd / 'checkpoints' / '8'}: ") \
+            and "No space left on device" in last, out[-3000:]
+        assert out.count("cure-train: error:") == 1, out[-3000:]
+        filler.unlink()
+        out = _finish(_start(wd, base / "jitcache", "--config.train.checkpoint_every=4"))
+        assert "resumed from checkpoint step 4" in out, out[-2000:]
+        a, b = _params(full, STEPS), _params(wd, STEPS)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    finally:
+        subprocess.run(["umount", "-l", str(wd)], check=False)
