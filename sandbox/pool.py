@@ -43,6 +43,11 @@ _cgroup_serial = itertools.count(1)   # process-wide: several Sandboxes may live
 DEFAULT_PRELOAD = ("re", "collections", "functools", "heapq", "bisect", "math", "typing")
 
 
+class _SetupStarved(Exception):
+    """The wall-clock kill came before the program started: the execution's set-up was starved
+    of CPU (a loaded host). The worker is healthy; the job runs again on it."""
+
+
 class _InfraError(Exception):
     """A failure of the sandbox itself (not of the program)."""
 
@@ -57,6 +62,7 @@ class SandboxStats:
     executions: int = 0
     worker_starts: int = 0
     infra_failures: int = 0      # failed attempts (each retried once)
+    setup_retries: int = 0       # executions killed by the clock before the program started
     sandbox_errors: int = 0      # executions reported as SANDBOX_ERROR after the retry
 
 
@@ -394,6 +400,8 @@ class Sandbox:
                 ex = self._receive(index, job)
                 inflight.popleft()
                 job.done(ex)
+            except _SetupStarved:
+                self._setup_retry(inflight, pending)
             except _InfraError as e:
                 self._infra_failure(index, inflight, pending, str(e))
             except Exception as e:  # a bug here must not hang callers
@@ -404,6 +412,21 @@ class Sandbox:
         if h is not None:
             h.close()
             self._handles[index] = None
+
+    def _setup_retry(self, inflight: collections.deque, pending: collections.deque) -> None:
+        """The head job goes again on the same worker (once; then SANDBOX_ERROR); the jobs sent
+        behind it stay in flight."""
+        head = inflight.popleft()
+        head.attempts += 1
+        with self._stats_lock:
+            self.stats.setup_retries += 1
+            if head.attempts >= 2:
+                self.stats.sandbox_errors += 1
+        if head.attempts >= 2:
+            head.done(_sandbox_error("the execution's set-up was killed by the wall clock twice "
+                                     "(host overloaded)"))
+        else:
+            pending.appendleft(head)
 
     def _infra_failure(self, index: int, inflight: collections.deque, pending: collections.deque,
                        failure: str) -> None:
@@ -458,6 +481,8 @@ class Sandbox:
         t_received = time.perf_counter_ns() if self.trace else 0
         oom = h.cgroup is not None and h.cgroup.oom_since_last()
         if not reply.get("stage"):
+            if reply.get("timed_out"):
+                raise _SetupStarved()
             raise _InfraError(f"execution set-up failed in the worker (exit "
                               f"{reply.get('exit_code')}, signal {reply.get('signal')}): "
                               f"{err.decode('utf-8', 'replace')[-300:]}")

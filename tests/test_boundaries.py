@@ -58,6 +58,9 @@ RULES = {
                              allowed=("rollout", "rollout.contract.*")),
     "rollout": Rule(JAX + ("cure_jax",)),
     "sandbox": Rule(ML + JAX + ("rollout", "cure_jax")),
+    # Benchmarks measure both sides against their baselines (JAX beside torch, vLLM, ...):
+    # nothing is forbidden to them.
+    "benchmarks": Rule(()),
 }
 
 ENV = {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

@@ -256,6 +256,20 @@ def test_dead_worker_is_replaced_and_job_retried(sb):
     assert res.passed.all(), (res.verdicts, sb.stats)
 
 
+def test_clock_kill_before_the_program_starts_keeps_the_worker():
+    """A wall-clock deadline shorter than the execution's own set-up (what a starved set-up on a
+    loaded host looks like) kills the child before the program runs: the job runs again on the
+    same worker, once, then is a SANDBOX_ERROR (not the program's verdict); the worker is not
+    restarted and serves the next job."""
+    with Sandbox(workers=1, limits=Limits(time_s=1.0, wall_factor=2.0)) as box:
+        starts = box.stats.worker_starts
+        ex = box.run("print(1)", time_limit_s=1e-4)  # killed 0.2 ms after the fork
+        assert ex.verdict == Verdict.SANDBOX_ERROR and "set-up was killed" in ex.detail, ex
+        assert (box.stats.setup_retries, box.stats.infra_failures) == (2, 0), box.stats
+        assert box.run(ECHO_SUM, "1 2", expected="3").verdict == Verdict.OK
+        assert box.stats.worker_starts == starts, box.stats
+
+
 def test_persistent_infrastructure_failure_is_sandbox_error(monkeypatch):
     with Sandbox(workers=1, limits=Limits(time_s=0.5)) as box:
         _kill_workers(box)

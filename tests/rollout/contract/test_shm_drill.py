@@ -106,7 +106,9 @@ def test_real_dev_shm_too_small(kind):
     run = run_id()
     with pytest.raises(ShmError) as e:
         _create(kind, run, free + 512 * MiB)
-    # other processes may use /dev/shm meanwhile: the free figure within 64 MiB of ours
-    _check_message(e.value, kind, segments.SHM_DIR, free_mib=free / MiB,
-                   at_least_mib=free / MiB + 512, tol_mib=64)
+    # Other processes (tests on other workers, too) take and give back /dev/shm meanwhile, so
+    # the free figure is only bounded by the size here; the tmpfs drills above check it exactly.
+    size_mib = st.f_blocks * st.f_frsize / MiB
+    _check_message(e.value, kind, segments.SHM_DIR, free_mib=size_mib / 2,
+                   at_least_mib=free / MiB + 512, tol_mib=size_mib / 2 + 1)
     assert list_segments(run) == []
