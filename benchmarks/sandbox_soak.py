@@ -61,7 +61,7 @@ MAX_WORKER_RESTARTS = 0   # a hostile program never takes a worker down
 TL = Verdict.TIME_LIMIT
 # CPU limit of the programs meant to time out (killed at twice this, wall), as in the
 # adversarial suite; the wall clock covers the child's set-up too (a kill before the program
-# starts is retried on the same worker: SandboxStats.setup_retries).
+# starts is retried on the same worker: SandboxStats.setup_kills).
 HOSTILE_TL_S = 0.25
 LIMITS = Limits(time_s=2.0, wall_factor=2.0, memory_mb=256, output_mb=1.0, processes=16,
                 open_files=64, tmp_mb=8, input_mb=4.0)
@@ -382,7 +382,7 @@ class SoakReport:
     infra_failures: int             # failed attempts (each retried on a fresh worker)
     sandbox_errors: int
     infra_reasons: dict[str, int]   # "program: why" -> count, for the failed attempts
-    setup_retries: int              # executions killed by the clock before their program ran
+    setup_kills: int                # executions killed by the clock before their program ran
     rss_trend: list[tuple[int, int, int]]   # (mixed executions, orchestrator RSS KiB, starts)
     leftover_open: list[str]        # our descendants besides the workers, pool open
     leftover_closed: list[str]      # our descendants after close
@@ -517,7 +517,7 @@ def soak(executions: int = 20000, workers: int = 2, isolation: str = "auto",
         mismatches={k: dict(v) for k, v in tally.wrong.items()},
         start=start, warm=warm, end=end, worker_restarts=stats.worker_starts - first_starts,
         infra_failures=stats.infra_failures, sandbox_errors=stats.sandbox_errors,
-        infra_reasons=dict(reasons), setup_retries=stats.setup_retries, rss_trend=trend,
+        infra_reasons=dict(reasons), setup_kills=stats.setup_kills, rss_trend=trend,
         leftover_open=leftover_open, leftover_closed=leftover_closed, uid_processes=uid_procs,
         new_mounts=[" ".join(m) for m in sorted(ours)], leftover_cgroups=cgroups,
         other_mounts=[" ".join(m) for m in sorted(now - mounts_before - ours)],
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(r))
     print("verdicts (mixed phase): " + ", ".join(f"{k} {v}" for k, v in sorted(r.verdicts.items()))
           + f"; worker restarts {r.worker_restarts}, failed attempts {r.infra_failures}, "
-          f"set-up retries {r.setup_retries}")
+          f"set-up kills {r.setup_kills}")
     if r.other_mounts:
         print(f"new host mounts of other processes (not checked): {r.other_mounts}")
     for why, k in sorted(r.infra_reasons.items()):

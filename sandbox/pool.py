@@ -62,7 +62,7 @@ class SandboxStats:
     executions: int = 0
     worker_starts: int = 0
     infra_failures: int = 0      # failed attempts (each retried once)
-    setup_retries: int = 0       # executions killed by the clock before the program started
+    setup_kills: int = 0         # executions killed by the clock before the program started
     sandbox_errors: int = 0      # executions reported as SANDBOX_ERROR after the retry
 
 
@@ -418,11 +418,11 @@ class Sandbox:
         behind it stay in flight."""
         head = inflight.popleft()
         head.attempts += 1
+        failed = head.attempts >= 2
         with self._stats_lock:
-            self.stats.setup_retries += 1
-            if head.attempts >= 2:
-                self.stats.sandbox_errors += 1
-        if head.attempts >= 2:
+            self.stats.setup_kills += 1
+            self.stats.sandbox_errors += failed
+        if failed:
             head.done(_sandbox_error("the execution's set-up was killed by the wall clock twice "
                                      "(host overloaded)"))
         else:

@@ -265,7 +265,7 @@ def test_clock_kill_before_the_program_starts_keeps_the_worker():
         starts = box.stats.worker_starts
         ex = box.run("print(1)", time_limit_s=1e-4)  # killed 0.2 ms after the fork
         assert ex.verdict == Verdict.SANDBOX_ERROR and "set-up was killed" in ex.detail, ex
-        assert (box.stats.setup_retries, box.stats.infra_failures) == (2, 0), box.stats
+        assert (box.stats.setup_kills, box.stats.infra_failures) == (2, 0), box.stats
         assert box.run(ECHO_SUM, "1 2", expected="3").verdict == Verdict.OK
         assert box.stats.worker_starts == starts, box.stats
 
