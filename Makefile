@@ -33,9 +33,10 @@ $(STAMP): pyproject.toml Makefile
 train: setup
 	$(VENV)/bin/cure-train --config=configs/tiny.py --workdir=$(WORKDIR)
 
-# One pytest worker per core, a test module per worker at a time (module fixtures are built
+# One pytest worker per core, at most 4 (an e2e module holds a JAX learner, a vLLM engine and a
+# sandbox pool, a few GB each), a test module per worker at a time (module fixtures are built
 # once); tests/conftest.py starts the longest modules first. TEST_WORKERS=0 runs in-process.
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests
 
