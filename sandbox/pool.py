@@ -15,24 +15,20 @@ import dataclasses
 import itertools
 import os
 import queue
-import select
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Sequence
 
-from . import isolation, protocol
-from .cgroups import WorkerCgroup
+from . import isolation
 from .judge import classify
-from .procs import descendants, tasks_of_uid
+from .procs import tasks_of_uid
 from .syscall_filter import filter_hex, warn_unfiltered
 from .types import Execution, Limits, MatrixResult, TestCase, Verdict
+from .worker_handle import InfraError, IsolationUnavailable, WorkerHandle
 
 __all__ = ["Sandbox", "SandboxStats", "IsolationUnavailable"]
 
-_STARTUP_TIMEOUT_S = 60.0
 _REPLY_SLACK_S = 10.0
 _PIPELINE_BYTES = 16 << 10
 _probe_cache: dict[tuple[str, str], tuple[bool, str]] = {}
@@ -48,15 +44,6 @@ class _SetupStarved(Exception):
     of CPU (a loaded host). The worker is healthy; the job runs again on it."""
 
 
-class _InfraError(Exception):
-    """A failure of the sandbox itself (not of the program)."""
-
-
-class IsolationUnavailable(RuntimeError):
-    """No acceptable isolation on this host (e.g. root without bubblewrap and an interpreter
-    that unprivileged users cannot read: programs would have to run as root)."""
-
-
 @dataclasses.dataclass
 class SandboxStats:
     executions: int = 0
@@ -64,103 +51,6 @@ class SandboxStats:
     infra_failures: int = 0      # failed attempts (each retried once)
     setup_kills: int = 0         # executions killed by the clock before the program started
     sandbox_errors: int = 0      # executions reported as SANDBOX_ERROR after the retry
-
-
-class _WorkerHandle:
-    """One worker process and its pipes."""
-
-    def __init__(self, mode: str, config: dict, max_blob: int,
-                 cgroup: tuple[str, int, int] | None = None, python: str | None = None) -> None:
-        self.mode = mode
-        self.max_blob = max_blob
-        self.cgroup: WorkerCgroup | None = None
-        self._errfile = tempfile.TemporaryFile()
-        cmd = isolation.worker_command(mode, _json(config), python)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._errfile, env=isolation.worker_env(),
-                                     close_fds=True, bufsize=0)
-        self.wfd = self.proc.stdin.fileno()
-        self.rfd = self.proc.stdout.fileno()
-        try:
-            self.hello = self._read(_STARTUP_TIMEOUT_S)[0]
-        except _InfraError as e:
-            self.kill()
-            raise _InfraError(f"worker did not start ({e}): {self.stderr_head()}") from None
-        if self.hello.get("op") != "hello":
-            self.kill()
-            raise _InfraError(f"worker sent {self.hello!r} instead of hello")
-        if self.hello.get("refuse"):
-            self.close()
-            raise IsolationUnavailable(f"isolation mode {mode!r}: {self.hello['refuse']}")
-        if cgroup is not None:
-            self.cgroup = WorkerCgroup.create(*cgroup)
-            if self.cgroup is not None:
-                try:   # the worker is idle: nothing of a program runs yet
-                    for pid in [self.proc.pid] + sorted(descendants(self.proc.pid)):
-                        self.cgroup.add(pid)
-                except OSError as e:
-                    self.kill()
-                    raise _InfraError(f"cannot move the worker into its cgroup: {e}") from None
-
-    def stderr_head(self) -> str:
-        try:
-            self._errfile.seek(0)
-            return self._errfile.read(2000).decode("utf-8", "replace").strip()
-        except (OSError, ValueError):
-            return ""
-
-    def _read(self, timeout: float) -> tuple[dict, bytes, bytes]:
-        poller = select.poll()   # not select(): the caller may hold over 1024 descriptors
-        poller.register(self.rfd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        if not poller.poll(max(0, int(timeout * 1000))):
-            raise _InfraError(f"no reply from worker within {timeout:.1f}s")
-        try:
-            return protocol.read_frame(self.rfd, self.max_blob)
-        except (protocol.ProtocolError, OSError) as e:
-            raise _InfraError(f"worker reply unreadable: {e}") from None
-
-    def send(self, meta: dict, program: bytes, stdin: bytes) -> None:
-        try:
-            protocol.write_frame(self.wfd, meta, program, stdin)
-        except (OSError, protocol.ProtocolError) as e:
-            raise _InfraError(f"cannot send to worker: {e}") from None
-
-    def receive(self, timeout: float) -> tuple[dict, bytes, bytes]:
-        reply = self._read(timeout)
-        if reply[0].get("op") != "result":
-            raise _InfraError(f"worker error: {reply[0]!r}")
-        return reply
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout, self._errfile):
-            try:
-                f.close()
-            except OSError:
-                pass
-        if self.cgroup is not None:
-            self.cgroup.remove()
-            self.cgroup = None
-
-    def close(self) -> None:
-        """Polite shutdown: EOF on its stdin makes the worker exit."""
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
-
-
-def _json(obj: dict) -> str:
-    return protocol.encode_json(obj).decode()
 
 
 @dataclasses.dataclass
@@ -253,7 +143,7 @@ class Sandbox:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self._handles: list[_WorkerHandle | None] = [None] * n
+        self._handles: list[WorkerHandle | None] = [None] * n
         self._started = threading.Barrier(n + 1)
         for i in range(n):
             t = threading.Thread(target=self._drive, args=(i,), name=f"sandbox-worker-{i}",
@@ -297,14 +187,14 @@ class Sandbox:
             if key in _probe_cache:
                 return _probe_cache[key]
             try:
-                h = _WorkerHandle(mode, {"namespaces": mode == "namespaces"}, 1 << 16,
+                h = WorkerHandle(mode, {"namespaces": mode == "namespaces"}, 1 << 16,
                                   python=self.python)
                 ok = mode != "namespaces" or bool(h.hello.get("namespaces"))
                 detail = "" if ok else f"per-execution namespaces failed: {h.hello.get('ns_error')}"
                 h.close()
             except IsolationUnavailable:
                 raise
-            except (_InfraError, OSError, RuntimeError) as e:
+            except (InfraError, OSError, RuntimeError) as e:
                 ok, detail = False, str(e)
             _probe_cache[key] = (ok, detail)
             return ok, detail
@@ -347,8 +237,8 @@ class Sandbox:
         name = f"cure-sandbox-{os.getpid()}-{index}-{next(_cgroup_serial)}"   # unique here
         return name, int(mb * (1 << 20)), int(lim.processes) + 8
 
-    def _start_worker(self, index: int) -> _WorkerHandle:
-        h = _WorkerHandle(self.isolation, self._worker_config(index), self._max_blob(),
+    def _start_worker(self, index: int) -> WorkerHandle:
+        h = WorkerHandle(self.isolation, self._worker_config(index), self._max_blob(),
                           self._cgroup_spec(index) if self.use_cgroups else None, self.python)
         if self._seccomp_hex and not h.hello.get("seccomp"):
             self.syscall_filtered = False
@@ -402,7 +292,7 @@ class Sandbox:
                 job.done(ex)
             except _SetupStarved:
                 self._setup_retry(inflight, pending)
-            except _InfraError as e:
+            except InfraError as e:
                 self._infra_failure(index, inflight, pending, str(e))
             except Exception as e:  # a bug here must not hang callers
                 for job in inflight:
@@ -476,18 +366,18 @@ class Sandbox:
         lim = self.limits
         h = self._handles[index]
         if h is None:
-            raise _InfraError("worker gone")
+            raise InfraError("worker gone")
         reply, out, err = h.receive(job.cpu_limit * lim.wall_factor + _REPLY_SLACK_S)
         t_received = time.perf_counter_ns() if self.trace else 0
         oom = h.cgroup is not None and h.cgroup.oom_since_last()
         if not reply.get("stage"):
             if reply.get("timed_out"):
                 raise _SetupStarved()
-            raise _InfraError(f"execution set-up failed in the worker (exit "
+            raise InfraError(f"execution set-up failed in the worker (exit "
                               f"{reply.get('exit_code')}, signal {reply.get('signal')}): "
                               f"{err.decode('utf-8', 'replace')[-300:]}")
         if len(out) > lim.output_bytes or len(err) > 1 << 16:
-            raise _InfraError("worker reply over its caps")
+            raise InfraError("worker reply over its caps")
         with self._stats_lock:
             self.stats.executions += 1
         stdout = out.decode("utf-8", "replace")
