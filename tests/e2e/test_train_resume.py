@@ -157,11 +157,14 @@ def test_disk_full_while_checkpointing_then_resume(reference_run):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     base, full, _ = reference_run
+    # Written synchronously, so the checkpoint of step 4 is in place before step 5 starts and
+    # the filler lands steps before that of step 8 (an async write may commit after step 8).
+    flags = ("--config.train.checkpoint_every=4", "--config.train.async_checkpoint=false")
     wd = base / "disk_full"
     wd.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(wd)], check=True)
     try:
-        p = _start(wd, base / "jitcache", "--config.train.checkpoint_every=4")
+        p = _start(wd, base / "jitcache", *flags)
         deadline = time.time() + 240
         while not (wd / "checkpoints" / "4").is_dir():  # committed: renamed into place
             assert p.poll() is None and time.time() < deadline, "no checkpoint of step 4"
@@ -176,7 +179,7 @@ def test_disk_full_while_checkpointing_then_resume(reference_run):
             and "No space left on device" in last, out[-3000:]
         assert out.count("cure-train: error:") == 1, out[-3000:]
         filler.unlink()
-        out = _finish(_start(wd, base / "jitcache", "--config.train.checkpoint_every=4"))
+        out = _finish(_start(wd, base / "jitcache", *flags))
         assert "resumed from checkpoint step 4" in out, out[-2000:]
         a, b = _params(full, STEPS), _params(wd, STEPS)
         assert a.keys() == b.keys()
