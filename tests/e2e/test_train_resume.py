@@ -174,10 +174,11 @@ def test_disk_full_while_checkpointing_then_resume(reference_run):
             f.write(b"\0" * (shutil.disk_usage(wd).free - (256 << 10)))
         out, _ = p.communicate(timeout=240)
         assert p.returncode == 1, out[-3000:]
-        last = [line for line in out.splitlines() if line.strip()][-1]
-        assert last.startswith(f"cure-train: error: checkpoint {wd / 'checkpoints' / '8'}: ") \
-            and "No space left on device" in last, out[-3000:]
-        assert out.count("cure-train: error:") == 1, out[-3000:]
+        # One line of ours (tensorboardX may still fail its own flush at exit, after it).
+        ours = [line for line in out.splitlines() if line.startswith("cure-train: error:")]
+        assert len(ours) == 1 and ours[0].startswith(
+            f"cure-train: error: checkpoint {wd / 'checkpoints' / '8'}: ") \
+            and "No space left on device" in ours[0], out[-3000:]
         filler.unlink()
         out = _finish(_start(wd, base / "jitcache", *flags))
         assert "resumed from checkpoint step 4" in out, out[-2000:]
