@@ -52,8 +52,10 @@ def _random_policy() -> ml_collections.ConfigDict:
         "family": "qwen2", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
         "rope_theta": 10000.0, "tie_word_embeddings": False, "max_position_embeddings": 1024})
+    # share_prompts: each prompt's 2k responses run through the learner with the prompt once
+    # (the prompts are several times longer than the responses here).
     c.learner.update({"lr": 3e-3, "clip_high": 0.28, "tis_cap": 2.0, "logprob_chunk": 256,
-                      "length_bucket": 256})
+                      "length_bucket": 256, "share_prompts": True})
     c.train.update({"steps": 3, "histogram_every": 5, "checkpoint_every": 2, "eval_every": 3})
     c.rollout.update({"source": "cure", "problems_per_step": 2, "k_code": 4, "k_case": 4,
                       "max_tokens": 48, "max_len": 1024, "drop_zero_signal": False,

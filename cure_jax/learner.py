@@ -3,7 +3,8 @@
 One `Learner.update(state, batch)`:
   1. orders rows by length and cuts micro-batches, each padded to the data-parallel size and
      trimmed to its own length bucket, so padding is not most of the compute (cure_jax.row_plan;
-     with several processes each feeds its own rows and the plan agrees everywhere);
+     with several processes each feeds its own rows and the plan agrees everywhere); with
+     `share_prompts` each device runs its rows' prompts once (cure_jax.prompt_packing);
   2. computes reference log-probs (frozen initial params) and, when several optimizer updates
      share the batch, the old log-probs, micro-batch by micro-batch (no gradients);
   3. for each PPO epoch, shuffles rows into minibatches; for each minibatch accumulates exact
@@ -29,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cure_jax import losses, row_plan, sharding
+from cure_jax import losses, prompt_packing, row_plan, sharding
 from cure_jax.config import LearnerConfig
 from cure_jax.experience import ExperienceBatch, local_rows, place
 from cure_jax.models.qwen import Qwen, QwenConfig
@@ -149,14 +150,16 @@ class Learner:
                             concrete, self.state_shardings)
 
     # ------------------------------------------------------------------ device functions
-    def _logprobs(self, params, tokens, entropy: bool = True):
+    def _logprobs(self, params, mb: dict[str, jax.Array], entropy: bool = True):
         from cure_jax.logprobs import token_logprobs
         model = self.model(params)
-        return token_logprobs(model, tokens, None, chunk_size=self.cfg.logprob_chunk,
-                              return_entropy=entropy, temperature=self.cfg.temperature)
+        packed = {k: mb[k] for k in self._packed_keys} or None
+        return token_logprobs(model, mb["tokens"], None, packed=packed, shards=self.dp_size,
+                              chunk_size=self.cfg.logprob_chunk, return_entropy=entropy,
+                              temperature=self.cfg.temperature)
 
     def _loss(self, params, mb, denom, self_old: bool):
-        logp, entropy = self._logprobs(params, mb["tokens"])
+        logp, entropy = self._logprobs(params, mb)
         mask = mb["loss_mask"]
         old = jax.lax.stop_gradient(logp) if self_old else mb["old_logp"]
         if self.loss_cfg.entropy_coef == 0.0:
@@ -170,19 +173,23 @@ class Learner:
         bs, rs, rep = self.batch_sharding, self.row_sharding, self.replicated
         ps = self.param_shardings
 
-        # Reference and old log-probs need no entropy (the loss computes its own).
-        def logprobs_fn(params, tokens):
-            if self.ref_memory_kind:
-                params = jax.device_put(params, jax.tree.map(lambda s: s.with_memory_kind("device"), ps))
-            return self._logprobs(params, tokens, entropy=False)[0]
-        self._logprobs_ref_jit = jax.jit(logprobs_fn, in_shardings=(self.ref_shardings, bs),
-                                         out_shardings=bs)
-        self._logprobs_jit = jax.jit(lambda p, t: self._logprobs(p, t, entropy=False)[0],
-                                     in_shardings=(ps, bs), out_shardings=bs)
-
         def mb_shardings(keys):
             return {k: (rs if k == "advantage" else bs) for k in keys}
         self._mb_shardings = mb_shardings
+        self._packed_keys = ((*prompt_packing.PACKED_KEYS, prompt_packing.INDEX_KEY)
+                             if self.cfg.share_prompts else ())
+        self._lp_keys = ("tokens", *self._packed_keys)
+
+        # Reference and old log-probs need no entropy (the loss computes its own).
+        def logprobs_fn(params, mb):
+            if self.ref_memory_kind:
+                params = jax.device_put(params, jax.tree.map(lambda s: s.with_memory_kind("device"), ps))
+            return self._logprobs(params, mb, entropy=False)[0]
+        lp_shardings = mb_shardings(self._lp_keys)
+        self._logprobs_ref_jit = jax.jit(logprobs_fn, in_shardings=(self.ref_shardings, lp_shardings),
+                                         out_shardings=bs)
+        self._logprobs_jit = jax.jit(lambda p, mb: self._logprobs(p, mb, entropy=False)[0],
+                                     in_shardings=(ps, lp_shardings), out_shardings=bs)
         self._accum_cache: dict[Any, Any] = {}
 
         def apply_fn(state: TrainState, grads):
@@ -215,33 +222,52 @@ class Learner:
     # ------------------------------------------------------------------ host orchestration
     def _plan(self, rows: GlobalRows, ids: np.ndarray) -> list[row_plan.MicroBatch]:
         """Micro-batches over the global row ids `ids` (see cure_jax.row_plan)."""
-        return row_plan.plan(rows, ids, self.cfg.micro_batch_size,
-                             self.dp_size // jax.process_count(), self.cfg.length_bucket)
+        return row_plan.plan(rows, ids, self.cfg.micro_batch_size, self._local_dp,
+                             self.cfg.length_bucket, self.cfg.share_prompts)
 
-    def _device_mb(self, batch: ExperienceBatch, mb: row_plan.MicroBatch, keys: tuple[str, ...],
-                   extra: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
-        """This process's rows of one micro-batch, padded and trimmed to the micro-batch's shape,
-        placed as its block of the global micro-batch; also returns the tokens it feeds."""
+    @property
+    def _local_dp(self) -> int:
+        return self.dp_size // jax.process_count()
+
+    def _device_mb(self, batch: ExperienceBatch, rows: GlobalRows, mb: row_plan.MicroBatch,
+                   keys: tuple[str, ...], extra: dict[str, np.ndarray]
+                   ) -> tuple[dict[str, jax.Array], int]:
+        """This process's rows of one micro-batch, padded and trimmed to the micro-batch's shape
+        (and packed by prompt with `share_prompts`), placed as its block of the global
+        micro-batch; also returns the tokens the model runs on."""
         sub = batch.select(mb.local_rows).pad_rows_to(mb.rows_per_process).with_length(mb.length)
         length = mb.length
         d = {"tokens": sub.tokens, "loss_mask": sub.response_mask(), "advantage": sub.advantage,
              "rollout_logp": sub.rollout_logprobs}
+        fed = sub.tokens.size
+        packed = {}
+        if self._packed_keys:
+            pi = rows.process_index
+            group = np.full(mb.rows_per_process, -1, np.int64)
+            group[:len(mb.local_rows)] = rows.group[rows.offsets[pi] + mb.local_rows]
+            arrays = prompt_packing.pack(sub.tokens, sub.prompt_len, sub.response_len, group,
+                                         self._local_dp, mb.packed_seqs, mb.packed_len).arrays()
+            d[prompt_packing.INDEX_KEY] = arrays.pop(prompt_packing.INDEX_KEY)
+            packed = place(arrays, self.batch_sharding,
+                           self._local_dp * mb.packed_seqs * jax.process_count())
+            fed = arrays["packed_tokens"].size
         for k, v in extra.items():
             vv = np.zeros((mb.rows_per_process, length), v.dtype)
             w = min(length, v.shape[1])
             vv[:len(mb.local_rows), :w] = v[mb.local_rows, :w]
             d[k] = vv
-        rows = mb.rows_per_process * jax.process_count()
-        return place({k: d[k] for k in keys}, self.batch_sharding, rows), d["tokens"].size
+        n = mb.rows_per_process * jax.process_count()
+        dev = place({k: d[k] for k in keys if k not in packed}, self.batch_sharding, n)
+        return {**dev, **packed}, fed
 
     def _fill_logprobs(self, fn, params, batch: ExperienceBatch, rows: GlobalRows) -> np.ndarray:
         """Per-token log-probs [n, L] of this process's rows under `params`, micro-batch by
         micro-batch (every process runs the same micro-batches)."""
         out = np.zeros((batch.num_rows, batch.length), np.float32)
         for mb in self._plan(rows, np.arange(rows.num_rows)):
-            dev, _ = self._device_mb(batch, mb, ("tokens",), {})
+            dev, _ = self._device_mb(batch, rows, mb, self._lp_keys, {})
             with jax.set_mesh(self.mesh):
-                logp = fn(params, dev["tokens"])
+                logp = fn(params, dev)
             logp = local_rows(logp)[:len(mb.local_rows)]
             w = min(logp.shape[1], batch.length)
             out[mb.local_rows, :w] = logp[:, :w]
@@ -260,7 +286,7 @@ class Learner:
         macc = {k: jnp.zeros((), jnp.float32) for k in losses.METRIC_KEYS}
         processed = 0
         for mb in self._plan(rows, ids):
-            dev, fed = self._device_mb(batch, mb, keys, extra)
+            dev, fed = self._device_mb(batch, rows, mb, keys, extra)
             processed += fed
             with jax.set_mesh(self.mesh):
                 acc, macc = accum(params, acc, macc, dev, jnp.float32(denom))
@@ -282,7 +308,7 @@ class Learner:
             extra["old_logp"] = self._fill_logprobs(self._logprobs_jit, params, batch, rows)
         else:
             self_old = True
-        keys = tuple(sorted(["tokens", "loss_mask", "advantage"]
+        keys = tuple(sorted([*self._lp_keys, "loss_mask", "advantage"]
                             + (["rollout_logp"] if self.loss_cfg.tis_cap else [])
                             + list(extra)))
         return extra, keys, self._accum_fn(keys, self_old)

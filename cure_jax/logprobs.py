@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cure_jax import sharding
+from cure_jax import prompt_packing, sharding
 
 
 def _chunk_stats(h: jax.Array, targets: jax.Array, w: jax.Array, temperature: float,
@@ -88,15 +88,20 @@ def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
 
 
 def token_logprobs(model, tokens: jax.Array, attention_mask: jax.Array | None = None,
-                   positions: jax.Array | None = None, *, chunk_size: int = 256,
-                   return_entropy: bool = True, temperature: float = 1.0
-                   ) -> tuple[jax.Array, jax.Array | None]:
+                   positions: jax.Array | None = None, *, packed: dict[str, jax.Array] | None = None,
+                   shards: int = 1, chunk_size: int = 256, return_entropy: bool = True,
+                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array | None]:
     """Run the policy and return (logp, entropy), both float32 [B, L].
 
     logp[:, t] = log p(tokens[:, t] | tokens[:, :t]) for t >= 1 and 0 at t = 0 and at padded
     positions (attention_mask == 0); entropy likewise (None unless return_entropy).
+    With ``packed`` (cure_jax.prompt_packing, ``shards`` data-parallel blocks) the model runs on
+    the rows' packed prompts and responses instead, and the result is the same.
     """
-    hidden = model(tokens, positions=positions, attention_mask=attention_mask)
+    if packed is None:
+        hidden = model(tokens, positions=positions, attention_mask=attention_mask)
+    else:
+        hidden = prompt_packing.unpacked_hidden(model, packed, shards)
     return logprobs_from_hidden(hidden, model.head_weight(), tokens, attention_mask,
                                 chunk_size=chunk_size, return_entropy=return_entropy,
                                 temperature=temperature)

@@ -9,7 +9,9 @@ is the same on every process without moving a token.
 Global row ids number the rows of process 0, then process 1, and so on; with one process they
 are the batch's own row indices, and the plan is the single-process plan: rows ordered by
 length, cut into micro-batches of `micro_batch_size`, each padded to the data-parallel size
-and trimmed to its own length bucket.
+and trimmed to its own length bucket. With shared prompts (cure_jax.prompt_packing) rows are
+ordered by prompt, then length, and each micro-batch also gets the shape of its packed
+sequences (per device block: how many, how long).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from cure_jax import distributed
+from cure_jax import distributed, prompt_packing
 from cure_jax.experience import ExperienceBatch
 
 
@@ -28,6 +30,7 @@ class GlobalRows:
     prompt_len: np.ndarray     # [N] int64, global row order
     response_len: np.ndarray   # [N] int64
     kind: np.ndarray           # [N] int64, KIND_CODE or KIND_TEST
+    group: np.ndarray          # [N] int64, rows of one process with one prompt share a group
     counts: np.ndarray         # [P] rows per process
     process_index: int
 
@@ -54,13 +57,15 @@ class GlobalRows:
 
 
 def gather_rows(batch: ExperienceBatch) -> GlobalRows:
-    """Every process's row lengths (a collective when multi-process)."""
+    """Every process's row lengths, kinds and prompt groups (a collective when multi-process)."""
     import jax
+    group = prompt_packing.prompt_groups(batch.tokens, batch.prompt_len)
     parts = distributed.allgather_ints(np.concatenate([batch.prompt_len, batch.response_len,
-                                                       batch.kind]))
-    prompt, resp, kind = zip(*(np.split(a, 3) for a in parts))
+                                                       batch.kind, group]))
+    prompt, resp, kind, group = zip(*(np.split(a, 4) for a in parts))
     return GlobalRows(prompt_len=np.concatenate(prompt), response_len=np.concatenate(resp),
-                      kind=np.concatenate(kind), counts=np.array([a.size for a in prompt], np.int64),
+                      kind=np.concatenate(kind), group=np.concatenate(group),
+                      counts=np.array([a.size for a in prompt], np.int64),
                       process_index=jax.process_index())
 
 
@@ -71,17 +76,20 @@ class MicroBatch:
     local_rows: np.ndarray   # indices into this process's batch (may be empty)
     rows_per_process: int    # every process feeds this many rows (padded with empty rows)
     length: int              # the length bucket of the whole micro-batch
+    packed_seqs: int = 0     # shared prompts: packed sequences per device block (0: not packed)
+    packed_len: int = 0      # shared prompts: their length bucket
 
 
 def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
-         bucket: int) -> list[MicroBatch]:
+         bucket: int, share_prompts: bool = False) -> list[MicroBatch]:
     """Micro-batches over the global `rows` (e.g. one minibatch, in its order).
 
-    Each process orders its share of `rows` by total length (stable) and cuts it into chunks of
-    ceil(micro_batch_size / P) rows (all of its share when micro_batch_size is 0); micro-batch j
-    is every process's chunk j, padded to a common row count (a multiple of `local_dp`, the
-    data-parallel devices of one process) and to the smallest multiple of `bucket` holding its
-    longest row."""
+    Each process orders its share of `rows` by total length (stable; by prompt group first when
+    `share_prompts`) and cuts it into chunks of ceil(micro_batch_size / P) rows (all of its
+    share when micro_batch_size is 0); micro-batch j is every process's chunk j, padded to a
+    common row count (a multiple of `local_dp`, the data-parallel devices of one process) and to
+    the smallest multiple of `bucket` holding its longest row. With `share_prompts` the packed
+    sequences of every device block get one common count and length bucket too."""
     nproc = len(g.counts)
     rows = np.asarray(rows, np.int64)
     owner = g.owner(rows)
@@ -89,7 +97,9 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
     shares = []
     for p in range(nproc):
         mine = rows[owner == p]
-        shares.append(mine[np.argsort(total[mine], kind="stable")])
+        order = (np.lexsort((total[mine], g.group[mine])) if share_prompts
+                 else np.argsort(total[mine], kind="stable"))
+        shares.append(mine[order])
     size = micro_batch_size or max(max(len(s) for s in shares), 1)
     per = max(-(-size // nproc), local_dp)
     n_micro = max(-(-len(s) // per) for s in shares)
@@ -101,5 +111,22 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
         longest = max(int(total[c].max(initial=1)) for c in chunks)
         length = max(bucket, -(-longest // bucket) * bucket)
         mine = chunks[g.process_index] - g.offsets[g.process_index]
-        out.append(MicroBatch(local_rows=mine, rows_per_process=n, length=length))
+        seqs = packed_len = 0
+        if share_prompts:
+            seqs, longest = _packed_shape(g, chunks, n // local_dp)
+            packed_len = max(bucket, -(-longest // bucket) * bucket)
+        out.append(MicroBatch(local_rows=mine, rows_per_process=n, length=length,
+                              packed_seqs=seqs, packed_len=packed_len))
     return out
+
+
+def _packed_shape(g: GlobalRows, chunks: list[np.ndarray], per_block: int) -> tuple[int, int]:
+    """(sequences, longest sequence) over every device block of every process's chunk."""
+    seqs, longest = 1, 1
+    for c in chunks:
+        for lo in range(0, len(c), per_block):
+            block = c[lo:lo + per_block]
+            s, n = prompt_packing.block_shape(g.group[block], g.prompt_len[block],
+                                              g.response_len[block])
+            seqs, longest = max(seqs, s), max(longest, n)
+    return seqs, longest

@@ -15,6 +15,14 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# One persistent XLA compilation cache for every test process and every cure-train the tests
+# start (they inherit the environment): the suite builds the same small models again and again,
+# and compiling them is most of many tests' time. Keys cover the program, the flags and the
+# versions; with a size bound JAX guards the directory with a file lock, so workers share it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 

@@ -21,7 +21,7 @@ EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json"))
 MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
 # Fields added since, at their defaults.
 ADDED = {"data.data_dir": "data", "mesh.devices": "", "model.init": "pretrained",
-         "learner.role_updates": "joint",
+         "learner.role_updates": "joint", "learner.share_prompts": False,
          "cure.tester": {"model_path": "", "engine": "", "engine_options": {
              "dtype": "auto", "tokenizer": None, "max_model_len": None,
              "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "enforce_eager": True,
@@ -41,6 +41,7 @@ PAPER_CHANGED = {"eval.max_gt_tests": 8, "eval.bon": [[1, 16], [4, 4], [4, 16], 
                  "rollout.prompts.mode": "reference"}
 PAPER_MAX_TOKENS = {"eval.max_tokens": 10000}  # qwen3_4b keeps its 16384 (long CoT)
 RANDOM_INIT = {"model.init": "random"}  # the tiny random policies ask for their random init
+SHARED_PROMPTS = {"learner.share_prompts": True}  # the tiny configs' short responses
 # Variants added since: the run of the config they vary, with these fields changed.
 DERIVED = {"minibatches4": {"learner.minibatches": 4}}
 SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
@@ -91,7 +92,7 @@ def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
     got = _effective(name, arg)
     preset = {**PRESET_GPUS, **SEPARATE, **PAPER_PROTOCOL} if name.startswith("qwen") else \
         SEPARATE if name == "learner_presets" else {}
-    for key, value in {**ADDED, **preset,
+    for key, value in {**ADDED, **preset, **(SHARED_PROMPTS if name in ("tiny", "learner_presets") else {}),
                        **(RANDOM_INIT if name == "tiny" and arg else {})}.items():
         assert got.pop(key) == value, key
     assert sorted(got) == sorted(expected)

@@ -33,7 +33,7 @@ class QwenConfig:
     family: "qwen2" (Qwen2/Qwen2.5: q/k/v biases) or "qwen3" (q/k RMSNorm, no biases,
       head_dim independent of hidden_size / num_attention_heads).
     attention_impl: "xla", "cudnn" (flash attention on NVIDIA GPUs; causal only, so batches must
-      be right-padded) or "auto" (cudnn on a GPU with bf16/fp16 compute, xla elsewhere).
+      be right-padded) or "auto" (cudnn on a GPU with bf16/fp16 compute and no attention mask, xla elsewhere).
     remat_policy: rematerialisation of each decoder layer in the backward pass ("none" keeps all
       activations; "full" recomputes the whole layer; the others are jax.checkpoint_policies).
     """

@@ -111,7 +111,9 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        impl = cfg.attention_impl if cfg.attention_impl != "auto" else _default_attention_impl(q.dtype)
+        impl = cfg.attention_impl
+        if impl == "auto":
+            impl = "xla" if mask is not None else _default_attention_impl(q.dtype)
         if impl == "cudnn":
             # cuDNN flash attention: causal only. Exact for right-padded rows (later pads are
             # invisible to real tokens under causality); left padding needs the xla path.
@@ -182,13 +184,16 @@ class Qwen(nnx.Module):
                                   param_dtype)
 
     def __call__(self, tokens: Array, positions: Array | None = None,
-                 attention_mask: Array | None = None) -> Array:
+                 attention_mask: Array | None = None, segment_ids: Array | None = None) -> Array:
         """tokens int32 [B, L] -> final RMS-normed hidden states [B, L, H] in `dtype`.
 
         attention_mask [B, L] (1 = real token) masks padded keys (every query still sees its own
         position, so no softmax row is empty). For right-padded batches the mask changes nothing
         for real tokens (causality already hides later pads): pass None for the fastest path;
-        the cudnn implementation ignores it (right padding assumed).
+        the cudnn implementation ignores it (right padding assumed; "auto" picks xla when a
+        mask is given).
+        segment_ids [B, L] (packed prompts, cure_jax.prompt_packing): a token sees earlier
+        tokens of its own segment and of segment 0 (the shared prompt); pass positions too.
         positions default to the running count of real tokens (left or right padding alike).
         """
         tokens = jnp.asarray(tokens, jnp.int32)
@@ -199,7 +204,13 @@ class Qwen(nnx.Module):
             else:
                 positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
         mask = None
-        if attention_mask is not None:
+        if segment_ids is not None:
+            if attention_mask is not None or self.cfg.attention_impl == "cudnn":
+                raise ValueError("segment_ids (shared prompts) need the xla attention and no "
+                                 "attention_mask")
+            seg = jnp.asarray(segment_ids, jnp.int32)
+            mask = (seg[:, None, :, None] == seg[:, None, None, :]) | (seg[:, None, None, :] == 0)
+        elif attention_mask is not None:
             valid = attention_mask.astype(bool)
             eye = jnp.eye(l, dtype=bool)
             mask = (valid[:, None, None, :] | eye[None, None]) & jnp.ones((b, 1, l, 1), bool)
