@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
         "max_retries": 6,
         "timeout_s": 300.0,
         "send_top_k": False,  # vLLM's server accepts top_k; OpenAI rejects it
+        # "chat": /chat/completions with chat messages; "completions": /completions with the
+        # prompt string of prompts.mode ("raw" or "reference"), for models without a chat
+        # template (e.g. the tiny coder behind vLLM's own OpenAI-compatible server)
+        "endpoint": "chat",
     })
     # A separate tester model; engine "" means the coder also writes the tests. Empty api.*
     # fields inherit from the coder's api section (except model).

@@ -89,7 +89,7 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
     share when micro_batch_size is 0); micro-batch j is every process's chunk j, padded to a
     common row count (a multiple of `local_dp`, the data-parallel devices of one process) and to
     the smallest multiple of `bucket` holding its longest row. With `share_prompts` the packed
-    sequences of every device block get one common count and length bucket too."""
+    sequences of every device block get one common count and length too."""
     nproc = len(g.counts)
     rows = np.asarray(rows, np.int64)
     owner = g.owner(rows)
@@ -113,8 +113,11 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
         mine = chunks[g.process_index] - g.offsets[g.process_index]
         seqs = packed_len = 0
         if share_prompts:
+            # Coarse packed shapes (1, 2, 4, then multiples of 4 sequences; lengths in steps
+            # of 4 buckets): a few compiled programs instead of one per micro-batch.
             seqs, longest = _packed_shape(g, chunks, n // local_dp)
-            packed_len = max(bucket, -(-longest // bucket) * bucket)
+            seqs = 1 << (seqs - 1).bit_length() if seqs <= 4 else -(-seqs // 4) * 4
+            packed_len = -(-longest // (4 * bucket)) * 4 * bucket
         out.append(MicroBatch(local_rows=mine, rows_per_process=n, length=length,
                               packed_seqs=seqs, packed_len=packed_len))
     return out

@@ -74,7 +74,7 @@ def _api(section: Any, *, prefix: str, fallback: Any = None) -> ApiConfig:
 
     kw = {"base_url": get("base_url"), "model": get("model"), "key": get("key") or None,
               "key_env": get("key_env") or "OPENAI_API_KEY", "rpm": float(get("rpm") or 0.0)}
-    for name in ("max_concurrency", "max_retries", "timeout_s", "send_top_k"):
+    for name in ("max_concurrency", "max_retries", "timeout_s", "send_top_k", "endpoint"):
         v = get(name)
         if v is not None:
             kw[name] = v

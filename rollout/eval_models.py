@@ -99,19 +99,25 @@ Generated = tuple[int, int, str, dict]  # (want index, sample index, text, extra
 
 
 class ApiRole:
-    """A hosted model: chat messages, one request per sample, results as they finish."""
+    """A hosted model: one request per sample, results as they finish. Chat endpoints get chat
+    messages; the completions endpoint (base models) gets the rendered prompt string."""
 
     def __init__(self, spec: ModelSpec, prompt_cfg: PromptConfig, flush_every: int = 16) -> None:
         assert spec.api is not None
         self.spec = spec
         self.flush_every = flush_every
         self.engine = ApiEngine(spec.api, seed=0)
+        self.completions = spec.api.endpoint == "completions"
         # Chat messages: the instruction is the user turn (mode "reference": the reference's
-        # whole prompt, as the reference sends it; rollout.prompts).
+        # whole prompt, as the reference sends it; rollout.prompts). Completions: the prompt
+        # string of mode "raw" or "reference" (no chat template: the server's model has none).
         mode = "reference" if prompt_cfg.mode == "reference" else "raw"
         self.builder = PromptBuilder(dataclasses.replace(prompt_cfg, mode=mode))
 
-    def prompt(self, problem: Problem, kind: str, show_example: bool) -> list[dict[str, str]]:
+    def prompt(self, problem: Problem, kind: str, show_example: bool) -> list[dict[str, str]] | str:
+        if self.completions:
+            return (self.builder.code_prompt(problem, evaluation=True) if kind == "code"
+                    else self.builder.test_prompt(problem, show_example, evaluation=True))
         text = (self.builder.code_instruction(problem, evaluation=True) if kind == "code"
                 else self.builder.test_instruction(problem, show_example, evaluation=True))
         return self.builder.messages(text)
@@ -121,11 +127,15 @@ class ApiRole:
         """Batches of finished samples: ``flush_every`` of them, or whatever finished within
         ``flush_s`` seconds of the previous batch."""
         flat = [(w, i) for w in range(len(wants)) for i in wants[w].indices]
-        reqs = [ChatRequest(messages=tuple(wants[w].prompt), temperature=sampling.temperature,
-                            top_p=sampling.top_p, top_k=sampling.top_k,
-                            max_tokens=sampling.max_tokens,
-                            seed=sampling.request_seed(i))
-                for w, i in flat]  # no stop strings: chat replies end on their own
+        def request(prompt: Any, i: int) -> ChatRequest:
+            text = self.completions
+            return ChatRequest(messages=() if text else tuple(prompt),
+                               prompt=prompt if text else "", temperature=sampling.temperature,
+                               top_p=sampling.top_p, top_k=sampling.top_k,
+                               max_tokens=sampling.max_tokens, stop=sampling.stop if text else (),
+                               seed=sampling.request_seed(i))
+        # no stop strings for chat: chat replies end on their own
+        reqs = [request(wants[w].prompt, i) for w, i in flat]
         batch: list[Generated] = []
         last = time.monotonic()
         try:

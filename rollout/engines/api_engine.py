@@ -1,8 +1,11 @@
-"""An OpenAI-compatible chat-completions client, for evaluating hosted models (evaluation only).
+"""An OpenAI-compatible completions client, for evaluating hosted models (evaluation only).
 
-What it sends: chat ``messages`` only (role/content pairs), never model-specific special tokens
-or a rendered chat template, so any vendor's own template applies. One HTTP request per sample
-(``n = 1``), which every compatible server supports and makes each sample resumable on its own.
+What it sends: with ``endpoint = "chat"`` (the default) chat ``messages`` only (role/content
+pairs) to ``/chat/completions``, never model-specific special tokens or a rendered chat
+template, so any vendor's own template applies; with ``endpoint = "completions"`` a rendered
+prompt string to ``/completions``, for servers hosting base models without a chat template
+(vLLM's own server with the tiny coder). One HTTP request per sample (``n = 1``), which every
+compatible server supports and makes each sample resumable on its own.
 
 What it guarantees:
 - at most ``rpm`` requests per minute, retries included (request starts are spaced by at least
@@ -50,6 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Messages = Sequence[Mapping[str, str]]
+ENDPOINTS = ("chat", "completions")
 _FATAL_STATUS = {
     400: "bad request (a sampling field or the message format is not accepted by this server)",
     401: "unauthorized: check api.key or the environment variable named by api.key_env",
@@ -77,7 +81,8 @@ class ApiRetriesExhausted(ApiError):
 
 @dataclasses.dataclass(frozen=True)
 class ApiConfig:
-    """Where and how to call an OpenAI-compatible ``/chat/completions`` endpoint.
+    """Where and how to call an OpenAI-compatible ``/chat/completions`` (``endpoint = "chat"``)
+    or ``/completions`` (``endpoint = "completions"``: prompt strings, for base models).
 
     ``rpm <= 0`` means no rate limit. ``send_top_k`` adds vLLM's non-standard ``top_k`` field
     (OpenAI itself rejects unknown fields). ``extra_body`` is merged into every request body.
@@ -94,6 +99,7 @@ class ApiConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     send_top_k: bool = False
+    endpoint: str = "chat"
     extra_body: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,14 +118,17 @@ class ApiConfig:
             raise bad("timeout_s", f"must be > 0, got {self.timeout_s}")
         if self.backoff_base_s < 0 or self.backoff_max_s < 0:
             raise bad("backoff_base_s", "backoff times must be >= 0")
-        if "messages" in self.extra_body or "model" in self.extra_body:
-            raise bad("extra_body", "may not override 'model' or 'messages'")
+        if self.endpoint not in ENDPOINTS:
+            raise bad("endpoint", f"must be one of {ENDPOINTS}, got {self.endpoint!r}")
+        if {"messages", "model", "prompt"} & set(self.extra_body):
+            raise bad("extra_body", "may not override 'model', 'messages' or 'prompt'")
 
     @property
     def url(self) -> str:
-        """The chat-completions URL (``base_url`` may already end with ``/chat/completions``)."""
+        """The endpoint's URL (``base_url`` may already end with its path)."""
         base = self.base_url.rstrip("/")
-        return base if base.endswith("/chat/completions") else base + "/chat/completions"
+        path = "/chat/completions" if self.endpoint == "chat" else "/completions"
+        return base if base.endswith(path) else base + path
 
     def resolve_key(self) -> str | None:
         """The key from config, else from ``$key_env``; None when neither is set (local servers)."""
@@ -137,7 +146,8 @@ class ApiConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ChatRequest:
-    """One sample to draw: chat messages and the sampling fields to send with them."""
+    """One sample to draw: chat messages (or, for the completions endpoint, a prompt string)
+    and the sampling fields to send with them."""
 
     messages: tuple[Mapping[str, str], ...]
     temperature: float = 0.8
@@ -146,6 +156,7 @@ class ChatRequest:
     max_tokens: int = 1024
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    prompt: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,14 +253,21 @@ class ApiEngine:
     # -- one request --------------------------------------------------------------------
 
     def _body(self, req: ChatRequest) -> bytes:
-        body: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in req.messages],
+        body: dict[str, Any] = {"model": self.config.model}
+        if self.config.endpoint == "completions":
+            if req.messages or not req.prompt:
+                raise ValueError("api.endpoint 'completions' sends prompt strings, not chat messages")
+            body["prompt"] = req.prompt
+        else:
+            if req.prompt:
+                raise ValueError("api.endpoint 'chat' sends chat messages, not prompt strings")
+            body["messages"] = [{"role": m["role"], "content": m["content"]} for m in req.messages]
+        body.update({
             "temperature": req.temperature,
             "top_p": req.top_p,
             "max_tokens": req.max_tokens,
             "n": 1,
-        }
+        })
         if req.stop:
             body["stop"] = list(req.stop)[:4]  # OpenAI accepts at most 4 stop sequences
         if req.seed is not None:
@@ -277,8 +295,11 @@ class ApiEngine:
             if self._key and self._key in detail:  # some vendors echo the key back
                 detail = detail.replace(self._key, "<redacted>")
             if status in _FATAL_STATUS:
+                hint = ""
+                if self.config.endpoint == "chat" and "template" in detail.lower():
+                    hint = "; a model without a chat template takes api.endpoint=completions"
                 raise ApiFatalError(f"API request to {where} failed with HTTP {status}: "
-                                    f"{_FATAL_STATUS[status]}{detail}", status) from None
+                                    f"{_FATAL_STATUS[status]}{detail}{hint}", status) from None
             if status == 429 or status == 408 or status >= 500:
                 raise _Retryable(f"HTTP {status}{detail}", _retry_after(e.headers)) from None
             raise ApiFatalError(f"API request to {where} failed with HTTP {status}{detail}",
@@ -293,7 +314,8 @@ class ApiEngine:
         try:
             payload = json.loads(raw)
             choice = payload["choices"][0]
-            text = choice["message"].get("content") or ""
+            text = (choice["text"] if self.config.endpoint == "completions"
+                    else choice["message"].get("content")) or ""
             usage = payload.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable(f"malformed reply: {raw[:120]!r}") from None
@@ -376,7 +398,8 @@ class ApiEngine:
         objects with the text and finish reason (a hosted model gives no token ids or log-probs:
         ``token_ids`` is empty and ``logprobs`` None).
 
-        A prompt is a list of chat messages, or a string sent as one user message. ``sampling``
+        A prompt is a list of chat messages, or a string sent as one user message (as the
+        prompt itself with ``endpoint = "completions"``, which takes strings only). ``sampling``
         is a :class:`rollout.engines.base.SamplingConfig` or any object or mapping with
         ``temperature``, ``top_p``, ``top_k``, ``max_tokens`` and optionally ``stop`` and
         ``seed``; with a seed, sample ``k`` of the call (prompt-major order) is sent with
@@ -386,10 +409,17 @@ class ApiEngine:
 
         if isinstance(prompts, (str, bytes)) or n < 1:
             raise ValueError("generate: pass a list of prompts and n >= 1")
-        chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
         base = _get(sampling, "seed", None)
-        reqs = [chat_request(c, sampling, seed=None if base is None else base + j * n + s)
-                for j, c in enumerate(chats) for s in range(n)]
+        if self.config.endpoint == "completions":
+            if not all(isinstance(p, str) for p in prompts):
+                raise ValueError("generate: api.endpoint 'completions' takes prompt strings")
+            reqs = [dataclasses.replace(chat_request((), sampling, seed=None if base is None
+                                                     else base + j * n + s), prompt=p)
+                    for j, p in enumerate(prompts) for s in range(n)]
+        else:
+            chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+            reqs = [chat_request(c, sampling, seed=None if base is None else base + j * n + s)
+                    for j, c in enumerate(chats) for s in range(n)]
         out: list[Any] = [None] * len(reqs)
         for i, c in self.stream(reqs):
             out[i] = Sample(token_ids=[], text=c.text, logprobs=None,

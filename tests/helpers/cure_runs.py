@@ -1,5 +1,6 @@
 """cure-train as a user runs it, for the end-to-end tests: the command line, its environment
-(one JAX CPU device and a compilation cache shared by the runs) and the config it loads."""
+(one JAX CPU device; the test session's compilation cache, tests/conftest.py) and the config it
+loads."""
 from __future__ import annotations
 
 import os
@@ -10,15 +11,11 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny.py"
-JAX_CACHE = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"cure-e2e-jax-cache-{os.getuid()}"
 
 
 def train_env() -> dict[str, str]:
-    """One CPU device (the fastest for the tiny models) and the shared compilation cache."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    """One CPU device (the fastest for the tiny models); the compilation cache is inherited."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     return env
 

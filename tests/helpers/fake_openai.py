@@ -1,7 +1,9 @@
-"""A real HTTP server on loopback that speaks the OpenAI chat-completions protocol, for tests.
+"""A real HTTP server on loopback that speaks the OpenAI (chat) completions protocol, for tests.
 
-It answers ``POST <anything>/chat/completions`` with a reply computed by ``answer(body)`` (the
-request's JSON body: messages, seed, ...), and can be scripted to misbehave first: each entry
+It answers ``POST <anything>/chat/completions`` and ``POST <anything>/completions`` with a reply
+computed by ``answer(body)`` (the request's JSON body: messages or prompt, seed, ...); with
+``chat_template=False`` it serves a base model, as vLLM does: chat requests get HTTP 400. It can
+be scripted to misbehave first: each entry
 of ``faults`` is consumed by one request, in arrival order: an int HTTP status (429, 500, 401,
 ...), ``"stall"`` (sleep ``stall_s`` before answering normally), ``"garbage"`` (a non-JSON 200
 reply) or ``None`` (answer normally). ``fail_after`` makes every request after the first N
@@ -32,13 +34,15 @@ class FakeOpenAI:
 
     def __init__(self, answer: Callable[[dict[str, Any]], str] | None = None, *,
                  faults: list[Any] | None = None, stall_s: float = 2.0, delay_s: float = 0.0,
-                 fail_after: tuple[int, int] | None = None, echo_auth_in_errors: bool = False):
+                 fail_after: tuple[int, int] | None = None, echo_auth_in_errors: bool = False,
+                 chat_template: bool = True):
         self.answer = answer or (lambda body: "hello")
         self.faults = list(faults or [])
         self.stall_s = stall_s
         self.delay_s = delay_s
         self.fail_after = fail_after
         self.echo_auth_in_errors = echo_auth_in_errors
+        self.chat_template = chat_template
         self.log: list[Logged] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -105,9 +109,14 @@ class FakeOpenAI:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if not h.path.endswith("/chat/completions"):
+            chat = h.path.endswith("/chat/completions")
+            if not h.path.endswith("/completions"):
                 entry.status = 404
                 return self._send(h, 404, b'{"error": {"message": "no such route"}}')
+            if chat and not self.chat_template:
+                entry.status = 400
+                return self._send(h, 400, b'{"error": {"message": "As of transformers v4.44, '
+                                          b'default chat template is no longer allowed"}}')
             if isinstance(fault, int):
                 entry.status = fault
                 msg = f"scripted {fault}"
@@ -124,10 +133,12 @@ class FakeOpenAI:
             if self.delay_s:
                 time.sleep(self.delay_s)
             text = self.answer(body)
+            choice = ({"message": {"role": "assistant", "content": text}} if chat
+                      else {"text": text})
             reply = {
-                "id": f"chatcmpl-{index}", "object": "chat.completion", "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}],
+                "id": f"cmpl-{index}", "object": "chat.completion" if chat else "text_completion",
+                "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop", **choice}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()),
                           "total_tokens": 10 + len(text.split())},
             }

@@ -226,3 +226,29 @@ def test_the_key_never_reaches_logs_or_errors_on_retries(caplog):
     assert "retry 1/1" in caplog.text and "scripted 500" in caplog.text
     assert "sk-hidden-456" not in caplog.text + str(info.value)
     assert "<redacted>" in str(info.value)
+
+
+def test_completions_endpoint_sends_the_prompt_string_and_reads_the_text():
+    """A base model behind vLLM's server: prompt strings to /completions, with seeds, stop
+    strings and 429 retries as for chat."""
+    with FakeOpenAI(lambda b: "text:" + b["prompt"], faults=[429], chat_template=False) as srv:
+        eng = _engine(srv, endpoint="completions")
+        out = eng.generate(["def f():", "x ="], 2, {"temperature": 1.0, "top_p": 1.0,
+                                                  "max_tokens": 9, "seed": 5, "stop": ["\n\n"]})
+    assert [[s.text for s in row] for row in out] == [["text:def f():"] * 2, ["text:x ="] * 2]
+    assert all(r.path == "/v1/completions" for r in srv.log) and len(srv.log) == 5
+    body = srv.ok_requests[0].body
+    assert "messages" not in body and body["stop"] == ["\n\n"] and body["max_tokens"] == 9
+    assert sorted(r.body["seed"] for r in srv.ok_requests) == [5, 6, 7, 8]
+    with pytest.raises(ValueError, match="takes prompt strings"):
+        eng.generate([list(MSG)], 1, {})
+
+
+def test_chat_against_a_base_model_says_to_use_completions():
+    with FakeOpenAI(chat_template=False) as srv, pytest.raises(
+            ApiFatalError, match=r"HTTP 400.*chat template.*takes api\.endpoint=completions$"):
+        _engine(srv).complete(chat_request(MSG, {}, seed=None))
+    with pytest.raises(ValueError, match=r"^api\.endpoint: must be one of \('chat', 'completions'\)"):
+        ApiConfig(base_url="http://x", model="m", endpoint="text")
+    assert ApiConfig(base_url="http://h/v1/", model="m", endpoint="completions").url == \
+        "http://h/v1/completions"
