@@ -40,6 +40,7 @@ def repo_root() -> pathlib.Path:
 LONGEST_FIRST = (
     "e2e/test_tiny_learns.py", "e2e/test_cure_train_e2e.py", "e2e/test_multiprocess.py",
     "e2e/test_train_resume.py", "cure_jax/test_learner.py", "e2e/test_weight_push.py",
+    "e2e/test_vllm_openai_server.py", "cure_jax/test_prompt_packing.py",
     "cure_jax/test_convert.py", "rollout/test_eval_main.py", "cure_jax/test_warmstart.py",
 )
 
