@@ -62,8 +62,10 @@ def _params(workdir):
 
 @pytest.mark.slow
 def test_learner_only_on_two_processes_equals_one_process(tmp_path):
-    # AdamW turns float32 rounding of the gradient sums (rows meet in another order) into
-    # parameter differences proportional to the learning rate: 1e-3 keeps them below 1e-5.
+    # AdamW turns float32 rounding of the gradient sums (rows meet in another order; with the
+    # tiny configs' shared prompts each process also packs its own rows, so attention sums run
+    # over other lengths) into parameter differences proportional to the learning rate: at
+    # 1e-3 they stay below 5e-5, 5% of one update (a wrong mask or row would move the losses).
     flags = (*STEPS, "--config.train.checkpoint_every=3", "--config.learner.lr=1e-3")
     _run(tmp_path / "one", 1, *flags, variant="synthetic", devices=4)
     _run(tmp_path / "two", 2, *flags, variant="synthetic")
@@ -73,7 +75,7 @@ def test_learner_only_on_two_processes_equals_one_process(tmp_path):
         np.testing.assert_allclose(two, one, rtol=0, atol=1e-5, err_msg=tag)
     (s1, p1), (s2, p2) = _params(tmp_path / "one"), _params(tmp_path / "two")
     assert s1 == s2 == 3
-    assert max(float(np.abs(a - b).max()) for a, b in zip(p1, p2)) < 1e-5
+    assert max(float(np.abs(a - b).max()) for a, b in zip(p1, p2)) < 5e-5
     assert any(float(np.abs(a - b).max()) > 0 for a, b in zip(p1, _params_at_init()))
 
 

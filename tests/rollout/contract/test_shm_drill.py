@@ -42,7 +42,7 @@ def _check_message(err: ShmError, kind: str, where: str, free_mib: float, at_lea
     name, need, shown_dir, free = m.groups()
     assert ("-buf-" if kind == "ring buffer" else "-weights-") in name
     assert shown_dir == where
-    assert float(need) >= at_least_mib
+    assert float(need) >= at_least_mib - 0.05  # the message shows 0.1 MiB
     assert abs(float(free) - free_mib) <= tol_mib, (free, free_mib)
 
 
