@@ -128,13 +128,13 @@ class ApiRole:
         ``flush_s`` seconds of the previous batch."""
         flat = [(w, i) for w in range(len(wants)) for i in wants[w].indices]
         def request(prompt: Any, i: int) -> ChatRequest:
-            text = self.completions
-            return ChatRequest(messages=() if text else tuple(prompt),
-                               prompt=prompt if text else "", temperature=sampling.temperature,
-                               top_p=sampling.top_p, top_k=sampling.top_k,
-                               max_tokens=sampling.max_tokens, stop=sampling.stop if text else (),
+            # completions: the prompt string and the stop strings; chat: the messages only
+            # (chat replies end on their own)
+            what = ({"messages": (), "prompt": prompt, "stop": sampling.stop} if self.completions
+                    else {"messages": tuple(prompt)})
+            return ChatRequest(**what, temperature=sampling.temperature, top_p=sampling.top_p,
+                               top_k=sampling.top_k, max_tokens=sampling.max_tokens,
                                seed=sampling.request_seed(i))
-        # no stop strings for chat: chat replies end on their own
         reqs = [request(wants[w].prompt, i) for w, i in flat]
         batch: list[Generated] = []
         last = time.monotonic()

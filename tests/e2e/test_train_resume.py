@@ -27,16 +27,15 @@ FLAGS = [
 ]
 
 
-def _env(cache: pathlib.Path) -> dict[str, str]:
+def _env() -> dict[str, str]:
+    """Two CPU devices; the test session's compilation cache is inherited (tests/conftest.py)."""
     return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+                JAX_PLATFORMS="cpu")
 
 
-def _start(workdir: pathlib.Path, cache: pathlib.Path, *extra: str) -> subprocess.Popen:
+def _start(workdir: pathlib.Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cure_jax.train_main", *FLAGS, f"--workdir={workdir}", *extra],
-                            cwd=ROOT, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
@@ -67,7 +66,7 @@ def reference_run(tmp_path_factory):
     """One uninterrupted run of STEPS steps (shared by the tests below)."""
     base = tmp_path_factory.mktemp("resume")
     wd = base / "full"
-    out = _finish(_start(wd, base / "jitcache"))
+    out = _finish(_start(wd))
     return base, wd, out
 
 
@@ -75,7 +74,7 @@ def reference_run(tmp_path_factory):
 def test_sigkill_then_resume_is_bitwise_exact(reference_run):
     base, full, _ = reference_run
     wd = base / "killed"
-    p = _start(wd, base / "jitcache")
+    p = _start(wd)
     ck = wd / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -88,7 +87,7 @@ def test_sigkill_then_resume_is_bitwise_exact(reference_run):
     p.communicate(timeout=60)
     assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (ck / str(STEPS)).exists(), "the run finished before the kill: nothing tested"
-    out = _finish(_start(wd, base / "jitcache"))
+    out = _finish(_start(wd))
     assert "resumed from checkpoint step" in out, out[-2000:]
     a, b = _params(full, STEPS), _params(wd, STEPS)
     assert a.keys() == b.keys() and any("params" in k for k in a)
@@ -117,7 +116,7 @@ def test_tensorboard_tags(reference_run):
 def test_sigterm_saves_and_exits(reference_run):
     base, _, _ = reference_run
     wd = base / "term"
-    p = _start(wd, base / "jitcache", "--config.train.steps=100000", "--config.train.checkpoint_every=0")
+    p = _start(wd, "--config.train.steps=100000", "--config.train.checkpoint_every=0")
     deadline = time.time() + 240
     tb = wd / "tb"
     # wait until training is under way (first event file written), then ask it to stop
@@ -141,7 +140,7 @@ def test_corrupt_latest_checkpoint_is_one_line_error(tmp_path):
     (ckdir / "driver").mkdir()
     (ckdir / "state" / "garbage").write_text("x")
     r = subprocess.run([sys.executable, "-m", "cure_jax.train_main", *FLAGS, f"--workdir={wd}"],
-                       cwd=ROOT, env=_env(tmp_path / "c"), capture_output=True, text=True, timeout=240,
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240,
                        check=False)
     assert r.returncode == 1, r.stderr[-2000:]
     last = [line for line in r.stderr.splitlines() if line.strip()][-1]
@@ -164,7 +163,7 @@ def test_disk_full_while_checkpointing_then_resume(reference_run):
     wd.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(wd)], check=True)
     try:
-        p = _start(wd, base / "jitcache", *flags)
+        p = _start(wd, *flags)
         deadline = time.time() + 240
         while not (wd / "checkpoints" / "4").is_dir():  # committed: renamed into place
             assert p.poll() is None and time.time() < deadline, "no checkpoint of step 4"
@@ -180,7 +179,7 @@ def test_disk_full_while_checkpointing_then_resume(reference_run):
             f"cure-train: error: checkpoint {wd / 'checkpoints' / '8'}: ") \
             and "No space left on device" in ours[0], out[-3000:]
         filler.unlink()
-        out = _finish(_start(wd, base / "jitcache", *flags))
+        out = _finish(_start(wd, *flags))
         assert "resumed from checkpoint step 4" in out, out[-2000:]
         a, b = _params(full, STEPS), _params(wd, STEPS)
         assert a.keys() == b.keys()
