@@ -104,8 +104,18 @@ def get_config() -> ml_collections.ConfigDict:
         # in "reference" mode the reference's whole prompt is the user message, as it sends it)
         "mode": config_dict.placeholder(str),
         "code_template": "", "test_template": "", "raw_template": "",  # your own Jinja files
+        "repair_template": "",  # the refinement rounds' repair prompt (rollout/templates/*repair*)
         "system_prompt": "",
         "show_example_in_test_prompt": False,  # the paper's evaluation shows none
+    })
+    # Agentic coding after BoN (rollout/refine.py): rounds > 0 asks the coder to repair each
+    # problem's BoN pick, shown the generated tests it fails (never the ground truth), k
+    # candidates per request; metrics.json gains "refine" (accuracy after rounds 0..R).
+    c.refine = ml_collections.ConfigDict({
+        "rounds": 0,  # 0: off
+        "k": 4,  # candidates per repair request
+        "failing_tests": 1,  # failing generated tests shown per request
+        "max_chars": 1000,  # each shown text (input, expected/actual output, error) cut to this
     })
     c.sandbox = ml_collections.ConfigDict({
         "workers": 0,  # 0: one per CPU

@@ -12,7 +12,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from rollout.eval_settings import EvalError
 from rollout.execution import NOT_RUN
 
 __all__ = ["NOT_RUN_CHAR", "RUN_FILE", "SAMPLES_FILE", "SampleLog", "check_run_file",
-           "passed_table", "verdict_rows"]
+           "exec_record", "faulted", "passed_table", "verdict_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ NOT_RUN_CHAR = "-"  # verdict character of a cell never executed (an unparsed co
 class SampleLog:
     """Append-only JSONL file of sample and execution records, crash-tolerant.
 
-    Records: ``{"type": "sample", "dataset", "task_id", "kind": "code"|"test", "index", ...}``
-    and ``{"type": "exec", "dataset", "task_id", "n_codes", "n_tests", "gen", "gt", ...}``.
+    Records: ``{"type": "sample", "dataset", "task_id", "kind", "index", ...}`` (kind "code",
+    "test", or "repair-<round>"), ``{"type": "exec", "dataset", "task_id", "n_codes", "n_tests",
+    "gen", "gt", ...}`` (:func:`exec_record`), and the refinement rounds' (rollout.refine)
+    ``{"type": "feedback", "dataset", "task_id", "round", ...}`` and ``{"type": "repair",
+    "round", ...}`` (an exec record of the round's candidates).
     A final line without its newline (a crash mid-write) is cut off when the file is opened;
     a malformed line anywhere else is an error naming the line.
     """
@@ -42,6 +45,8 @@ class SampleLog:
         self.path = pathlib.Path(path)
         self.samples: dict[tuple[str, str, str, int], dict] = {}
         self.execs: dict[tuple[str, str], dict] = {}
+        self.feedback: dict[tuple[str, str, int], dict] = {}
+        self.repairs: dict[tuple[str, str, int], dict] = {}
         self._load()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held until close()
 
@@ -80,6 +85,9 @@ class SampleLog:
             self.samples[(rec["dataset"], rec["task_id"], rec["kind"], int(rec["index"]))] = slim
         elif rec["type"] == "exec":
             self.execs[(rec["dataset"], rec["task_id"])] = rec
+        elif rec["type"] in ("feedback", "repair"):
+            table = self.feedback if rec["type"] == "feedback" else self.repairs
+            table[(rec["dataset"], rec["task_id"], int(rec["round"]))] = rec
         else:
             raise KeyError(f"unknown type {rec['type']!r}")
 
@@ -103,23 +111,51 @@ class SampleLog:
         self.close()
 
 
-def check_run_file(out_dir: pathlib.Path, fingerprint: dict) -> None:
-    """Writes run.json, or checks that a resumed run used the same settings."""
+def check_run_file(out_dir: pathlib.Path, fingerprint: dict, optional: Sequence[str] = ()) -> None:
+    """Writes run.json, or checks that a resumed run used the same settings.
+
+    ``optional``: keys compared only when both runs have them (a later stage, such as the
+    refinement rounds, may be added to a finished run: run.json then gains the key)."""
     path = out_dir / RUN_FILE
+    new = {k: v for k, v in fingerprint.items() if not (k in optional and v is None)}
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except ValueError as e:
             raise EvalError(f"{path}: unreadable ({e}); use a new out_dir") from None
-        diff = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+                and not (k in optional and (k not in old or k not in new))]
         if diff:
             raise EvalError(f"{out_dir} holds a run with other settings ({', '.join(diff)} differ: "
                             f"was {json.dumps({k: old.get(k) for k in diff})}); "
                             "use a new out_dir or the same settings to resume")
-        return
+        if not set(new) - set(old):
+            return
+        new = old | new
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def exec_record(ran: Any, i: int, dataset: str, task_id: str, n_codes: int, n_tests: int) -> dict:
+    """The record of problem ``i`` of a ``rollout.execution.Execution``: its verdict rows over
+    the generated (``gen``) and ground-truth (``gt``) tests and its sandbox faults."""
+    errors = ran.sandbox_errors(i)
+    if errors:
+        log.warning("%s/%s: %d executions failed inside the sandbox after a retry "
+                    "(SANDBOX_ERROR): not scored", dataset, task_id, errors)
+    return {"type": "exec", "dataset": dataset, "task_id": task_id, "n_codes": n_codes,
+            "n_tests": n_tests, "n_gt": ran.gt_verdicts[i].shape[1],
+            "gen": verdict_rows(ran.gen_verdicts[i]), "gt": verdict_rows(ran.gt_verdicts[i]),
+            "sandbox_errors": errors, "sandbox_retried": i in ran.retried}
+
+
+def faulted(rec: dict) -> bool:
+    """The exec record holds a SANDBOX_ERROR cell: the problem is not scored (and redone)."""
+    from sandbox import Verdict
+
+    bad = str(int(Verdict.SANDBOX_ERROR))  # its character in the verdict rows
+    return bool(rec.get("sandbox_errors")) or any(bad in row for row in rec["gen"] + rec["gt"])
 
 
 def verdict_rows(verdicts: np.ndarray) -> list[str]:

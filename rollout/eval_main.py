@@ -150,12 +150,20 @@ def build(cfg: Any) -> dict[str, Any]:
         prompts = PromptConfig(mode=ps["prompts_mode"], code_template=p.code_template or None,
                                test_template=p.test_template or None,
                                raw_template=p.raw_template or None,
+                               repair_template=p.repair_template or None,
                                system_prompt=p.system_prompt or None,
                                show_example_in_test_prompt=p.show_example_in_test_prompt)
     except ValueError as e:
         raise ConfigError(f"config.prompts.{str(e).removeprefix('PromptConfig.')}") from None
     if not cfg.out_dir:
         raise ConfigError("config.out_dir: must be set")
+    try:
+        refine = ev.RefineSettings(**dict(cfg.refine))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.{e}") from None
+    if refine.rounds and cfg.single_eval:
+        raise ConfigError("config.refine.rounds: the refinement rounds need generated tests; "
+                          "single_eval samples none")
 
     sb = cfg.sandbox
 
@@ -172,7 +180,7 @@ def build(cfg: Any) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"config.sandbox.{str(e).removeprefix('Limits.')}") from None
     return {"coder": coder, "tester": tester, "settings": settings, "sampling": sampling,
-                "prompt_config": prompts, "sandbox_factory": sandbox_factory}
+                "prompt_config": prompts, "refine": refine, "sandbox_factory": sandbox_factory}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -198,7 +206,9 @@ def main(argv: Sequence[str]) -> None:
         n = ev.write_summaries(result, cfg.tensorboard_dir, cfg.tensorboard_step)
         print(f"wrote {n} scalars to {cfg.tensorboard_dir} at step {cfg.tensorboard_step}")
     print((out / eval_report.TABLE_FILE).read_text(), end="")
-    print(f"wrote {out / eval_report.METRICS_FILE}, {out / eval_report.TABLE_FILE}, {out / eval_report.PLOT_FILE} "
+    plots = [eval_report.PLOT_FILE] + ([eval_report.REFINE_PLOT_FILE]
+                                       if any("refine" in r for r in result.values()) else [])
+    print(f"wrote {', '.join(str(out / f) for f in (eval_report.METRICS_FILE, eval_report.TABLE_FILE, *plots))} "
           f"({sum(r['n_problems'] for r in result.values())} problems)")
 
 

@@ -12,6 +12,7 @@ imports jax). torch/vLLM load only when a local engine is built.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from rollout.contract import checkpoint_layout
 from rollout.engines.api_engine import ApiConfig, ApiEngine, ChatRequest
@@ -36,6 +37,7 @@ __all__ = [
     "Generated",
     "LocalRole",
     "ModelSpec",
+    "Roles",
     "Want",
     "default_engine_factory",
     "ensure_hf_model",
@@ -122,6 +124,13 @@ class ApiRole:
                 else self.builder.test_instruction(problem, show_example, evaluation=True))
         return self.builder.messages(text)
 
+    def repair_prompt(self, problem: Problem, code: str,
+                      failures: list[dict[str, str]]) -> list[dict[str, str]] | str:
+        """A refinement round's repair request (rollout.refine), as :meth:`prompt` sends it."""
+        if self.completions:
+            return self.builder.repair_prompt(problem, code, failures)
+        return self.builder.messages(self.builder.repair_instruction(problem, code, failures))
+
     def run(self, wants: Sequence[Want], sampling: SamplingConfig,
             flush_s: float = 2.0) -> Iterator[list[Generated]]:
         """Batches of finished samples: ``flush_every`` of them, or whatever finished within
@@ -176,6 +185,10 @@ class LocalRole:
         return (self.builder.code_prompt(problem, evaluation=True) if kind == "code"
                 else self.builder.test_prompt(problem, show_example, evaluation=True))
 
+    def repair_prompt(self, problem: Problem, code: str, failures: list[dict[str, str]]) -> str:
+        """A refinement round's repair request (rollout.refine)."""
+        return self.builder.repair_prompt(problem, code, failures)
+
     def run(self, wants: Sequence[Want], sampling: SamplingConfig) -> Iterator[list[Generated]]:
         """One batch per engine call (``batch`` prompts with the same number of samples)."""
         groups: dict[tuple[int, int], list[int]] = {}
@@ -209,6 +222,50 @@ class LocalRole:
         close = getattr(self.engine, "close", None)
         if self.owns_engine and callable(close):
             close()
+
+
+class Roles:
+    """The roles of a run, one per distinct model (a model that codes and tests is built once),
+    each built when first asked for and closed together. ``engine``: a running local engine
+    lent for ``lent_to`` (it stays open); an Orbax checkpoint becomes a HF directory under
+    ``out_dir/converted``."""
+
+    def __init__(self, out_dir: pathlib.Path, prompt_cfg: PromptConfig, gen_batch: int,
+                 engine_factory: Callable[[ModelSpec], Any], engine: Any = None,
+                 lent_to: ModelSpec | None = None) -> None:
+        self.out_dir = out_dir
+        self.prompt_cfg = prompt_cfg
+        self.gen_batch = gen_batch
+        self.engine_factory = engine_factory
+        self.engine = engine
+        self.lent_to = lent_to
+        self.built: dict[str, ApiRole | LocalRole] = {}
+
+    def get(self, spec: ModelSpec) -> ApiRole | LocalRole:
+        key = json.dumps([spec.public(), spec.api and spec.api.url], sort_keys=True)
+        if key not in self.built:
+            lent = self.engine if self.engine is not None and spec == self.lent_to else None
+            if spec.engine == "api":
+                self.built[key] = ApiRole(spec, self.prompt_cfg, self.gen_batch)
+            else:
+                if lent is None:
+                    spec = dataclasses.replace(spec, model=ensure_hf_model(
+                        spec.model, self.out_dir / "converted" / pathlib.Path(spec.model).name,
+                        base_model=spec.base_model))
+                self.built[key] = LocalRole(spec, self.prompt_cfg, self.gen_batch,
+                                            self.engine_factory, engine=lent)
+        return self.built[key]
+
+    def close(self) -> None:
+        """Closes every role built so far (a later :meth:`get` builds anew)."""
+        while self.built:
+            self.built.popitem()[1].close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _engine_generate(engine: Any, prompts: list[str], n: int, sampling: SamplingConfig,

@@ -1,4 +1,5 @@
-"""The reports of ``cure-eval``: metrics.json, the paper-style markdown table and the BoN plot."""
+"""The reports of ``cure-eval``: metrics.json, the paper-style markdown table, the BoN plot and,
+with refinement rounds (rollout.refine), the plot of accuracy by round."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,13 @@ from collections.abc import Mapping, Sequence
 
 from rollout import metrics as cure_metrics
 
-__all__ = ["METRICS_FILE", "PLOT_FILE", "TABLE_FILE", "plot_bon", "render_table", "write_reports"]
+__all__ = ["METRICS_FILE", "PLOT_FILE", "REFINE_PLOT_FILE", "TABLE_FILE", "plot_bon",
+           "plot_refine", "render_table", "write_reports"]
 
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "results.md"
 PLOT_FILE = "bon.png"
+REFINE_PLOT_FILE = "refine.png"
 
 
 def _pct(v: float | None) -> str:
@@ -75,12 +78,33 @@ def render_table(metrics: Mapping[str, dict], *, model: str,
              ("problems_without_parsed_test", ("No generated test parsed (not scored when "
                                                "unparsed tests are dropped, as the paper's "
                                                "protocol does)")))
+    lines += _refine_rows(metrics)
     for key, what in notes:
         n_by = {d: int(metrics[d].get(key) or 0) for d in ds}
         if any(n_by.values()):
             lines += ["", f"{what}: " + ", ".join(
                 f"{d} {n} problem{'s' * (n != 1)}" for d, n in n_by.items() if n) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _refine_rows(metrics: Mapping[str, dict]) -> list[str]:
+    """The refinement table: a row per round, the pick's accuracy per dataset (and the repair
+    requests sent in that round)."""
+    ds = [d for d in metrics if metrics[d].get("refine")]
+    if not ds:
+        return []
+    rounds = max(len(metrics[d]["refine"]["accuracy"]) for d in ds)
+    lines = ["", "Refinement: accuracy of the pick after each round (%), repair requests sent", "",
+             "| Round | " + " | ".join(ds) + " |", "|---|" + "---|" * len(ds)]
+    for r in range(rounds):
+        cells = ["0 (BoN pick)" if r == 0 else str(r)]
+        for d in ds:
+            ref = metrics[d]["refine"]
+            acc = ref["accuracy"][r] if r < len(ref["accuracy"]) else None
+            sent = f" ({ref['repair_requests_by_round'][r - 1]} requests)" if r else ""
+            cells.append(_pct(acc) + sent)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 PLOT_PANEL_IN = (5.0, 4.0)  # inches per panel
@@ -129,11 +153,37 @@ def plot_bon(metrics: Mapping[str, dict], bon: Sequence[tuple[int, int]], path: 
     return int(2 * w * len(ds) * PLOT_DPI), int(h * PLOT_DPI)
 
 
+def plot_refine(metrics: Mapping[str, dict], path: str | os.PathLike[str], *,
+                title: str = "") -> None:
+    """PNG of the pick's accuracy by refinement round, a line per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=PLOT_PANEL_IN, dpi=PLOT_DPI)
+    for d, r in metrics.items():
+        acc = (r.get("refine") or {}).get("accuracy") or []
+        pts = [(i, 100 * a) for i, a in enumerate(acc) if a is not None]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=d)
+            ax.set_xticks([x for x, _ in pts])
+    ax.set_xlabel("round (0: BoN pick)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "accuracy by refinement round", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+
+
 def write_reports(metrics: Mapping[str, dict], out_dir: str | os.PathLike[str], *, model: str,
                   bon: Sequence[tuple[int, int]], single_eval: bool = False,
                   note: str = "") -> None:
-    """metrics.json, results.md (``note``: a line under its heading) and bon.png in
-    ``out_dir`` (each replaced atomically)."""
+    """metrics.json, results.md (``note``: a line under its heading), bon.png and, with
+    refinement rounds, refine.png in ``out_dir`` (each replaced atomically)."""
     out = pathlib.Path(out_dir)
     tmp = out / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -144,3 +194,7 @@ def write_reports(metrics: Mapping[str, dict], out_dir: str | os.PathLike[str], 
     tmp = out / ("tmp-" + PLOT_FILE)
     plot_bon(metrics, bon, tmp, title=model + (" (code only)" if single_eval else ""))
     os.replace(tmp, out / PLOT_FILE)
+    if any(r.get("refine") for r in metrics.values()):
+        tmp = out / ("tmp-" + REFINE_PLOT_FILE)
+        plot_refine(metrics, tmp, title=model)
+        os.replace(tmp, out / REFINE_PLOT_FILE)

@@ -4,7 +4,7 @@
 (:func:`eval_sampling`: a :class:`rollout.engines.base.SamplingConfig` with the paper's
 temperature 0.8, top_p 0.95, top_k 40), the evaluation prompts (no public example in the test
 prompt) and :class:`EvalError`, the one user-facing error type of the evaluation modules.
-Kept apart from the pipeline so the sample log, the model roles and the data-spec parser can
+:class:`RefineSettings` configures the refinement rounds (rollout.refine). Kept apart from the pipeline so the sample log, the model roles and the data-spec parser can
 share them without importing each other.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ __all__ = [
     "EVAL_SAMPLING",
     "EvalError",
     "EvalSettings",
+    "RefineSettings",
     "eval_sampling",
     "sampling_fingerprint",
 ]
@@ -113,3 +114,25 @@ class EvalSettings:
     @property
     def n_tests(self) -> int:
         return 0 if self.single_eval else self.k_case
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineSettings:
+    """The refinement rounds after BoN (rollout.refine): ``rounds`` (0: off); per repair
+    request ``k`` candidates, shown the first ``failing_tests`` generated tests the pick fails,
+    each text (input, expected and actual output, error) cut to ``max_chars`` characters."""
+
+    rounds: int = 0
+    k: int = 4
+    failing_tests: int = 1
+    max_chars: int = 1000
+
+    def __post_init__(self) -> None:
+        for name, low in (("rounds", 0), ("k", 1), ("failing_tests", 1), ("max_chars", 16)):
+            if getattr(self, name) < low:
+                raise ValueError(f"refine.{name}: must be >= {low}, got {getattr(self, name)}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What run.json records: everything that shapes a round's prompts and samples;
+        ``rounds`` is left out, so a finished run can be refined further."""
+        return {"k": self.k, "failing_tests": self.failing_tests, "max_chars": self.max_chars}

@@ -41,7 +41,6 @@ No jax here (rollout never imports it); torch/vLLM load only when a local engine
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -58,16 +57,15 @@ from rollout.eval_log import (
     SAMPLES_FILE,
     SampleLog,
     check_run_file,
+    exec_record,
+    faulted,
     passed_table,
-    verdict_rows,
 )
 from rollout.eval_models import (
-    ApiRole,
-    LocalRole,
     ModelSpec,
+    Roles,
     Want,
     default_engine_factory,
-    ensure_hf_model,
 )
 from rollout.eval_report import write_reports
 from rollout.eval_settings import (
@@ -75,6 +73,7 @@ from rollout.eval_settings import (
     EVAL_SAMPLING,
     EvalError,
     EvalSettings,
+    RefineSettings,
     eval_sampling,
     sampling_fingerprint,
 )
@@ -82,9 +81,11 @@ from rollout.execution import execute, gt_tests
 from rollout.parsing import ParsedCode, ParsedTest, parse_code, parse_test
 from rollout.problems import Problem
 from rollout.prompts import PromptConfig
+from rollout.refine import refine as run_refinement
 
 __all__ = [
     "RUN_FILE",
+    "RefineSettings",
     "SAMPLES_FILE",
     "EvalError",
     "EvalSettings",
@@ -102,18 +103,19 @@ log = logging.getLogger(__name__)
 
 KINDS = ("code", "test")
 DEFAULT_SETTINGS = EvalSettings()
+NO_REFINEMENT = RefineSettings()
 
 
 def _sample_record(want: Want, index: int, text: str, extra: dict, model: str) -> dict:
     rec = {"type": "sample", "dataset": want.dataset, "task_id": want.problem.task_id,
            "kind": want.kind, "index": index, "model": model, "response": text}
     rec.update(extra)
-    if want.kind == "code":
-        p = parse_code(text)
-        rec.update(code=p.code, parse_error=p.reason)
-    else:
+    if want.kind == "test":
         t = parse_test(text)
         rec.update(test_input=t.input, test_output=t.output, parse_error=t.reason)
+    else:  # a code or a repair candidate
+        p = parse_code(text)
+        rec.update(code=p.code, parse_error=p.reason)
     return rec
 
 
@@ -153,38 +155,17 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
                                 for k in range(settings.n_tests))] for ds, p in chunk]
             ran = execute([p for _, p in chunk], codes, tests,
                           max_gt_tests=settings.max_gt_tests, sandbox=sb)
-            records = []
-            for i, (ds, p) in enumerate(chunk):
-                errors = ran.sandbox_errors(i)
-                if errors:
-                    log.warning("%s/%s: %d executions failed inside the sandbox after a retry "
-                                "(SANDBOX_ERROR): the problem is not scored", ds, p.task_id, errors)
-                records.append({
-                    "type": "exec", "dataset": ds, "task_id": p.task_id,
-                    "n_codes": settings.k_code, "n_tests": settings.n_tests,
-                    "n_gt": ran.gt_verdicts[i].shape[1],
-                    "gen": verdict_rows(ran.gen_verdicts[i]),
-                    "gt": verdict_rows(ran.gt_verdicts[i]),
-                    "sandbox_errors": errors,
-                    "sandbox_retried": i in ran.retried,
-                })
+            records = [exec_record(ran, i, ds, p.task_id, settings.k_code, settings.n_tests)
+                       for i, (ds, p) in enumerate(chunk)]
             slog.append(records)
             bar.update(len(chunk))
-
-
-def _faulted(rec: dict) -> bool:
-    """The exec record holds a SANDBOX_ERROR cell: the problem is not scored (and redone)."""
-    from sandbox import Verdict
-
-    bad = str(int(Verdict.SANDBOX_ERROR))  # its character in the verdict rows
-    return bool(rec.get("sandbox_errors")) or any(bad in row for row in rec["gen"] + rec["gt"])
 
 
 def _exec_is_current(rec: dict | None, settings: EvalSettings, problem: Problem) -> bool:
     return (rec is not None and rec["n_codes"] == settings.k_code
             and rec["n_tests"] == settings.n_tests
             and rec["n_gt"] == len(gt_tests(problem, settings.max_gt_tests))
-            and not _faulted(rec))
+            and not faulted(rec))
 
 
 def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) -> dict:
@@ -205,16 +186,24 @@ def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) 
 
 def summary_scalars(metrics: Mapping[str, dict], prefix: str = "eval") -> dict[str, float]:
     """Flat ``{"<prefix>/<dataset>/<metric>": value}`` for TensorBoard (cure-train's
-    periodic evaluation); BoN entries become ``.../bon_NxM`` (``.../bon_accumulate_NxM``);
-    undefined (None) rates and text (the protocol's name) are left out."""
+    periodic evaluation); BoN entries become ``.../bon_NxM`` (``.../bon_accumulate_NxM``), the
+    refinement's ``.../refine_accuracy_<round>``; undefined (None) rates and text (the
+    protocol's name) are left out."""
     out: dict[str, float] = {}
+
+    def put(tag: str, v: Any) -> None:
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                put(f"{tag}_{k}", x)
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                put(f"{tag}_{i}", x)
+        elif v is not None and not isinstance(v, str):
+            out[tag] = float(v)
+
     for ds, r in metrics.items():
         for k, v in r.items():
-            if isinstance(v, Mapping):
-                out.update({f"{prefix}/{ds}/{k}_{nm}": float(a) for nm, a in v.items()
-                            if a is not None})
-            elif v is not None and not isinstance(v, str):
-                out[f"{prefix}/{ds}/{k}"] = float(v)
+            put(f"{prefix}/{ds}/{k}", v)
     return out
 
 
@@ -264,6 +253,7 @@ def evaluate(
     settings: EvalSettings = DEFAULT_SETTINGS,
     sampling: SamplingConfig = EVAL_SAMPLING,
     prompt_config: PromptConfig = EVAL_PROMPTS,
+    refine: RefineSettings = NO_REFINEMENT,
     sandbox_factory: Callable[[], Any] | None = None,
     engine_factory: Callable[[ModelSpec], Any] = default_engine_factory,
     engine: Any = None,
@@ -285,61 +275,64 @@ def evaluate(
         "coder": coder.public(),
         "tester": tester.public() if not settings.single_eval else None,
         "sampling": sampling_fingerprint(sampling),
-        "prompts": {k: (str(v) if v is not None else None)
-                    for k, v in dataclasses.asdict(prompt_config).items()},
+        "prompts": {k: (str(v) if v is not None else None)  # the repair template: "refine"
+                    for k, v in dataclasses.asdict(prompt_config).items() if k != "repair_template"},
         "max_gt_tests": settings.max_gt_tests,
     }
-    check_run_file(out, fingerprint)
+    if refine.rounds and settings.single_eval:
+        raise EvalError("refine.rounds: the refinement rounds need generated tests; "
+                        "single_eval samples none")
+    fingerprint["refine"] = (refine.fingerprint() | {
+        "k_code": settings.k_code, "k_case": settings.k_case,
+        "repair_template": prompt_config.repair_template} if refine.rounds else None)
+    check_run_file(out, fingerprint, optional=("refine",))
     if sandbox_factory is None:
         from sandbox import Limits, Sandbox
 
         sandbox_factory = lambda: Sandbox(limits=Limits())
 
-    with SampleLog(out / SAMPLES_FILE) as slog:
-        built: dict[str, Any] = {}  # one engine per distinct model, shared by both roles
-        try:
-            plan = [("code", coder, settings.k_code)]
-            if not settings.single_eval:
-                plan.append(("test", tester, settings.k_case))
-            for kind, spec, k in plan:
-                missing = [(ds, p, idx) for ds, problems in datasets.items() for p in problems
-                           if (idx := [i for i in range(k)
-                                       if (ds, p.task_id, kind, i) not in slog.samples])]
-                if not missing:
-                    continue  # nothing to draw: the engine is not even started
-                key = json.dumps([spec.public(), spec.api and spec.api.url], sort_keys=True)
-                if key not in built:
-                    lent = engine if engine is not None and spec == coder else None
-                    if spec.engine == "api":
-                        built[key] = ApiRole(spec, prompt_config, settings.gen_batch)
-                    else:
-                        if lent is None:  # an Orbax checkpoint becomes a HF dir in out_dir
-                            spec = dataclasses.replace(spec, model=ensure_hf_model(
-                                spec.model, out / "converted" / pathlib.Path(spec.model).name,
-                                base_model=spec.base_model))
-                        built[key] = LocalRole(spec, prompt_config, settings.gen_batch,
-                                                engine_factory, engine=lent)
-                role = built[key]
-                wants = [Want(ds, p, kind, role.prompt(p, kind, show_example), idx)
-                         for ds, p, idx in missing]
-                _generate(role, wants, sampling, slog, f"generate {kind}s ({spec.label})", progress)
-        finally:
-            for role in built.values():
-                role.close()
+    with (SampleLog(out / SAMPLES_FILE) as slog,
+          Roles(out, prompt_config, settings.gen_batch, engine_factory, engine, coder) as roles):
+        plan = [("code", coder, settings.k_code)]
+        if not settings.single_eval:
+            plan.append(("test", tester, settings.k_case))
+        for kind, spec, k in plan:
+            missing = [(ds, p, idx) for ds, problems in datasets.items() for p in problems
+                       if (idx := [i for i in range(k)
+                                   if (ds, p.task_id, kind, i) not in slog.samples])]
+            if not missing:
+                continue  # nothing to draw: the engine is not even started
+            role = roles.get(spec)
+            wants = [Want(ds, p, kind, role.prompt(p, kind, show_example), idx)
+                     for ds, p, idx in missing]
+            _generate(role, wants, sampling, slog, f"generate {kind}s ({role.spec.label})", progress)
+        if not refine.rounds:
+            roles.close()  # the engines' memory goes back before the sandbox starts
 
         jobs = [(ds, p) for ds, problems in datasets.items() for p in problems
                 if not _exec_is_current(slog.execs.get((ds, p.task_id)), settings, p)]
         _execute(jobs, slog, settings, sandbox_factory, progress)
 
-        result = {}
+        result: dict[str, dict] = {}
+        scored: dict[str, list[Problem]] = {}
         for ds, problems in datasets.items():
-            bad = {p.task_id for p in problems if _faulted(slog.execs[(ds, p.task_id)])}
+            bad = {p.task_id for p in problems if faulted(slog.execs[(ds, p.task_id)])}
             if bad:
                 log.warning("%s: %d of %d problems not scored: their execution failed inside "
                             "the sandbox (SANDBOX_ERROR after a retry)", ds, len(bad), len(problems))
             result[ds] = dataset_metrics((problem_table(slog, ds, p, settings) for p in problems
                                           if p.task_id not in bad), sandbox_errors=len(bad),
                                          protocol=settings.protocol)
+            scored[ds] = [p for p in problems if p.task_id not in bad]
+        if refine.rounds:
+            role = roles.get(coder)
+            rounds = run_refinement(
+                scored, slog, settings, refine, role,
+                lambda wants, s, desc: _generate(role, wants, s, slog,
+                                                 f"{desc} ({coder.label})", progress),
+                sampling, sandbox_factory)
+            for ds, entry in rounds.items():
+                result[ds]["refine"] = entry
     if reports:
         model = coder.label if tester is coder or settings.single_eval else \
             f"{coder.label} + {tester.label} (tester)"

@@ -47,6 +47,8 @@ DEFAULT_TEST_TEMPLATE = TEMPLATE_DIR / "test_prompt.jinja"
 DEFAULT_RAW_TEMPLATE = TEMPLATE_DIR / "raw_prompt.jinja"
 REFERENCE_CODE_TEMPLATE = TEMPLATE_DIR / "reference_code_prompt.jinja"
 REFERENCE_TEST_TEMPLATE = TEMPLATE_DIR / "reference_test_prompt.jinja"
+DEFAULT_REPAIR_TEMPLATE = TEMPLATE_DIR / "repair_prompt.jinja"
+REFERENCE_REPAIR_TEMPLATE = TEMPLATE_DIR / "reference_repair_prompt.jinja"
 # The system message the reference sends hosted models with its prompts (mode "reference").
 REFERENCE_API_SYSTEM = "You are a helpful coding assistant."
 
@@ -118,6 +120,8 @@ class PromptBuilder:
         self._test = _template(config.test_template,
                                REFERENCE_TEST_TEMPLATE if ref else DEFAULT_TEST_TEMPLATE)
         self._raw = _template(config.raw_template, DEFAULT_RAW_TEMPLATE)
+        self._repair = _template(config.repair_template,
+                                 REFERENCE_REPAIR_TEMPLATE if ref else DEFAULT_REPAIR_TEMPLATE)
 
     @property
     def uses_chat(self) -> bool:
@@ -152,6 +156,16 @@ class PromptBuilder:
         return _render(tpl, where, self.is_reference, question=problem.question.strip(),
                        raw_question=problem.question, example=example, examples=examples,
                        evaluation=evaluation)
+
+    def repair_instruction(self, problem: _ProblemLike, code: str,
+                           failures: list[dict[str, str]]) -> str:
+        """The repair instruction of a refinement round (mode "reference": the whole prompt):
+        the problem, the picked program and the generated tests it fails (``failures``: dicts
+        with ``input``, ``expected``, ``output``, ``error``, ``verdict``; rollout.refine)."""
+        tpl, where = self._repair
+        return _render(tpl, where, self.is_reference, question=problem.question.strip(),
+                       raw_question=problem.question, code=code.rstrip("\n"),
+                       failures=failures, evaluation=True)
 
     def messages(self, instruction: str) -> list[dict[str, str]]:
         """The chat messages for an instruction (optional system message, then the user turn);
@@ -190,3 +204,7 @@ class PromptBuilder:
                     evaluation: bool = False) -> str:
         """The full unit-test prompt for ``problem``."""
         return self.wrap(self.test_instruction(problem, show_example, evaluation))
+
+    def repair_prompt(self, problem: _ProblemLike, code: str, failures: list[dict[str, str]]) -> str:
+        """The full repair prompt (:meth:`repair_instruction`, wrapped)."""
+        return self.wrap(self.repair_instruction(problem, code, failures))

@@ -119,8 +119,9 @@ class PromptConfig(Section):
       tokenizer has a chat template, else raw) or "reference" (the reference's own prompt
       format, verbatim: the code and test templates render the whole prompt, default
       ``rollout/templates/reference_*.jinja``; no chat or raw wrapping).
-    code_template / test_template / raw_template: paths of the user's own Jinja files; None
-      uses the packaged ones in ``rollout/templates/``.
+    code_template / test_template / raw_template / repair_template: paths of the user's own
+      Jinja files; None uses the packaged ones in ``rollout/templates/`` (repair: the prompt of
+      ``cure-eval``'s refinement rounds, rollout.refine).
     show_example_in_test_prompt: show the public example(s) in the test prompt (training:
       True; evaluation: False). The packaged templates show the first; the reference's, all.
     system_prompt: optional system message (chat; the API's system message in every mode) /
@@ -131,12 +132,13 @@ class PromptConfig(Section):
     code_template: str | None = None
     test_template: str | None = None
     raw_template: str | None = None
+    repair_template: str | None = None
     show_example_in_test_prompt: bool = True
     system_prompt: str | None = None
 
     def validate(self, p: str) -> None:
         one_of(self.mode, PROMPT_MODES, f"{p}.mode")
-        for name in ("code_template", "test_template", "raw_template"):
+        for name in ("code_template", "test_template", "raw_template", "repair_template"):
             path = getattr(self, name)
             if path is not None:
                 check(os.path.isfile(path), f"{p}.{name}", f"template file not found: {path}")

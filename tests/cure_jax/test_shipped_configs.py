@@ -22,6 +22,7 @@ MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_pa
 # Fields added since, at their defaults.
 ADDED = {"data.data_dir": "data", "mesh.devices": "", "model.init": "pretrained",
          "learner.role_updates": "joint", "learner.share_prompts": False,
+         "rollout.prompts.repair_template": None,
          "cure.tester": {"model_path": "", "engine": "", "engine_options": {
              "dtype": "auto", "tokenizer": None, "max_model_len": None,
              "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "enforce_eager": True,
