@@ -80,6 +80,7 @@ class WarmstartConfig:
     # corpus (rollout.warmstart_corpus.CorpusConfig fields, used when the corpus is built here)
     corpus_per_param: int = 4
     corpus_vocab_size: int = 1024
+    corpus_repair_examples: int = 0  # repair prompts per instance (cure-eval's refinement)
 
     def __post_init__(self) -> None:
         positive = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -271,7 +272,8 @@ def build_corpus(corpus_dir: pathlib.Path, cfg: WarmstartConfig) -> None:
     """Run the rollout-side corpus builder in a subprocess (it trains the tokenizer)."""
     cmd = [sys.executable, "-m", "rollout.warmstart_corpus", f"--out={corpus_dir}",
            f"--seed={cfg.seed}", f"--per_param={cfg.corpus_per_param}",
-           f"--vocab_size={cfg.corpus_vocab_size}"]
+           f"--vocab_size={cfg.corpus_vocab_size}",
+           f"--repair_examples={cfg.corpus_repair_examples}"]
     subprocess.run(cmd, check=True)
 
 

@@ -6,6 +6,7 @@ For every problem of every dataset::
     test prompt  -> k_case samples from the tester -> parse the last Test Input / Test Output
     sandbox: parsed codes x (parsed generated tests + ground-truth tests) -> verdict matrix
     rollout.metrics: code accuracy, unit-test accuracy, BoN(n, m), p_01, p_00, parse rates
+    refine.rounds > 0: repair the BoN pick with its failing generated tests (rollout.refine)
 
 The coder and the tester may be different models on different engines (e.g. a hosted coder
 with our tester). The test prompt shows no public example by default (the paper's evaluation).
@@ -32,9 +33,10 @@ Outputs in ``out_dir``: ``metrics.json`` (per dataset: ``protocol``, ``code_accu
 ``unit_test_accumulate_accuracy``, ``bon`` and ``bon_accumulate`` {"NxM": acc}, ``p_01``,
 ``p_00``, ``n_problems`` (the problems scored), ``problems_sandbox_error`` (the problems
 excluded), ``problems_without_parsed_test``, ``code_parse_rate``, ``test_parse_rate``,
-``mean_code_length`` and ``mean_test_length`` (tokens)), ``results.md`` (the paper-style
+``mean_code_length`` and ``mean_test_length`` (tokens), and with refinement rounds ``refine``:
+the pick's ``accuracy`` after rounds 0..R and the ``repair_requests``), ``results.md`` (the paper-style
 table, with the protocol and a note on excluded problems) and ``bon.png`` (BoN accuracy over n
-and over m), written by :mod:`rollout.eval_report`.
+and over m) and ``refine.png`` (accuracy by round), written by :mod:`rollout.eval_report`.
 
 No jax here (rollout never imports it); torch/vLLM load only when a local engine is used.
 """
@@ -85,11 +87,11 @@ from rollout.refine import refine as run_refinement
 
 __all__ = [
     "RUN_FILE",
-    "RefineSettings",
     "SAMPLES_FILE",
     "EvalError",
     "EvalSettings",
     "ModelSpec",
+    "RefineSettings",
     "dataset_metrics",
     "eval_sampling",
     "evaluate",

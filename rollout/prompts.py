@@ -19,6 +19,12 @@ it, with :data:`REFERENCE_API_SYSTEM` as the system message unless ``system_prom
 
 Training shows one public example in the test prompt; evaluation shows none
 (``PromptConfig.show_example_in_test_prompt`` or the per-call ``show_example`` override).
+The repair prompt of ``cure-eval``'s refinement rounds (rollout.refine) is a template too
+(``repair_prompt.jinja``, wrapped like the others; mode "reference": ``reference_repair_prompt.jinja``,
+the whole prompt in the reference's raw format), with ``code`` (the program to fix) and
+``failures`` (the generated tests it fails: ``input``, ``expected``, ``output``, ``error``,
+``verdict``); ``PromptConfig.repair_template`` replaces it.
+
 The answer formats (a final ```python block; ``**Test Input:**`` / ``**Test Output:**`` /
 ``**Explanation:**``) are what :mod:`rollout.parsing` reads.
 """

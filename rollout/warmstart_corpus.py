@@ -9,7 +9,9 @@ has no chat template), so warm-start prompts are byte-identical to rollout promp
   :func:`rollout.parsing.parse_code`;
 - test prompt (with or without the public example, as in training and evaluation) + a valid
   unit test, and + invalid ones (a wrong program's output), in the format of
-  :func:`rollout.parsing.parse_test`.
+  :func:`rollout.parsing.parse_test`;
+- optionally (``repair_examples``, 0 by default) repair prompt (``cure-eval``'s refinement
+  rounds: a wrong program and a test it fails, with its actual output) + the correct program.
 
 Mixing right and wrong answers is deliberate: the warm-started policy knows the task formats and
 solves some problems, and CURE's rewards have both correct and wrong samples to separate.
@@ -69,13 +71,15 @@ class CorpusConfig:
     wrong_codes: int = 2
     valid_tests: int = 1
     invalid_tests: int = 1
+    repair_examples: int = 0
     vocab_size: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("per_param", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CorpusConfig.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("correct_codes", "wrong_codes", "valid_tests", "invalid_tests"):
+        for name in ("correct_codes", "wrong_codes", "valid_tests", "invalid_tests",
+                     "repair_examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CorpusConfig.{name}: must be >= 0, got {getattr(self, name)}")
         if self.vocab_size < 300:
@@ -115,11 +119,31 @@ def _small_input(inst: TaskInstance, rng: random.Random) -> str:
     return min((kind.gen_input(rng, inst.param) for _ in range(3)), key=len)
 
 
+def _repair_document(inst: TaskInstance, builder: PromptBuilder,
+                     rng: random.Random) -> list[Document]:
+    """A repair prompt for one of the instance's wrong programs, shown a small test it fails
+    (as rollout.refine shows it: the expected and the actual output), answered with the correct
+    program; [] when no drawn input separates them."""
+    for _attempt in range(20):
+        program = rng.choice(inst.mutants)
+        inp = _small_input(inst, rng)
+        want, got = run_trusted(inst.solution, inp), run_trusted(program, inp)
+        if want is None or got is None or _norm(got) == _norm(want):
+            continue
+        failure = {"input": inp.rstrip("\n"), "expected": want.rstrip("\n"),
+                   "output": got.rstrip("\n"), "error": "", "verdict": "wrong answer"}
+        prompt = builder.repair_prompt(inst.problem, program, [failure])
+        return [Document(prompt, response_for_code(inst.solution), CODE, True,
+                         inst.problem.task_id)]
+    return []
+
+
 def build_documents(instances: list[TaskInstance], cfg: CorpusConfig,
                     builder: PromptBuilder | None = None) -> list[Document]:
     """All documents for ``instances`` (seeded by ``cfg.seed``), in instance order."""
     builder = builder or PromptBuilder(PromptConfig(mode="raw"))
     rng = random.Random(f"corpus/{cfg.seed}")
+    repair_rng = random.Random(f"corpus/{cfg.seed}/repair")  # the other documents stay as they were
     docs: list[Document] = []
     for inst in instances:
         p = inst.problem
@@ -149,6 +173,8 @@ def build_documents(instances: list[TaskInstance], cfg: CorpusConfig,
                     docs.append(Document(test_prompt, response_for_test(inp, out), TEST, good,
                                          p.task_id))
                     break
+        for _ in range(cfg.repair_examples if inst.mutants else 0):
+            docs.extend(_repair_document(inst, builder, repair_rng))
     for d in docs:  # the corpus must be in the exact format the parsers read
         if d.kind == CODE:
             if not parse_code(d.response).ok:

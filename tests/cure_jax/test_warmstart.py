@@ -59,6 +59,28 @@ def test_documents_use_the_rollout_prompts_and_answer_formats(small_corpus):
             assert (ref.split() == t.output.split()) == d.good, d.response
 
 
+def test_repair_examples_show_a_wrong_program_failing_and_answer_the_right_one(small_corpus):
+    from rollout.tiny_tasks.run_trusted import run_trusted
+
+    _, plain, _, _ = small_corpus
+    instances = task_instances("train", per_param=1, kinds=KINDS)
+    docs = build_documents(instances, CorpusConfig(vocab_size=400, repair_examples=1))
+    repairs = [d for d in docs if d.prompt not in {x.prompt for x in plain}]
+    assert [d for d in docs if d not in repairs] == plain  # off by default: the corpus is as before
+    assert len(repairs) == sum(1 for i in instances if i.mutants)
+    builder = PromptBuilder(PromptConfig(mode="raw"))
+    for d, inst in zip(repairs, [i for i in instances if i.mutants]):
+        assert d.kind == CODE and d.good and parse_code(d.response).code == inst.solution
+        shown = [m for m in inst.mutants if f"```python\n{m.rstrip()}\n```" in d.prompt]
+        assert len(shown) == 1, d.prompt
+        inp = d.prompt.split("Input:\n```\n")[1].split("\n```")[0] + "\n"
+        failure = {"input": inp.rstrip("\n"), "expected": run_trusted(inst.solution, inp).rstrip("\n"),
+                   "output": run_trusted(shown[0], inp).rstrip("\n"), "error": "",
+                   "verdict": "wrong answer"}
+        assert failure["expected"] != failure["output"]
+        assert d.prompt == builder.repair_prompt(inst.problem, shown[0], [failure])
+
+
 def test_tokenizer_is_deterministic_and_matches_transformers(small_corpus):
     out, docs, tok, arrays = small_corpus
     again = train_tokenizer([d.prompt + d.response for d in docs], 400)

@@ -254,3 +254,13 @@ def test_vllm_cpu_paper_table_and_plot_in_one_command(tmp_path):
     assert table in r.stdout and f"| embedded-eval | {n} |" in table
     with Image.open(out / "bon.png") as im:
         assert im.size == (2 * 500, 400)
+
+
+def test_refine_settings_reach_the_run_and_bad_ones_name_the_field():
+    parts = eval_main.build(_config(engine="hf", model="/m", **{"refine.rounds": 3, "refine.k": 2}))
+    assert (parts["refine"].rounds, parts["refine"].k) == (3, 2)
+    assert eval_main.build(_config(engine="hf", model="/m"))["refine"].rounds == 0  # off
+    with pytest.raises(eval_main.ConfigError, match=r"^config\.refine\.k: must be >= 1"):
+        eval_main.build(_config(engine="hf", model="/m", **{"refine.rounds": 1, "refine.k": 0}))
+    with pytest.raises(eval_main.ConfigError, match=r"^config\.refine\.rounds: .*single_eval"):
+        eval_main.build(_config(engine="hf", model="/m", single_eval=True, **{"refine.rounds": 1}))

@@ -152,9 +152,9 @@ def test_rounds_extend_a_finished_run_and_resume_redoes_nothing(tmp_path):
 
 def test_an_interrupted_round_resumes(tmp_path):
     # the server dies after the codes, tests and 5 repair candidates: what finished stays
-    with FakeOpenAI(answer, fail_after=(8 + 8 + 5, 401)) as srv:
-        with pytest.raises(Exception, match="401"):
-            _run(srv, tmp_path, rounds=2)
+    with FakeOpenAI(answer, fail_after=(8 + 8 + 5, 401)) as srv, \
+            pytest.raises(Exception, match="401"):
+        _run(srv, tmp_path, rounds=2)
     with FakeOpenAI(answer) as srv:
         got = _run(srv, tmp_path, rounds=2)["toy"]["refine"]
         assert len(_repair_requests(srv)) == 2 * sum(REQUESTS_BY_ROUND) - 5
@@ -196,3 +196,50 @@ def test_a_users_repair_template_is_used(tmp_path):
     tpl.write_text("FIX {{ code }} ON {% for f in failures %}{{ f.input }}{% endfor %}")
     b = PromptBuilder(PromptConfig(mode="raw", repair_template=str(tpl)))
     assert "FIX print(2) ON 1 3" in b.repair_prompt(PROBLEMS[0], "print(2)\n", [FAILURE])
+
+
+class ScriptedCoder:
+    """A local engine (engines interface, the vllm/hf path) writing the scripted codes and
+    repairs: prompt i of a call is seeded ``seed + i``, where the seed holds the round
+    (``ROUND_SEED_STRIDE``) and the first sample index (``100_003`` per index)."""
+
+    tokenizer = None  # the raw prompt template
+
+    def __init__(self):
+        self.prompts: list[str] = []
+        self.closed = False
+
+    def generate(self, prompts, n, sampling):
+        from rollout.engines.base import Sample
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            self.prompts.append(prompt)
+            round_, rest = divmod(sampling.seed + i, ROUND_SEED_STRIDE)
+            first = rest // 100_003
+            task = re.search(r"TASK=(\w+)", prompt).group(1)
+            table = REPAIRS[(task, round_)] if "Fix the Python program" in prompt else CODES[task]
+            out.append([Sample([1], _fence(table[first + s]), None, "stop") for s in range(n)])
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_local_coder_repairs_with_a_separate_api_tester(tmp_path):
+    coder = ScriptedCoder()
+    (tmp_path / "coder").mkdir()
+    with FakeOpenAI(answer) as srv:
+        tester = ModelSpec(engine="api", api=ApiConfig(base_url=srv.base_url, model="tester",
+                                                       key="sk-test"))
+        got = ev.evaluate({"toy": PROBLEMS}, ModelSpec(engine="hf", model=str(tmp_path / "coder")),
+                          tmp_path / "out", tester=tester,
+                          settings=EvalSettings(k_code=2, k_case=2, bon=((2, 2),)),
+                          refine=RefineSettings(rounds=2, k=2), sandbox_factory=_sandbox,
+                          engine_factory=lambda spec: coder, progress=False)["toy"]
+        assert all("**Test Input:**" in r.body["messages"][-1]["content"] for r in srv.ok_requests)
+    assert got["refine"]["accuracy"] == pytest.approx(ACCURACY)
+    repairs = [p for p in coder.prompts if "Fix the Python program" in p]
+    assert len(repairs) == sum(REQUESTS_BY_ROUND)  # one prompt per request, n = k samples
+    assert repairs[0].startswith("User: ") and not any(str(SECRET) in p for p in coder.prompts)
+    assert coder.closed
