@@ -20,7 +20,7 @@ from rollout.eval_settings import EvalError
 from rollout.execution import NOT_RUN
 
 __all__ = ["NOT_RUN_CHAR", "RUN_FILE", "SAMPLES_FILE", "SampleLog", "check_run_file",
-           "exec_record", "faulted", "passed_table", "verdict_rows"]
+           "exec_is_current", "exec_record", "faulted", "passed_table", "verdict_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,13 @@ def exec_record(ran: Any, i: int, dataset: str, task_id: str, n_codes: int, n_te
             "n_tests": n_tests, "n_gt": ran.gt_verdicts[i].shape[1],
             "gen": verdict_rows(ran.gen_verdicts[i]), "gt": verdict_rows(ran.gt_verdicts[i]),
             "sandbox_errors": errors, "sandbox_retried": i in ran.retried}
+
+
+def exec_is_current(rec: dict | None, n_codes: int, n_tests: int, n_gt: int) -> bool:
+    """The exec (or repair) record exists, has the table's shape and no sandbox fault: it
+    needs no new execution."""
+    return (rec is not None and rec["n_codes"] == n_codes and rec["n_tests"] == n_tests
+            and rec["n_gt"] == n_gt and not faulted(rec))
 
 
 def faulted(rec: dict) -> bool:

@@ -59,6 +59,7 @@ from rollout.eval_log import (
     SAMPLES_FILE,
     SampleLog,
     check_run_file,
+    exec_is_current,
     exec_record,
     faulted,
     passed_table,
@@ -161,13 +162,6 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
                        for i, (ds, p) in enumerate(chunk)]
             slog.append(records)
             bar.update(len(chunk))
-
-
-def _exec_is_current(rec: dict | None, settings: EvalSettings, problem: Problem) -> bool:
-    return (rec is not None and rec["n_codes"] == settings.k_code
-            and rec["n_tests"] == settings.n_tests
-            and rec["n_gt"] == len(gt_tests(problem, settings.max_gt_tests))
-            and not faulted(rec))
 
 
 def problem_table(slog: SampleLog, ds: str, p: Problem, settings: EvalSettings) -> dict:
@@ -312,7 +306,8 @@ def evaluate(
             roles.close()  # the engines' memory goes back before the sandbox starts
 
         jobs = [(ds, p) for ds, problems in datasets.items() for p in problems
-                if not _exec_is_current(slog.execs.get((ds, p.task_id)), settings, p)]
+                if not exec_is_current(slog.execs.get((ds, p.task_id)), settings.k_code,
+                                       settings.n_tests, len(gt_tests(p, settings.max_gt_tests)))]
         _execute(jobs, slog, settings, sandbox_factory, progress)
 
         result: dict[str, dict] = {}

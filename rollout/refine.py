@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 
 from rollout.engines.base import SamplingConfig
-from rollout.eval_log import SampleLog, exec_record, faulted, passed_table
+from rollout.eval_log import (
+    SampleLog,
+    exec_is_current,
+    exec_record,
+    faulted,
+    passed_table,
+)
 from rollout.eval_models import Want
 from rollout.eval_settings import EvalError, EvalSettings, RefineSettings
 from rollout.execution import execute, gt_tests
@@ -199,12 +205,6 @@ def _start(ds: str, p: Problem, slog: SampleLog, settings: EvalSettings) -> _Cha
     return _Chain(ds, p, tests, [_best(slog.execs[(ds, p.task_id)], codes, 0, settings.n_tests)])
 
 
-def _current(rec: dict | None, chain: _Chain, rs: RefineSettings, settings: EvalSettings) -> bool:
-    return (rec is not None and rec["n_codes"] == rs.k and rec["n_tests"] == settings.n_tests
-            and rec["n_gt"] == len(gt_tests(chain.problem, settings.max_gt_tests))
-            and not faulted(rec))
-
-
 def refine(datasets: Mapping[str, Sequence[Problem]], slog: SampleLog, settings: EvalSettings,
            rs: RefineSettings, role: Any, generate: Generate, sampling: SamplingConfig,
            sandbox_factory: Callable[[], Any]) -> dict[str, dict]:
@@ -246,8 +246,9 @@ def refine(datasets: Mapping[str, Sequence[Problem]], slog: SampleLog, settings:
                     wants.append(Want(c.dataset, c.problem, kind, prompt, missing))
             seed = None if sampling.seed is None else sampling.seed + r * ROUND_SEED_STRIDE
             generate(wants, dataclasses.replace(sampling, seed=seed), f"generate repairs, round {r}")
-            _execute([c for c in active if not _current(slog.repairs.get(c.key(r)), c, rs, settings)],
-                     r, rs, settings, sb, slog)
+            _execute([c for c in active if not exec_is_current(
+                slog.repairs.get(c.key(r)), rs.k, settings.n_tests,
+                len(gt_tests(c.problem, settings.max_gt_tests)))], r, rs, settings, sb, slog)
             for c in active:
                 rec = slog.repairs[c.key(r)]
                 c.requests += 1

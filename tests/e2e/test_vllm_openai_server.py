@@ -4,7 +4,8 @@ The tiny coder has no chat template, so the server refuses chat requests (HTTP 4
 error says which endpoint to use); with ``api.endpoint=completions`` the rendered prompts go to
 ``/v1/completions``, and the held-out code accuracy comes out in the range of the in-process
 vLLM engine's on the same problems and sampling (both unseeded: the CPU build cannot seed
-requests whose prompts are prefilled in chunks).
+requests whose prompts are prefilled in chunks). Both also run one refinement round
+(rollout.refine) on 2 generated tests per problem: repair prompts through the real engines.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ K_CODE = 8
 # Both sides draw K_CODE programs for each of the 61 held-out problems (~13% correct): the
 # difference of two such accuracies has a standard deviation of about 0.02.
 TOLERANCE = 0.07
+# One refinement round over 2 generated tests per problem, 2 candidates per repair request.
+REFINE = ("--config.single_eval=false", "--config.k_case=2", f"--config.bon=(({K_CODE},2),)",
+          "--config.refine.rounds=1", "--config.refine.k=2")
 
 
 def _eval(out, *flags: str) -> dict:
@@ -73,7 +77,7 @@ def test_api_engine_on_vllms_server_matches_the_in_process_engine(tmp_path):
             api = ["--config.engine=api", f"--config.api.base_url={base}",
                    "--config.api.model=tiny-coder", "--config.api.max_retries=2"]
             chat = _eval(tmp_path / "chat", *api)
-            served = _eval(tmp_path / "served", *api, "--config.api.endpoint=completions")
+            served = _eval(tmp_path / "served", *api, "--config.api.endpoint=completions", *REFINE)
         finally:
             os.killpg(proc.pid, 9)
             proc.wait()
@@ -86,7 +90,7 @@ def test_api_engine_on_vllms_server_matches_the_in_process_engine(tmp_path):
                   "--config.engine_options.distributed_executor_backend=uni",
                   "--config.engine_options.enforce_eager=true",
                   "--config.engine_options.dtype=float32",
-                  "--config.engine_options.kv_cache_gb=1")
+                  "--config.engine_options.kv_cache_gb=1", *REFINE)
     assert local["rc"] == 0, local["stderr"][-3000:]
     (name,) = served["metrics"]
     a, b = served["metrics"][name], local["metrics"][name]
@@ -95,3 +99,9 @@ def test_api_engine_on_vllms_server_matches_the_in_process_engine(tmp_path):
     assert b["code_accuracy"] > 0.05, b
     assert abs(a["code_accuracy"] - b["code_accuracy"]) <= TOLERANCE, (a["code_accuracy"],
                                                                        b["code_accuracy"])
+    for out, m in ((tmp_path / "served", a), (tmp_path / "local", b)):
+        ref = m["refine"]
+        assert ref["accuracy"][0] == m["bon"][f"{K_CODE}x2"] and len(ref["accuracy"]) == 2
+        assert ref["repair_requests"] > 0, ref  # picks that fail a generated test were sent
+        recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+        assert sum(x.get("kind") == "repair-1" for x in recs) == 2 * ref["repair_requests"]
