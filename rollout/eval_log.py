@@ -18,6 +18,7 @@ import numpy as np
 
 from rollout.eval_settings import EvalError
 from rollout.execution import NOT_RUN
+from rollout.parsing import ParsedTest
 
 __all__ = ["NOT_RUN_CHAR", "RUN_FILE", "SAMPLES_FILE", "SampleLog", "check_run_file",
            "exec_is_current", "exec_record", "faulted", "passed_table", "verdict_rows"]
@@ -90,6 +91,16 @@ class SampleLog:
             table[(rec["dataset"], rec["task_id"], int(rec["round"]))] = rec
         else:
             raise KeyError(f"unknown type {rec['type']!r}")
+
+    def codes(self, dataset: str, task_id: str, kind: str, n: int) -> list[str | None]:
+        """The parsed programs (None: unparsed) of samples 0..n-1 of ``kind`` ("code" or a
+        repair round's) of one problem."""
+        return [self.samples[(dataset, task_id, kind, i)]["code"] for i in range(n)]
+
+    def tests(self, dataset: str, task_id: str, n: int) -> list[ParsedTest]:
+        """The parsed generated tests 0..n-1 of one problem (unparsed ones not ``ok``)."""
+        return [ParsedTest(t["test_input"], t["test_output"])
+                for t in (self.samples[(dataset, task_id, "test", k)] for k in range(n))]
 
     def append(self, records: Sequence[dict]) -> None:
         """Writes ``records`` and makes them durable (flush + fsync) before returning."""

@@ -81,7 +81,7 @@ from rollout.eval_settings import (
     sampling_fingerprint,
 )
 from rollout.execution import execute, gt_tests
-from rollout.parsing import ParsedCode, ParsedTest, parse_code, parse_test
+from rollout.parsing import ParsedCode, parse_code, parse_test
 from rollout.problems import Problem
 from rollout.prompts import PromptConfig
 from rollout.refine import refine as run_refinement
@@ -151,11 +151,9 @@ def _execute(jobs: list[tuple[str, Problem]], slog: SampleLog, settings: EvalSet
     with sandbox_factory() as sb, _progress(len(jobs), "execute", show) as bar:
         for start in range(0, len(jobs), settings.exec_batch):
             chunk = jobs[start:start + settings.exec_batch]
-            codes = [[ParsedCode(slog.samples[(ds, p.task_id, "code", i)]["code"])
-                      for i in range(settings.k_code)] for ds, p in chunk]
-            tests = [[ParsedTest(t["test_input"], t["test_output"])
-                      for t in (slog.samples[(ds, p.task_id, "test", k)]
-                                for k in range(settings.n_tests))] for ds, p in chunk]
+            codes = [[ParsedCode(c) for c in slog.codes(ds, p.task_id, "code", settings.k_code)]
+                     for ds, p in chunk]
+            tests = [slog.tests(ds, p.task_id, settings.n_tests) for ds, p in chunk]
             ran = execute([p for _, p in chunk], codes, tests,
                           max_gt_tests=settings.max_gt_tests, sandbox=sb)
             records = [exec_record(ran, i, ds, p.task_id, settings.k_code, settings.n_tests)

@@ -76,7 +76,6 @@ class Pick:
     index: int
     code: str | None
     passed: np.ndarray  # bool [n_tests]
-    verdicts: str  # its verdict row over the generated tests (rollout.eval_log.verdict_rows)
     correct: bool
 
     def failing(self, parsed: np.ndarray) -> list[int]:
@@ -91,7 +90,7 @@ def _best(rec: dict, codes: Sequence[str | None], round_: int, n_tests: int) -> 
     gt = passed_table(rec["gt"], len(codes), rec["n_gt"])
     i = int(np.argmax(gen.sum(axis=1)))
     ok = codes[i] is not None
-    return Pick(round_, i, codes[i], gen[i], rec["gen"][i], bool(ok and gt[i].all()))
+    return Pick(round_, i, codes[i], gen[i], bool(ok and gt[i].all()))
 
 
 @dataclasses.dataclass
@@ -189,8 +188,8 @@ def _execute(chains: list[_Chain], round_: int, rs: RefineSettings, settings: Ev
     kind = repair_kind(round_)
     for start in range(0, len(chains), settings.exec_batch):
         chunk = chains[start:start + settings.exec_batch]
-        codes = [[ParsedCode(slog.samples[(c.dataset, c.problem.task_id, kind, i)]["code"])
-                  for i in range(rs.k)] for c in chunk]
+        codes = [[ParsedCode(x) for x in slog.codes(c.dataset, c.problem.task_id, kind, rs.k)]
+                 for c in chunk]
         ran = execute([c.problem for c in chunk], codes, [c.tests for c in chunk],
                       max_gt_tests=settings.max_gt_tests, sandbox=sb)
         slog.append([exec_record(ran, i, c.dataset, c.problem.task_id, rs.k, settings.n_tests)
@@ -199,10 +198,9 @@ def _execute(chains: list[_Chain], round_: int, rs: RefineSettings, settings: Ev
 
 def _start(ds: str, p: Problem, slog: SampleLog, settings: EvalSettings) -> _Chain:
     """A problem's chain at round 0: its generated tests and its BoN pick."""
-    tests = [ParsedTest(t["test_input"], t["test_output"])
-             for t in (slog.samples[(ds, p.task_id, "test", k)] for k in range(settings.n_tests))]
-    codes = [slog.samples[(ds, p.task_id, "code", i)]["code"] for i in range(settings.k_code)]
-    return _Chain(ds, p, tests, [_best(slog.execs[(ds, p.task_id)], codes, 0, settings.n_tests)])
+    codes = slog.codes(ds, p.task_id, "code", settings.k_code)
+    return _Chain(ds, p, slog.tests(ds, p.task_id, settings.n_tests),
+                  [_best(slog.execs[(ds, p.task_id)], codes, 0, settings.n_tests)])
 
 
 def refine(datasets: Mapping[str, Sequence[Problem]], slog: SampleLog, settings: EvalSettings,
@@ -255,9 +253,8 @@ def refine(datasets: Mapping[str, Sequence[Problem]], slog: SampleLog, settings:
                 if faulted(rec):
                     c.excluded = True
                     continue
-                codes = [slog.samples[(c.dataset, c.problem.task_id, kind, i)]["code"]
-                         for i in range(rs.k)]
-                best = _best(rec, codes, r, settings.n_tests)
+                best = _best(rec, slog.codes(c.dataset, c.problem.task_id, kind, rs.k), r,
+                             settings.n_tests)
                 if best.passed.sum() > c.picks[-1].passed.sum():
                     c.picks.append(best)
     return {ds: _metrics([c for c in chains if c.dataset == ds], rs.rounds) for ds in datasets}
