@@ -36,9 +36,10 @@ train: setup
 # One pytest worker per core, at most 4 (an e2e module holds a JAX learner, a vLLM engine and a
 # sandbox pool, a few GB each), a test module per worker at a time (module fixtures are built
 # once); tests/conftest.py starts the longest modules first. TEST_WORKERS=0 runs in-process.
+# The 25 slowest tests are listed at the end (where the suite's time goes).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=25 tests
 
 # device_check.py (and its device_sections.py) is for a GPU machine: see device-check below.
 bench: setup
