@@ -216,10 +216,9 @@ def refine(datasets: Mapping[str, Sequence[Problem]], slog: SampleLog, settings:
     ``generate(wants, sampling, desc)`` draws the wanted samples and appends them to ``slog``;
     round r samples with ``sampling``'s seed plus ``r * ROUND_SEED_STRIDE`` (a request repeated
     in the next round, same pick and same failures, gets new draws)."""
-    chains = [_start(ds, p, slog, settings) for ds, problems in datasets.items() for p in problems
-              if not (settings.drop_unparsed_tests and
-                      not any(slog.samples[(ds, p.task_id, "test", k)]["test_input"] is not None
-                              for k in range(settings.n_tests)))]
+    chains = [_start(ds, p, slog, settings) for ds, problems in datasets.items() for p in problems]
+    if settings.drop_unparsed_tests:  # the protocol scores no problem without a parsed test
+        chains = [c for c in chains if c.parsed.any()]
     with sandbox_factory() as sb:
         for r in range(1, rs.rounds + 1):
             active = [c for c in chains if c.needs_repair()]
