@@ -54,7 +54,9 @@ MODEL_INITS = ("pretrained", "random")
 class MeshConfig(Section):
     """Mesh axis sizes; -1 means "all the devices left" (at most one axis). ``devices``: the
     learner's GPUs on this host, comma-separated indices ("" = every GPU not in
-    ``rollout.devices``); cure-train applies it (:mod:`cure_jax.placement`)."""
+    ``rollout.devices``); cure-train applies it (:mod:`cure_jax.placement`).
+    ``device_memory_gb``: what one learner device holds, for ``cure-train --dry_run``'s check
+    (0 = what the device reports; CPUs report nothing)."""
 
     _path: ClassVar[str] = "mesh"
 
@@ -62,8 +64,11 @@ class MeshConfig(Section):
     fsdp: int = -1
     tp: int = 1
     devices: str = ""
+    device_memory_gb: float = 0.0
 
     def validate(self, p: str) -> None:
+        check(self.device_memory_gb >= 0, f"{p}.device_memory_gb",
+              f"must be >= 0, 0 = what the device reports (got {self.device_memory_gb})")
         for f in ("data", "fsdp", "tp"):
             v = getattr(self, f)
             check(v == -1 or v >= 1, f"{p}.{f}", f"must be >= 1 or -1 (got {v})")
@@ -218,6 +223,7 @@ class ModelConfig(Section):
     dtype: str = "float32"
     attention_impl: str = "auto"
     remat_policy: str = "none"
+    scan_layers: bool = False       # decoder layers as one scan (see QwenConfig)
 
     def validate(self, p: str) -> None:
         n = sum(bool(x) for x in (self.preset, self.hf_dir, self.arch))
@@ -247,7 +253,8 @@ class ModelConfig(Section):
     def qwen_config(self, p: str = "config.model"):
         """Build and validate the QwenConfig (errors name config.model.* fields)."""
         from cure_jax.models.qwen import QwenConfig
-        extra = {"attention_impl": self.attention_impl, "remat_policy": self.remat_policy}
+        extra = {"attention_impl": self.attention_impl, "remat_policy": self.remat_policy,
+                 "scan_layers": self.scan_layers}
         try:
             if self.preset:
                 return QwenConfig.preset(self.preset, **extra)

@@ -295,23 +295,27 @@ class Learner:
     def _prepare(self, params, batch: ExperienceBatch, rows: GlobalRows, ref_params: Any | None,
                  n_updates: int):
         """Reference/old log-probs the loss needs, the micro-batch keys and the jitted accumulator."""
-        cfg = self.cfg
+        names, keys, self_old = self._loss_inputs(n_updates)
         extra: dict[str, np.ndarray] = {}
-        if self.loss_cfg.kl_coef > 0:
+        if "ref_logp" in names:
             if ref_params is None:
                 raise ValueError("kl_coef > 0 needs ref_params (the frozen reference policy)")
             extra["ref_logp"] = self._fill_logprobs(self._logprobs_ref_jit, ref_params, batch, rows)
-        self_old = False
-        if cfg.old_logprobs == "rollout":
-            extra["old_logp"] = batch.rollout_logprobs
-        elif n_updates > 1:
-            extra["old_logp"] = self._fill_logprobs(self._logprobs_jit, params, batch, rows)
-        else:
-            self_old = True
-        keys = tuple(sorted([*self._lp_keys, "loss_mask", "advantage"]
-                            + (["rollout_logp"] if self.loss_cfg.tis_cap else [])
-                            + list(extra)))
+        if "old_logp" in names:
+            extra["old_logp"] = (batch.rollout_logprobs if self.cfg.old_logprobs == "rollout" else
+                                 self._fill_logprobs(self._logprobs_jit, params, batch, rows))
         return extra, keys, self._accum_fn(keys, self_old)
+
+    def _loss_inputs(self, n_updates: int) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+        """The per-token inputs the loss needs besides the batch (ref_logp, old_logp), every
+        micro-batch key, and whether the old log-probs are the current ones (one update)."""
+        names = ("ref_logp",) if self.loss_cfg.kl_coef > 0 else ()
+        self_old = self.cfg.old_logprobs != "rollout" and n_updates == 1
+        if not self_old:
+            names += ("old_logp",)
+        keys = tuple(sorted([*self._lp_keys, "loss_mask", "advantage"]
+                            + (["rollout_logp"] if self.loss_cfg.tis_cap else []) + list(names)))
+        return names, keys, self_old
 
     def gradients(self, params: Any, batch: ExperienceBatch, ref_params: Any | None = None
                   ) -> tuple[Any, dict[str, float]]:
@@ -374,6 +378,37 @@ class Learner:
                        "perf/padded_tokens": float(tokens_processed),
                        "perf/response_tokens": float(rows.response_len.sum()) * cfg.ppo_epochs})
         return state, totals
+
+    def step_programs(self, batch: ExperienceBatch) -> dict[str, jax.stages.Lowered]:
+        """The device programs an `update` of `batch` runs, lowered (not run) on abstract
+        params and optimizer state for its largest micro-batch: what `cure-train --dry_run`
+        compiles to plan memory. Keys: "accumulate gradients", "optimizer update" and, when
+        the loss needs them, "reference log-probs" and "old log-probs"."""
+        rows = row_plan.gather_rows(batch)
+        groups = self._role_groups(rows)
+        n_updates = self.cfg.ppo_epochs * self.cfg.minibatches * len(groups)
+        names, keys, self_old = self._loss_inputs(n_updates)
+        role = max(groups, key=len)
+        minibatch = role[:-(-len(role) // self.cfg.minibatches)]
+        mb = max(self._plan(rows, minibatch), key=lambda m: (m.rows_per_process * m.length,
+                                                           m.packed_seqs * m.packed_len))
+        extra = {k: np.zeros((batch.num_rows, batch.length), np.float32) for k in names}
+        train_mb, _ = self._device_mb(batch, rows, mb, keys, extra)
+        lp_mb = {k: train_mb[k] for k in self._lp_keys}
+        state = self.abstract_state()
+        metrics = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=self.replicated)
+                   for k in losses.METRIC_KEYS}
+        with jax.set_mesh(self.mesh):
+            out = {"accumulate gradients": self._accum_fn(keys, self_old).lower(
+                       state.params, state.params, metrics, train_mb, jnp.float32(1.0)),
+                   "optimizer update": self._apply_jit.lower(state, state.params)}
+            if "ref_logp" in names:
+                ref = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                   state.params, self.ref_shardings)
+                out["reference log-probs"] = self._logprobs_ref_jit.lower(ref, lp_mb)
+            if "old_logp" in names and self.cfg.old_logprobs != "rollout":
+                out["old log-probs"] = self._logprobs_jit.lower(state.params, lp_mb)
+        return out
 
     def logprobs(self, params: Any, batch: ExperienceBatch) -> np.ndarray:
         """Host helper: [n, L] token log-probs of this process's rows of `batch` under `params`

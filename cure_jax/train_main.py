@@ -23,6 +23,14 @@ PROG = "cure-train"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard, config.json.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False,
+                             "Plan the run's memory and stop: compile the learner's programs for "
+                             "the config's largest micro-batch on abstract weights, print per-device "
+                             "and host shared memory, exit 1 when a device would not hold it "
+                             "(cure_jax.dry_run). Starts nothing, writes nothing.")
+_DRY_RUN_DEVICES = flags.DEFINE_integer("dry_run_devices", 0,
+                                        "With --dry_run: plan on this many fake CPU devices "
+                                        "instead of this host's (0 = the real ones).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host launch on a cluster JAX "
                                  "auto-detects, e.g. TPU pods). Also on when JAX_COORDINATOR_ADDRESS or a "
@@ -39,6 +47,14 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         cli.exit_error(PROG, "--workdir is required", cli.EXIT_USAGE)
     from cure_jax import placement
+    if _DRY_RUN_DEVICES.value and not _DRY_RUN.value:
+        cli.exit_error(PROG, "--dry_run_devices needs --dry_run", cli.EXIT_USAGE)
+    if _DRY_RUN.value:
+        from cure_jax.dry_run import without_inputs
+        with cli.errors(PROG):
+            cfg = load_config(without_inputs(config))
+        _dry_run(cfg, _DRY_RUN_DEVICES.value)
+        return
     with cli.errors(PROG):
         cfg = load_config(config)
         # This host's GPU split (mesh.devices / rollout.devices), resolved to physical ids and
@@ -57,6 +73,23 @@ def main(argv: list[str]) -> None:
     distributed.initialize(force=_DISTRIBUTED.value)
     with cli.errors(PROG, failure=(CheckpointError, RolloutServerError, ShmError)):  # one line each
         train_and_evaluate(config, _WORKDIR.value)
+
+
+def _dry_run(cfg, fake_devices: int) -> None:
+    """`--dry_run`: the memory plan on this host's learner devices (placement applied) or on
+    `fake_devices` CPU devices; one-line error and exit 1 when a device would not hold it."""
+    from cure_jax import placement
+    if fake_devices:
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", fake_devices)
+    else:
+        with cli.errors(PROG):
+            where = placement.plan(cfg, processes=1)
+        placement.apply_to_learner(where)
+    from cure_jax.dry_run import DoesNotFit, dry_run
+    with cli.errors(PROG, failure=(DoesNotFit,)):
+        dry_run(cfg, fake_devices)
 
 
 def _unknown_override(argv: list[str], err: Exception | None = None) -> str | None:

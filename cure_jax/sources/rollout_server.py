@@ -52,6 +52,21 @@ from rollout.contract.stats import merge_eval_metrics, merge_rollout_stats
 from rollout.contract.weight_channel import WeightChannel
 
 
+def longest_row(cfg: Config, model_cfg: Any) -> int:
+    """The longest experience row (prompt + response) the rollout server hands over:
+    `rollout.max_len`, else the engine's `max_model_len`, else the model's positions."""
+    r = cfg.rollout
+    return r.max_len or r.engine_options.max_model_len or int(model_cfg.max_position_embeddings)
+
+
+def slot_bytes(cfg: Config, model_cfg: Any, processes: int) -> int:
+    """Payload bytes of one ring-buffer slot: one step's rows of one process at the longest
+    row, with room for the per-row fields and the step's statistics."""
+    r = cfg.rollout
+    rows = -(-r.problems_per_step // processes) * (r.k_code + r.k_case)
+    return rows * (longest_row(cfg, model_cfg) + 8) * 8 + rows * 64 + (4 << 20)
+
+
 def problem_ids_for_step(n_problems: int, per_step: int, step: int, seed: int) -> list[int]:
     """Problem ids of training step `step`: consecutive slices of seeded per-epoch permutations
     of `range(n_problems)` (every problem once per epoch), a pure function of its arguments,
@@ -138,19 +153,13 @@ class RolloutServerSource:
         self.version = 0
         run_id = f"t{os.getpid()}x{int(time.time() * 1000) % 10**8}"
         segments.cleanup_stale()
-        self.buffer = RolloutBuffer.create(run_id, r.max_staleness + 1, self._buffer_bytes())
+        self.buffer = RolloutBuffer.create(run_id, r.max_staleness + 1,
+                                           slot_bytes(cfg, learner.model_cfg, self.count))
         self.buffer.open_reader()
         self.channel = WeightChannel.create(run_id, weights_capacity(learner.model_cfg,
                                                                      r.weights_dtype))
         self.spec = server_spec(cfg, learner.model_cfg, self.workdir, self.buffer.name,
                                 self.channel.name, self.tag)
-
-    def _buffer_bytes(self) -> int:
-        r = self.cfg.rollout
-        rows = -(-r.problems_per_step // self.count) * (r.k_code + r.k_case)
-        max_len = r.max_len or r.engine_options.max_model_len or \
-            int(self.learner.model_cfg.max_position_embeddings)
-        return rows * (max_len + 8) * 8 + rows * 64 + (4 << 20)
 
     # -- server lifecycle
     def _start_server(self) -> RolloutClient:

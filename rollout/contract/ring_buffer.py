@@ -138,13 +138,17 @@ class RolloutBuffer:
             raise ValueError(f"RolloutBuffer num_slots={num_slots}: must be >= 1")
         if slot_capacity < 256:
             raise ValueError(f"RolloutBuffer slot_capacity={slot_capacity}: must be >= 256 bytes")
-        cap = align(slot_capacity)
-        size = _G_WORDS * 8 + num_slots * (_S_WORDS * 8 + cap)
-        seg = Segment(segment_name(run_id, kind), size, create=True)
+        seg = Segment(segment_name(run_id, kind), cls.segment_bytes(num_slots, slot_capacity),
+                      create=True)
         g = np.ndarray((_G_WORDS,), np.int64, seg.buf, 0)
-        g[_G_NSLOTS], g[_G_CAP], g[_G_OWNER] = num_slots, cap, os.getpid()
+        g[_G_NSLOTS], g[_G_CAP], g[_G_OWNER] = num_slots, align(slot_capacity), os.getpid()
         g[_G_MAGIC] = _BUF_MAGIC
         return cls(seg)
+
+    @staticmethod
+    def segment_bytes(num_slots: int, slot_capacity: int) -> int:
+        """Shared-memory bytes of a ring of ``num_slots`` slots of ``slot_capacity`` bytes."""
+        return _G_WORDS * 8 + num_slots * (_S_WORDS * 8 + align(slot_capacity))
 
     @classmethod
     def attach(cls, name: str) -> RolloutBuffer:

@@ -238,14 +238,16 @@ class WeightChannel:
         """Create (and own) a channel whose two buffers hold ``capacity_bytes`` of tensors each."""
         if capacity_bytes <= 0:
             raise ValueError(f"WeightChannel capacity_bytes={capacity_bytes}: must be > 0")
-        cap = align(capacity_bytes)
-        hdr = align(_W_HDR_WORDS * 8)
-        size = hdr + 2 * (_W_MANIFEST_CAP + cap)
-        seg = Segment(segment_name(run_id, kind), size, create=True)
+        seg = Segment(segment_name(run_id, kind), cls.segment_bytes(capacity_bytes), create=True)
         h = np.ndarray((_W_HDR_WORDS,), np.int64, seg.buf, 0)
-        h[_W_CAP], h[_W_CUR] = cap, -1
+        h[_W_CAP], h[_W_CUR] = align(capacity_bytes), -1
         h[_W_MAGIC] = _CHAN_MAGIC
         return cls(seg)
+
+    @staticmethod
+    def segment_bytes(capacity_bytes: int) -> int:
+        """Shared-memory bytes of a channel whose two buffers hold ``capacity_bytes`` each."""
+        return align(_W_HDR_WORDS * 8) + 2 * (_W_MANIFEST_CAP + align(capacity_bytes))
 
     @classmethod
     def attach(cls, name: str) -> WeightChannel:

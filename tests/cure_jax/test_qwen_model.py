@@ -182,14 +182,58 @@ def _saved_residuals(cfg: QwenConfig) -> list[str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         print_saved_residuals(loss, state, jnp.zeros((2, 64), jnp.int32))
-    return [line for line in buf.getvalue().splitlines() if "[2,64" in line]
+    # activations of the batch: [2,64,...], or [3,2,64,...] stacked by the scan over layers
+    return [line for line in buf.getvalue().splitlines() if "[2,64" in line or "[3,2,64" in line]
 
 
-def test_remat_policy_changes_what_the_backward_pass_keeps():
-    cfg = QwenConfig.preset("tiny-qwen2", num_hidden_layers=3)
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_policy_changes_what_the_backward_pass_keeps(scan):
+    cfg = QwenConfig.preset("tiny-qwen2", num_hidden_layers=3, scan_layers=scan)
     none = _saved_residuals(cfg)
     full = _saved_residuals(cfg.replace(remat_policy="full"))
     dots = _saved_residuals(cfg.replace(remat_policy="dots_saveable"))
     # full remat keeps little more than each layer's input; dots_saveable also keeps matmul outputs
     assert len(full) < len(dots) < len(none), (len(full), len(dots), len(none))
     assert not any("apply_rope" in line for line in full)
+
+
+@pytest.mark.parametrize("policy", ["none", "full"])
+def test_scanned_layers_equal_unrolled_ones(policy):
+    """The scan over layers is the same model: same parameter tree, same loss and gradients."""
+    cfg = QwenConfig.preset("tiny-qwen2", num_hidden_layers=3, remat_policy=policy)
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 512, (2, 12)))
+    mask = jnp.asarray(np.arange(12)[None] < np.array([[12], [7]]), jnp.int32)
+    out = {}
+    for scan in (False, True):
+        graphdef, state = nnx.split(Qwen(cfg.replace(scan_layers=scan), rngs=nnx.Rngs(0)))
+
+        def loss(st, graphdef=graphdef):
+            model = nnx.merge(graphdef, st)
+            return jnp.mean(model.logits(model(tokens, attention_mask=mask)) ** 2)
+        out[scan] = (state, *jax.jit(jax.value_and_grad(loss))(state))
+    assert jax.tree.structure(out[False][0]) == jax.tree.structure(out[True][0])
+    np.testing.assert_allclose(float(out[True][1]), float(out[False][1]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out[False][2]), jax.tree.leaves(out[True][2])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+
+
+def test_chunked_attention_equals_xla_attention():
+    from cure_jax.models.qwen.model import chunked_attention
+    rng = np.random.default_rng(3)
+    q = jnp.asarray(rng.normal(size=(2, 37, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 37, 2, 8)), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(rng.random((2, 1, 37, 37)) < 0.7) | jnp.eye(37, dtype=bool)
+    for m in (None, mask):
+        def full(q, m=m):
+            return jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=True, scale=0.3)
+
+        def chunked(q, m=m):
+            return chunked_attention(q, k, v, m, 0.3, block=8)  # 5 blocks, the last one padded
+        np.testing.assert_allclose(chunked(q), full(q), atol=2e-6)
+        grads = [jax.grad(lambda q, f=f: jnp.sum(f(q) ** 2))(q) for f in (full, chunked)]
+        np.testing.assert_allclose(grads[1], grads[0], atol=2e-5)
+    model = Qwen(QwenConfig.preset("tiny-qwen2", attention_impl="chunked"), rngs=nnx.Rngs(0))
+    ref = Qwen(QwenConfig.preset("tiny-qwen2", attention_impl="xla"), rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(rng.integers(0, 512, (2, 300)))
+    np.testing.assert_allclose(_forward(model, tokens, None, None), _forward(ref, tokens, None, None),
+                               atol=2e-5)

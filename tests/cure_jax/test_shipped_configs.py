@@ -20,7 +20,8 @@ EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json"))
                       .replace("<ROOT>", str(ROOT)))
 MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
 # Fields added since, at their defaults.
-ADDED = {"data.data_dir": "data", "mesh.devices": "", "model.init": "pretrained",
+ADDED = {"data.data_dir": "data", "mesh.devices": "", "mesh.device_memory_gb": 0.0,
+         "model.init": "pretrained", "model.scan_layers": False,
          "learner.role_updates": "joint", "learner.share_prompts": False,
          "rollout.prompts.repair_template": None,
          "cure.tester": {"model_path": "", "engine": "", "engine_options": {
@@ -43,6 +44,9 @@ PAPER_CHANGED = {"eval.max_gt_tests": 8, "eval.bon": [[1, 16], [4, 4], [4, 16], 
 PAPER_MAX_TOKENS = {"eval.max_tokens": 10000}  # qwen3_4b keeps its 16384 (long CoT)
 RANDOM_INIT = {"model.init": "random"}  # the tiny random policies ask for their random init
 SHARED_PROMPTS = {"learner.share_prompts": True}  # the tiny configs' short responses
+# The 7B recipe (and the 4B, which derives from it) rematerialise whole layers since
+# `cure-train --dry_run` planned their longest micro-batch (README, "Memory before the run").
+FULL_REMAT = {"model.remat_policy": "full"}
 # Variants added since: the run of the config they vary, with these fields changed.
 DERIVED = {"minibatches4": {"learner.minibatches": 4}}
 SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
@@ -89,8 +93,11 @@ def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
     expected.pop("tiny_model")  # server-spec plumbing derived from model.qwen_config
     expected.update(DERIVED.get(arg, {}))
     if name.startswith("qwen"):
-        expected.update({**PAPER_CHANGED, **({} if name == "qwen3_4b" else PAPER_MAX_TOKENS)})
+        expected.update({**PAPER_CHANGED, **({} if name == "qwen3_4b" else PAPER_MAX_TOKENS),
+                         **FULL_REMAT})
+        expected["model.qwen_config"] = {**expected["model.qwen_config"], "remat_policy": "full"}
     got = _effective(name, arg)
+    assert got["model.qwen_config"].pop("scan_layers") is False  # added since, the default
     preset = {**PRESET_GPUS, **SEPARATE, **PAPER_PROTOCOL} if name.startswith("qwen") else \
         SEPARATE if name == "learner_presets" else {}
     for key, value in {**ADDED, **preset, **(SHARED_PROMPTS if name in ("tiny", "learner_presets") else {}),

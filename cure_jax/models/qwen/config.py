@@ -18,7 +18,7 @@ _ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 _MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3"}
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("xla", "cudnn", "chunked", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "nothing_saveable")
 
@@ -33,9 +33,14 @@ class QwenConfig:
     family: "qwen2" (Qwen2/Qwen2.5: q/k/v biases) or "qwen3" (q/k RMSNorm, no biases,
       head_dim independent of hidden_size / num_attention_heads).
     attention_impl: "xla", "cudnn" (flash attention on NVIDIA GPUs; causal only, so batches must
-      be right-padded) or "auto" (cudnn on a GPU with bf16/fp16 compute and no attention mask, xla elsewhere).
+      be right-padded), "chunked" (XLA attention a block of queries at a time, memory linear in
+      the length on any platform) or "auto" (cudnn on a GPU with bf16/fp16 compute and no
+      attention mask, xla elsewhere).
     remat_policy: rematerialisation of each decoder layer in the backward pass ("none" keeps all
       activations; "full" recomputes the whole layer; the others are jax.checkpoint_policies).
+    scan_layers: run the decoder layers as one `jax.lax.scan` rather than unrolled: with FSDP
+      each layer's weights are gathered inside the loop, one layer at a time. The parameters
+      are the same either way (stacked on the fly, see Qwen._scan_layers).
     """
 
     vocab_size: int
@@ -56,6 +61,7 @@ class QwenConfig:
     torch_dtype: str = "bfloat16"
     attention_impl: str = "auto"
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in ("qwen2", "qwen3"):

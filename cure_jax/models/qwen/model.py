@@ -79,6 +79,30 @@ def _default_attention_impl(dtype) -> str:
     return "xla"
 
 
+def chunked_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float,
+                      block: int = 256) -> Array:
+    """Causal attention (q [B, L, N, D], k/v [B, L, K, D], mask [B, 1, L, L] or None) computed
+    `block` queries at a time, each block rematerialised in the backward pass: memory grows
+    with block x L instead of L x L, as with a flash-attention kernel, on any platform."""
+    b, l, n, d = q.shape
+    nb = -(-l // block)
+    pad = nb * block - l
+    blocks = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nb, block, n, d)
+    if mask is not None:
+        mask = jnp.pad(jnp.broadcast_to(mask, (b, 1, l, l)), ((0, 0), (0, 0), (0, pad), (0, 0)))
+    keys = jnp.arange(l)
+
+    @jax.checkpoint
+    def one(i: Array, qb: Array) -> Array:
+        queries = i * block + jnp.arange(block)
+        m = (keys[None, :] <= queries[:, None])[None, None]
+        if mask is not None:
+            m = m & jax.lax.dynamic_slice_in_dim(mask, i * block, block, axis=2)
+        return jax.nn.dot_product_attention(qb, k, v, mask=m, scale=scale, implementation="xla")
+    out = jax.lax.map(lambda a: one(*a), (jnp.arange(nb), blocks.swapaxes(0, 1)))
+    return out.swapaxes(0, 1).reshape(b, nb * block, n, d)[:, :l]
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: QwenConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -118,8 +142,11 @@ class Attention(nnx.Module):
             # cuDNN flash attention: causal only. Exact for right-padded rows (later pads are
             # invisible to real tokens under causality); left padding needs the xla path.
             mask = None
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=True, scale=cfg.head_dim ** -0.5, implementation=impl)
+        if impl == "chunked":
+            out = chunked_attention(q, k, v, mask, cfg.head_dim ** -0.5)
+        else:
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, is_causal=True, scale=cfg.head_dim ** -0.5, implementation=impl)
         out = sharding.constrain(out, ("batch", "length", "act_heads", None))
         w_o = self.o_proj[...].astype(self.dtype)
         return jnp.einsum("blnd,end->ble", out, w_o)
@@ -217,13 +244,33 @@ class Qwen(nnx.Module):
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
-        if self.cfg.remat_policy == "none":
-            step = _layer_forward
+        if self.cfg.scan_layers and len(self.layers) > 1:
+            x = self._scan_layers(x, cos, sin, mask)
         else:
-            step = nnx.remat(_layer_forward, policy=_remat_policy(self.cfg.remat_policy))
-        for layer in self.layers:
-            x = step(layer, x, cos, sin, mask)
+            step = _layer_forward
+            if self.cfg.remat_policy != "none":
+                step = nnx.remat(_layer_forward, policy=_remat_policy(self.cfg.remat_policy))
+            for layer in self.layers:
+                x = step(layer, x, cos, sin, mask)
         return self.norm(x)
+
+    def _scan_layers(self, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
+        """The decoder layers as one `jax.lax.scan`: with FSDP each layer's parameters are
+        gathered inside the loop, one layer at a time. The parameters stay one subtree per
+        layer (their names, the HF table and checkpoints are those of the unrolled model); they
+        are stacked on the fly in the compute dtype (the layers cast them to it anyway), which
+        holds one extra compute-dtype copy of the layers' parameters. Stacking on the fly does
+        not make compile time flat in depth (benchmarks/compile.py: 2x the unrolled compile at
+        28 layers on CPU); that needs the parameters stored stacked."""
+        graphdef = nnx.graphdef(self.layers[0])
+        stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(self.dtype) for w in ws]),
+                               *[nnx.state(layer) for layer in self.layers])
+
+        def body(h: Array, state: nnx.State) -> tuple[Array, None]:
+            return nnx.merge(graphdef, state)(h, cos, sin, mask), None
+        if self.cfg.remat_policy != "none":
+            body = jax.checkpoint(body, policy=_remat_policy(self.cfg.remat_policy))
+        return jax.lax.scan(body, x, stacked)[0]
 
     def logits(self, hidden: Array) -> Array:
         """hidden [..., H] -> logits [..., V] in float32 (materialises V: small inputs only)."""
