@@ -90,7 +90,9 @@ class EngineOptions(Section):
     max_model_len: int | None = None        # None: the model's own
     tensor_parallel_size: int = 1           # vllm: GPUs per engine
     gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = True              # no CUDA graphs: weights change every step
+    # None: CUDA graphs on GPUs (a weight push copies into the captured tensors, see
+    # rollout/engines/vllm_worker.py), eager on vLLM's CPU build, which has no graphs.
+    enforce_eager: bool | None = None
     enable_prefix_caching: bool = True
     distributed_executor_backend: str | None = None  # vllm: None = its choice; "uni": in-process
     in_process: bool | None = None          # vllm: VLLM_ENABLE_V1_MULTIPROCESSING=0 when True

@@ -94,7 +94,7 @@ class EngineConfig:
     # vLLM
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None  # None: eager on the CPU build only (no CUDA graphs there)
     enable_prefix_caching: bool = True
     distributed_executor_backend: str | None = None  # None: vLLM's choice; "uni": in-process
     in_process: bool | None = None  # sets VLLM_ENABLE_V1_MULTIPROCESSING=0 when True

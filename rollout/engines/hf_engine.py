@@ -40,6 +40,20 @@ def as_torch(x: Any) -> Any:
     return torch.from_numpy(a)
 
 
+def attention_implementation(device: Any, note: Any = print) -> str:
+    """flash-attn 2 on a CUDA device when the `flash` extra is installed, else PyTorch SDPA
+    (with a one-line note on CUDA, where flash-attn would be faster)."""
+    import importlib.util
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    note("hf engine: flash-attn is not installed (pip install '.[flash]'); attention runs on "
+         "PyTorch SDPA", flush=True)
+    return "sdpa"
+
+
 class HFEngine:
     """transformers model + tokenizer; ``load_weights`` copies HF-named tensors in place."""
 
@@ -54,7 +68,8 @@ class HFEngine:
         self.device = torch.device(device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            config.model, dtype=_torch_dtype(config.dtype))
+            config.model, dtype=_torch_dtype(config.dtype),
+            attn_implementation=attention_implementation(self.device))
         self.model = model.to(self.device).eval()
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None

@@ -30,7 +30,8 @@ from rollout.engines.base import (
     check_generate_args,
 )
 from rollout.engines.hf_engine import as_torch
-from rollout.engines.vllm_worker import QUALNAME as WORKER_EXTENSION, on_cpu_build
+from rollout.engines.vllm_worker import QUALNAME as WORKER_EXTENSION
+from rollout.engines.vllm_worker import on_cpu_build
 
 
 @contextlib.contextmanager
@@ -47,6 +48,12 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
             else:
                 os.environ[k] = v
 
+
+
+def eager(config: EngineConfig) -> bool:
+    """vLLM's enforce_eager: the config's, else eager on the CPU build only (no CUDA graphs
+    there; on a GPU a weight push copies into the captured tensors, so graphs stay valid)."""
+    return on_cpu_build() if config.enforce_eager is None else bool(config.enforce_eager)
 
 class VLLMEngine:
     """A running vLLM engine configured from :class:`EngineConfig`."""
@@ -74,7 +81,8 @@ class VLLMEngine:
             model=config.model, tokenizer=config.tokenizer or config.model, dtype=config.dtype,
             seed=config.seed, tensor_parallel_size=config.tensor_parallel_size,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            enforce_eager=config.enforce_eager, enable_prefix_caching=config.enable_prefix_caching,
+            enforce_eager=eager(config),
+            enable_prefix_caching=config.enable_prefix_caching,
             logprobs_mode="processed_logprobs", worker_extension_cls=WORKER_EXTENSION)
         if config.max_model_len is not None:
             kwargs["max_model_len"] = config.max_model_len

@@ -183,3 +183,34 @@ def test_vllm_and_hf_agree_on_stop_strings(vllm_engine, hf):
     for sv, sh in zip(v, h):
         assert (sv[0].token_ids, sv[0].text, sv[0].finish_reason) == \
                (sh[0].token_ids, sh[0].text, sh[0].finish_reason)
+
+
+def test_hf_engine_attention_follows_the_device_and_the_flash_extra(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from rollout.engines.hf_engine import attention_implementation
+    notes = []
+    assert attention_implementation(torch.device("cpu"), notes.append) == "sdpa" and not notes
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    assert attention_implementation(torch.device("cuda:1"), lambda m, **_: notes.append(m)) == "sdpa"
+    assert len(notes) == 1 and "flash-attn is not installed" in notes[0]
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    assert attention_implementation(torch.device("cuda"), notes.append) == "flash_attention_2"
+    assert len(notes) == 1
+
+
+def test_cuda_graphs_unless_the_cpu_build(monkeypatch):
+    """The engine default (None) is eager exactly where vLLM has no CUDA graphs."""
+    import rollout.engines.vllm_engine as ve
+    from rollout.contract.sections import EngineOptions
+    default = EngineConfig(model="/m")
+    assert EngineOptions().enforce_eager is None and default.enforce_eager is None
+    for cpu in (True, False):
+        monkeypatch.setattr(ve, "on_cpu_build", lambda cpu=cpu: cpu)
+        assert ve.eager(default) is cpu
+        assert ve.eager(EngineConfig(model="/m", enforce_eager=False)) is False

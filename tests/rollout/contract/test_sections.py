@@ -44,10 +44,10 @@ def test_engine_options_are_the_engine_config_fields():
         engine.pop(name)
     ours = _fields(EngineOptions)
     assert set(ours) == set(engine)
-    assert {k: v for k, v in ours.items() if v != engine[k]} == {"enforce_eager": True}
+    assert {k: v for k, v in ours.items() if v != engine[k]} == {}
     spec = RolloutConfig(engine="hf").engine_spec("/m", 3)
     cfg = EngineConfig.from_mapping(spec)
-    assert (cfg.backend, cfg.model, cfg.seed, cfg.enforce_eager) == ("hf", "/m", 3, True)
+    assert (cfg.backend, cfg.model, cfg.seed, cfg.enforce_eager) == ("hf", "/m", 3, None)
 
 
 def test_sandbox_section_is_the_limits_fields():
