@@ -56,7 +56,9 @@ class MeshConfig(Section):
     learner's GPUs on this host, comma-separated indices ("" = every GPU not in
     ``rollout.devices``); cure-train applies it (:mod:`cure_jax.placement`).
     ``device_memory_gb``: what one learner device holds, for ``cure-train --dry_run``'s check
-    (0 = what the device reports; CPUs report nothing)."""
+    (0 = what the device reports; CPUs report nothing). ``dcn``: slices joined by the
+    data-centre network (TPU multi-slice; elsewhere one process per slice), spanned by the data
+    axis (:func:`cure_jax.sharding.make_mesh`)."""
 
     _path: ClassVar[str] = "mesh"
 
@@ -65,8 +67,12 @@ class MeshConfig(Section):
     tp: int = 1
     devices: str = ""
     device_memory_gb: float = 0.0
+    dcn: int = 1
 
     def validate(self, p: str) -> None:
+        check(self.dcn >= 1, f"{p}.dcn", f"must be >= 1 (got {self.dcn})")
+        check(self.data == -1 or self.data % self.dcn == 0, f"{p}.dcn",
+              f"must divide mesh.data = {self.data} (the data axis spans the slices)")
         check(self.device_memory_gb >= 0, f"{p}.device_memory_gb",
               f"must be >= 0, 0 = what the device reports (got {self.device_memory_gb})")
         for f in ("data", "fsdp", "tp"):

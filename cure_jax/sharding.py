@@ -47,8 +47,16 @@ LOGICAL_RULES: dict[str, Any] = {
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tp: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ("data", "fsdp", "tp") mesh with Auto axis types; one size may be -1 (= the rest)."""
+              devices: Sequence[jax.Device] | None = None, dcn: int = 1) -> Mesh:
+    """A ("data", "fsdp", "tp") mesh with Auto axis types; one size may be -1 (= the rest).
+
+    The device order follows the physical topology (`mesh_utils.create_device_mesh`: on TPUs
+    the fsdp and tp axes land on neighbouring chips; elsewhere it is the device order). With
+    `dcn` > 1 the devices form `dcn` slices joined by the data-centre network (TPU multi-slice,
+    or one granule per process elsewhere) and the data axis spans them
+    (`create_hybrid_device_mesh`): only data-parallel gradients cross between slices."""
+    from jax.experimental import mesh_utils
+
     devs = list(devices) if devices is not None else jax.devices()
     sizes = [data, fsdp, tp]
     if sum(s == -1 for s in sizes) > 1:
@@ -63,7 +71,20 @@ def make_mesh(data: int = 1, fsdp: int = -1, tp: int = 1,
         sizes[sizes.index(-1)] = len(devs) // known
     if math.prod(sizes) != len(devs):
         raise ValueError(f"make_mesh: data*fsdp*tp = {math.prod(sizes)} but {len(devs)} devices")
-    grid = np.asarray(devs, dtype=object).reshape(sizes)
+    if dcn < 1 or sizes[0] % dcn:
+        raise ValueError(f"make_mesh: dcn={dcn} must be >= 1 and divide data={sizes[0]} (the "
+                         f"data axis spans the slices)")
+    if dcn == 1:
+        grid = mesh_utils.create_device_mesh(sizes, devs)
+    else:
+        tpu = devs[0].platform == "tpu"
+        try:
+            grid = mesh_utils.create_hybrid_device_mesh(
+                [sizes[0] // dcn, *sizes[1:]], [dcn, 1, 1], devs, process_is_granule=not tpu)
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f"make_mesh: dcn={dcn} slices do not fit these {len(devs)} devices "
+                             f"(one {'TPU slice' if tpu else 'process'} per slice): "
+                             f"{' '.join(str(e).split())}") from None
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 

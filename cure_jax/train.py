@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 def build_learner(cfg: Config) -> Learner:
     """The mesh of `cfg.mesh` and the learner of `cfg.model` / `cfg.learner` on it."""
     m = cfg.mesh
-    mesh = sharding.make_mesh(data=m.data, fsdp=m.fsdp, tp=m.tp)
+    try:
+        mesh = sharding.make_mesh(data=m.data, fsdp=m.fsdp, tp=m.tp, dcn=m.dcn)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {str(e).removeprefix('make_mesh: ')}") from None
     return make_learner(cfg.model.qwen_config(), cfg.learner, mesh,
                         param_dtype=cfg.model.param_dtype, dtype=cfg.model.dtype, seed=cfg.seed)
 

@@ -72,6 +72,34 @@ def test_make_mesh_errors():
         sharding.make_mesh(data=-1, fsdp=-1)
     with pytest.raises(ValueError, match="8 devices"):
         sharding.make_mesh(data=3, fsdp=1, tp=1)
+    with pytest.raises(ValueError, match="dcn=3 must be >= 1 and divide data=2"):
+        sharding.make_mesh(data=2, fsdp=2, tp=2, dcn=3)
+    # one process is one granule: two slices need two processes (or TPU slices)
+    with pytest.raises(ValueError, match=r"^make_mesh: dcn=2 slices do not fit these 8 devices "
+                                         r"\(one process per slice\)"):
+        sharding.make_mesh(data=2, fsdp=4, tp=1, dcn=2)
+
+
+def test_mesh_follows_the_physical_topology():
+    """The grid is mesh_utils' (on CPU: the device order), so fsdp and tp are neighbours."""
+    from jax.experimental import mesh_utils
+    mesh = sharding.make_mesh(data=2, fsdp=2, tp=2)
+    expected = mesh_utils.create_device_mesh([2, 2, 2], jax.devices())
+    assert [d.id for d in mesh.devices.flat] == [d.id for d in expected.flat]
+    assert mesh.devices[0, 0, 1].id == mesh.devices[0, 0, 0].id + 1  # tp innermost
+
+
+def test_mesh_config_errors_name_the_field():
+    from cure_jax.config import ConfigError, load_config
+    from cure_jax.train import build_learner
+    from tests.helpers.cure_runs import tiny_config
+    c = tiny_config("random")
+    c.mesh.update({"data": 3, "dcn": 2})
+    with pytest.raises(ConfigError, match=r"config\.mesh\.dcn: must divide mesh\.data = 3"):
+        load_config(c)
+    c.mesh.update({"data": 2, "fsdp": -1, "dcn": 2})
+    with pytest.raises(ConfigError, match=r"^config\.mesh: dcn=2 slices do not fit"):
+        build_learner(load_config(c))
 
 
 def test_every_parameter_has_logical_axes():

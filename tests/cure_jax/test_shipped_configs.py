@@ -20,7 +20,7 @@ EXPECTED = json.loads((pathlib.Path(__file__).with_name("shipped_configs.json"))
                       .replace("<ROOT>", str(ROOT)))
 MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_path
 # Fields added since, at their defaults.
-ADDED = {"data.data_dir": "data", "mesh.devices": "", "mesh.device_memory_gb": 0.0,
+ADDED = {"data.data_dir": "data", "mesh.devices": "", "mesh.device_memory_gb": 0.0, "mesh.dcn": 1,
          "model.init": "pretrained", "model.scan_layers": False,
          "learner.role_updates": "joint", "learner.share_prompts": False,
          "rollout.prompts.repair_template": None,

@@ -1,6 +1,7 @@
 """Weights to every host: `export_weights` with the learner over 2 real `jax.distributed`
 processes (2 fake CPU devices each, gloo) writes the whole policy into each process's own
-WeightChannel, bit-exact with a single-process export of the same seeded parameters.
+WeightChannel, bit-exact with a single-process export of the same seeded parameters. (The
+children also check the 2-slice mesh, `mesh.dcn = 2`: one process per slice.)
 
 The children (tests/helpers/weight_export_peer.py) check themselves against the gathered
 export and that no `process_allgather` ran; here both must exit 0, agree with each other and

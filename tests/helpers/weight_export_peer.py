@@ -72,6 +72,11 @@ def main(out_dir: str, run_id: str) -> None:
     from cure_jax import hf_io, sharding
 
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    # Two slices (one process each, as mesh.dcn=2 builds them): the data axis spans the
+    # processes, fsdp stays inside each one.
+    slices = sharding.make_mesh(data=2, fsdp=2, tp=1, dcn=2)
+    assert [{d.process_index for d in row.flat} for row in slices.devices] == [{0}, {1}], \
+        slices.devices
     learner = make_tiny_learner(sharding.make_mesh(data=1, fsdp=-1, tp=1))
     params = learner.init_state().params
     spanning = [x for x in jax.tree.leaves(params) if not x.is_fully_addressable]
