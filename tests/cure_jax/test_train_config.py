@@ -60,7 +60,7 @@ BAD = [
     ("model.dtype", 16, r"^config\.model\.dtype: must be a string \(got 16\)$"),
     ("model.dtype", "int8", r"^config\.model\.dtype: must be one of \('float32', 'bfloat16', 'float16'\) \(got 'int8'\)$"),
     ("model.preset", "qwen3-4b", r"^config\.model: give exactly one of preset, hf_dir, arch \(got 2\)$"),
-    ("mesh.pp", 2, r"^config\.mesh\.pp: unknown field \(known: data, devices, fsdp, tp\)$"),
+    ("mesh.pp", 2, r"^config\.mesh\.pp: unknown field \(known: data, dcn, device_memory_gb, devices, fsdp, tp\)$"),
     ("mesh.tp", "2x", r"^config\.mesh\.tp: must be an integer \(got '2x'\)$"),
     ("mesh.tp", 0, r"^config\.mesh\.tp: must be >= 1 or -1 \(got 0\)$"),
     ("learner.lrr", 1.0, r"^config\.learner\.lrr: unknown field \(known: "),
