@@ -2,6 +2,11 @@
 at 14B. Same hyper-parameters; the learner shards over 4 GPUs with full rematerialisation and
 offloads the frozen reference to host memory, vLLM serves on the other 4 (tensor parallel 4).
 
+Memory: `cure-train --dry_run --dry_run_devices=4` plans 93 GiB per learner GPU for the longest
+micro-batch (fp32 weights, Adam and gradients alone are 55 GiB), above an 80 GB GPU; on fake CPU
+devices the temporaries lean high (README, "Memory before the run"). Run `--dry_run` on the GPU
+node itself before training; the learner on 8 GPUs (fsdp 8) plans 53.7 GiB.
+
 What acts in the update, as in configs/qwen2_5_7b.py: separate optimizer steps for the codes
 and then the tests (learner.role_updates = "separate"), old log-probs from before both, so the
 PPO clip acts in the tests' step only; the policy gradient weighted by the truncated importance
