@@ -103,11 +103,10 @@ def worst_case_batch(cfg: Config, learner: Learner, processes: int) -> Experienc
     """This process's rows of the largest step the config allows, every row at the longest
     length, each with its own prompt (nothing for prompt sharing to save), half codes and
     half tests."""
-    from cure_jax.sources.rollout_server import longest_row
+    from cure_jax.sources.rollout_server import longest_row, rows_per_step
     r = cfg.rollout
     if r.source == "cure":
-        rows = -(-r.problems_per_step // processes) * (r.k_code + r.k_case)
-        length = longest_row(cfg, learner.model_cfg)
+        rows, length = rows_per_step(cfg, processes), longest_row(cfg, learner.model_cfg)
     else:
         s = r.synthetic
         rows, length = -(-s.num_prompts // processes) * s.group_size, s.prompt_len + s.response_len

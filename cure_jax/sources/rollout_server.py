@@ -59,11 +59,17 @@ def longest_row(cfg: Config, model_cfg: Any) -> int:
     return r.max_len or r.engine_options.max_model_len or int(model_cfg.max_position_embeddings)
 
 
+def rows_per_step(cfg: Config, processes: int) -> int:
+    """The most experience rows one process's rollout server hands over in a step: its share
+    of the step's problems, each with k_code codes and k_case tests."""
+    r = cfg.rollout
+    return -(-r.problems_per_step // processes) * (r.k_code + r.k_case)
+
+
 def slot_bytes(cfg: Config, model_cfg: Any, processes: int) -> int:
     """Payload bytes of one ring-buffer slot: one step's rows of one process at the longest
     row, with room for the per-row fields and the step's statistics."""
-    r = cfg.rollout
-    rows = -(-r.problems_per_step // processes) * (r.k_code + r.k_case)
+    rows = rows_per_step(cfg, processes)
     return rows * (longest_row(cfg, model_cfg) + 8) * 8 + rows * 64 + (4 << 20)
 
 

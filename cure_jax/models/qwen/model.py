@@ -260,8 +260,8 @@ class Qwen(nnx.Module):
         layer (their names, the HF table and checkpoints are those of the unrolled model); they
         are stacked on the fly in the compute dtype (the layers cast them to it anyway), which
         holds one extra compute-dtype copy of the layers' parameters. Stacking on the fly does
-        not make compile time flat in depth (benchmarks/compile.py: 2x the unrolled compile at
-        28 layers on CPU); that needs the parameters stored stacked."""
+        not make compile time flat in depth (benchmarks/compile.py: at 28 layers about the
+        unrolled compile time on CPU); that needs the parameters stored stacked."""
         graphdef = nnx.graphdef(self.layers[0])
         stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(self.dtype) for w in ws]),
                                *[nnx.state(layer) for layer in self.layers])
