@@ -73,6 +73,17 @@ def slot_bytes(cfg: Config, model_cfg: Any, processes: int) -> int:
     return rows * (longest_row(cfg, model_cfg) + 8) * 8 + rows * 64 + (4 << 20)
 
 
+def server_env(cfg: Config, base: Mapping[str, str]) -> dict[str, str]:
+    """The rollout server's environment: `base` with the server's GPUs (cure_jax.placement) and,
+    unless `base` sets it, OpenMP threads that sleep when idle (OMP_WAIT_POLICY=PASSIVE). The
+    server's torch threads otherwise spin on the cores the learner is computing on: on 2 CPU
+    cores a tiny-default step took 15% less wall and 22% less CPU with them asleep, two runs side
+    by side 35% less wall."""
+    env = placement.rollout_env(placement.plan(cfg), dict(base))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
 def problem_ids_for_step(n_problems: int, per_step: int, step: int, seed: int) -> list[int]:
     """Problem ids of training step `step`: consecutive slices of seeded per-epoch permutations
     of `range(n_problems)` (every problem once per epoch), a pure function of its arguments,
@@ -172,9 +183,9 @@ class RolloutServerSource:
         r = self.cfg.rollout
         t0 = time.perf_counter()
         print(f"cure-train: starting the rollout server ({r.engine})...", flush=True)
-        env = placement.rollout_env(placement.plan(self.cfg), dict(os.environ))
         client = RolloutClient(self.spec, self.workdir, startup_timeout_s=r.startup_timeout_s,
-                               heartbeat_timeout_s=r.heartbeat_timeout_s, env=env, tag=self.tag)
+                               heartbeat_timeout_s=r.heartbeat_timeout_s,
+                               env=server_env(self.cfg, os.environ), tag=self.tag)
         print(f"cure-train: rollout server{self.tag} pid {client.pid} ready in "
               f"{time.perf_counter() - t0:.1f}s ({client.ready['n_train']} training problems)",
               flush=True)

@@ -55,3 +55,13 @@ def test_step_statistics_become_tensorboard_tags():
     assert tags == {"cure/code_accuracy": 0.25, "reward/code_mean": 0.5,
                     "advantage/test_std": 1.0, "sandbox/verdict_OK": 3.0,
                     "sandbox/verdict_TIME_LIMIT": 1.0, "time/generate_s": 2.0}
+
+
+def test_server_threads_sleep_when_idle_unless_the_user_says_otherwise():
+    from cure_jax.config import load_config
+    from cure_jax.sources.rollout_server import server_env
+    from tests.helpers.cure_runs import tiny_config
+
+    cfg = load_config(tiny_config("random"))
+    assert server_env(cfg, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert server_env(cfg, {"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"

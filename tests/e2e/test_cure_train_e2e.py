@@ -177,6 +177,8 @@ def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
         server = _server_pid(_read_until(proc, "rollout server pid", lines, 300))
         _read_until(proc, "step 1/3", lines, 300)  # the rollout of step 2 is under way
         tree = [server] + descendants(server)
+        with open(f"/proc/{server}/environ", "rb") as f:  # its torch threads sleep when idle
+            assert b"OMP_WAIT_POLICY=PASSIVE" in f.read().split(b"\0")
         os.kill(server, signal.SIGKILL)
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=60)

@@ -14,9 +14,11 @@ CONFIG = ROOT / "configs" / "tiny.py"
 
 
 def train_env() -> dict[str, str]:
-    """One CPU device (the fastest for the tiny models); the compilation cache is inherited."""
+    """One CPU device (the fastest for the tiny models); the compilation cache is inherited.
+    OMP_WAIT_POLICY is left to cure-train, which sets its rollout server's, as for a user."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
+    env.pop("OMP_WAIT_POLICY", None)
     return env
 
 
