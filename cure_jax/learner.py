@@ -35,7 +35,7 @@ from cure_jax.config import LearnerConfig
 from cure_jax.experience import ExperienceBatch, local_rows, place
 from cure_jax.models.qwen import Qwen, QwenConfig
 from cure_jax.optim import learning_rate_schedule, make_optimizer
-from cure_jax.row_plan import GlobalRows
+from cure_jax.row_plan import RESPONSE_POSITIONS, GlobalRows, response_positions
 from rollout.contract import schema
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -155,7 +155,8 @@ class Learner:
         model = self.model(params)
         packed = {k: mb[k] for k in self._packed_keys} or None
         return token_logprobs(model, mb["tokens"], None, packed=packed, shards=self.dp_size,
-                              chunk_size=self.cfg.logprob_chunk, return_entropy=entropy,
+                              at=mb[RESPONSE_POSITIONS], chunk_size=self.cfg.logprob_chunk,
+                              return_entropy=entropy,
                               temperature=self.cfg.temperature)
 
     def _loss(self, params, mb, denom, self_old: bool):
@@ -178,7 +179,7 @@ class Learner:
         self._mb_shardings = mb_shardings
         self._packed_keys = ((*prompt_packing.PACKED_KEYS, prompt_packing.INDEX_KEY)
                              if self.cfg.share_prompts else ())
-        self._lp_keys = ("tokens", *self._packed_keys)
+        self._lp_keys = ("tokens", RESPONSE_POSITIONS, *self._packed_keys)
 
         # Reference and old log-probs need no entropy (the loss computes its own).
         def logprobs_fn(params, mb):
@@ -238,7 +239,9 @@ class Learner:
         sub = batch.select(mb.local_rows).pad_rows_to(mb.rows_per_process).with_length(mb.length)
         length = mb.length
         d = {"tokens": sub.tokens, "loss_mask": sub.response_mask(), "advantage": sub.advantage,
-             "rollout_logp": sub.rollout_logprobs}
+             "rollout_logp": sub.rollout_logprobs,
+             RESPONSE_POSITIONS: response_positions(sub.prompt_len, sub.response_len, mb.window,
+                                                    length)}
         fed = sub.tokens.size
         packed = {}
         if self._packed_keys:
@@ -411,8 +414,8 @@ class Learner:
         return out
 
     def logprobs(self, params: Any, batch: ExperienceBatch) -> np.ndarray:
-        """Host helper: [n, L] token log-probs of this process's rows of `batch` under `params`
-        (row order kept; a collective when multi-process)."""
+        """Host helper: [n, L] log-probs of the response tokens of this process's rows of
+        `batch` under `params`, 0 elsewhere (row order kept; a collective when multi-process)."""
         return self._fill_logprobs(self._logprobs_jit, params, batch, row_plan.gather_rows(batch))
 
 

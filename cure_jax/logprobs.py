@@ -44,22 +44,15 @@ def _chunk_stats(h: jax.Array, targets: jax.Array, w: jax.Array, temperature: fl
     return logp, entropy
 
 
-def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
-                         attention_mask: jax.Array | None = None, *, chunk_size: int = 256,
-                         return_entropy: bool = True, temperature: float = 1.0
-                         ) -> tuple[jax.Array, jax.Array | None]:
-    """Chunked log p(tokens[:, t] | tokens[:, :t]) from hidden [B, L, H] and head [V, H]."""
+def _chunked_stats(h: jax.Array, targets: jax.Array, head: jax.Array, chunk_size: int,
+                   temperature: float, want_entropy: bool) -> tuple[jax.Array, jax.Array]:
+    """(logp, entropy) [B, N] of targets [B, N] given the hidden states h [B, N, H] that predict
+    them, `chunk_size` positions at a time with a rematerialised body."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    b, l, hd = hidden.shape
-    if l < 2:
-        zeros = jnp.zeros((b, l), jnp.float32)
-        return zeros, (zeros if return_entropy else None)
-    h = hidden[:, :-1]
-    targets = jnp.asarray(tokens, jnp.int32)[:, 1:]
-    n = l - 1
+    b, n, hd = h.shape
     c = min(chunk_size, n)
     n_chunks = -(-n // c)
     pad = n_chunks * c - n
@@ -68,18 +61,20 @@ def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
     h = h.reshape(b, n_chunks, c, hd).swapaxes(0, 1)            # [n, B, C, H]
     targets = targets.reshape(b, n_chunks, c).swapaxes(0, 1)    # [n, B, C]
-    head = head.astype(hidden.dtype)
+    head = head.astype(h.dtype)
 
     @jax.checkpoint
     def body(args):
         hc, tc = args
-        return _chunk_stats(hc, tc, head, temperature, return_entropy)
+        return _chunk_stats(hc, tc, head, temperature, want_entropy)
 
     logp, ent = jax.lax.map(body, (h, targets))
-    logp = logp.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n]
-    ent = ent.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n]
-    logp = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), logp], axis=1)
-    ent = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), ent], axis=1)
+    return (logp.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n],
+            ent.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n])
+
+
+def _masked(logp: jax.Array, ent: jax.Array, attention_mask: jax.Array | None,
+            return_entropy: bool) -> tuple[jax.Array, jax.Array | None]:
     if attention_mask is not None:
         valid = attention_mask.astype(bool)
         logp = jnp.where(valid, logp, 0.0)
@@ -87,21 +82,58 @@ def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
     return logp, (ent if return_entropy else None)
 
 
+def logprobs_from_hidden(hidden: jax.Array, head: jax.Array, tokens: jax.Array,
+                         attention_mask: jax.Array | None = None, *, chunk_size: int = 256,
+                         return_entropy: bool = True, temperature: float = 1.0
+                         ) -> tuple[jax.Array, jax.Array | None]:
+    """Chunked log p(tokens[:, t] | tokens[:, :t]) from hidden [B, L, H] and head [V, H]."""
+    b, l, _ = hidden.shape
+    if l < 2:
+        zeros = jnp.zeros((b, l), jnp.float32)
+        return zeros, (zeros if return_entropy else None)
+    logp, ent = _chunked_stats(hidden[:, :-1], jnp.asarray(tokens, jnp.int32)[:, 1:], head,
+                               chunk_size, temperature, return_entropy)
+    zero = jnp.zeros((b, 1), jnp.float32)
+    return _masked(jnp.concatenate([zero, logp], axis=1), jnp.concatenate([zero, ent], axis=1),
+                   attention_mask, return_entropy)
+
+
 def token_logprobs(model, tokens: jax.Array, attention_mask: jax.Array | None = None,
                    positions: jax.Array | None = None, *, packed: dict[str, jax.Array] | None = None,
-                   shards: int = 1, chunk_size: int = 256, return_entropy: bool = True,
-                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array | None]:
+                   shards: int = 1, at: jax.Array | None = None, chunk_size: int = 256,
+                   return_entropy: bool = True, temperature: float = 1.0
+                   ) -> tuple[jax.Array, jax.Array | None]:
     """Run the policy and return (logp, entropy), both float32 [B, L].
 
     logp[:, t] = log p(tokens[:, t] | tokens[:, :t]) for t >= 1 and 0 at t = 0 and at padded
     positions (attention_mask == 0); entropy likewise (None unless return_entropy).
     With ``packed`` (cure_jax.prompt_packing, ``shards`` data-parallel blocks) the model runs on
     the rows' packed prompts and responses instead, and the result is the same.
+    With ``at`` (int [B, W], positions >= 1; L marks an unused slot) the head runs on those W
+    positions of each row only (the responses: prompts are most of a row's positions, and the
+    [V, H] head is the dearest matmul of a small model) and every other position is 0.
     """
+    if at is None:
+        if packed is None:
+            hidden = model(tokens, positions=positions, attention_mask=attention_mask)
+        else:
+            hidden = prompt_packing.unpacked_hidden(model, packed, shards)
+        return logprobs_from_hidden(hidden, model.head_weight(), tokens, attention_mask,
+                                    chunk_size=chunk_size, return_entropy=return_entropy,
+                                    temperature=temperature)
+    b, length = tokens.shape
+    src = jnp.clip(at - 1, 0, length - 1)  # the position whose hidden state predicts `at`
     if packed is None:
         hidden = model(tokens, positions=positions, attention_mask=attention_mask)
+        h = jnp.take_along_axis(hidden, src[..., None], axis=1)
     else:
-        hidden = prompt_packing.unpacked_hidden(model, packed, shards)
-    return logprobs_from_hidden(hidden, model.head_weight(), tokens, attention_mask,
-                                chunk_size=chunk_size, return_entropy=return_entropy,
-                                temperature=temperature)
+        index = jnp.take_along_axis(packed[prompt_packing.INDEX_KEY], src, axis=1)
+        h = prompt_packing.unpacked_hidden(model, packed, shards, index=index)
+    targets = jnp.take_along_axis(jnp.asarray(tokens, jnp.int32), jnp.clip(at, 0, length - 1),
+                                  axis=1)
+    logp, ent = _chunked_stats(h, targets, model.head_weight(), chunk_size, temperature,
+                               return_entropy)
+    row = jnp.arange(b)[:, None]
+    zeros = jnp.zeros((b, length), jnp.float32)
+    return _masked(zeros.at[row, at].set(logp, mode="drop"),
+                   zeros.at[row, at].set(ent, mode="drop"), attention_mask, return_entropy)

@@ -123,15 +123,17 @@ def pack(tokens: np.ndarray, prompt_len: np.ndarray, response_len: np.ndarray,
     return PackedRows(out_tok, out_pos, out_seg, index)
 
 
-def unpacked_hidden(model, packed: dict[str, jax.Array], shards: int) -> jax.Array:
+def unpacked_hidden(model, packed: dict[str, jax.Array], shards: int,
+                    index: jax.Array | None = None) -> jax.Array:
     """Run ``model`` on the packed sequences and return hidden states in row layout
-    [rows, L, H]. ``shards``: the data-parallel blocks (each gathers from its own sequences)."""
+    [rows, L, H] (or [rows, W, H] at ``index``, a selection of the packed index's columns).
+    ``shards``: the data-parallel blocks (each gathers from its own sequences)."""
     hidden = model(packed["packed_tokens"], positions=packed["packed_positions"],
                    segment_ids=packed["packed_segments"])
     n, length, h = hidden.shape
     hidden = sharding.constrain(hidden.reshape(shards, n // shards * length, h),
                                 ("batch", None, "act_embed"))
-    index = packed[INDEX_KEY]
+    index = packed[INDEX_KEY] if index is None else index
     rows, width = index.shape
     index = sharding.constrain(index.reshape(shards, rows // shards * width), ("batch", None))
     out = jax.vmap(lambda hb, ib: jnp.take(hb, ib, axis=0))(hidden, index)

@@ -78,6 +78,7 @@ class MicroBatch:
     length: int              # the length bucket of the whole micro-batch
     packed_seqs: int = 0     # shared prompts: packed sequences per device block (0: not packed)
     packed_len: int = 0      # shared prompts: their length bucket
+    window: int = 0          # response positions per row the head runs on (0: every position)
 
 
 def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
@@ -88,8 +89,10 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
     `share_prompts`) and cuts it into chunks of ceil(micro_batch_size / P) rows (all of its
     share when micro_batch_size is 0); micro-batch j is every process's chunk j, padded to a
     common row count (a multiple of `local_dp`, the data-parallel devices of one process) and to
-    the smallest multiple of `bucket` holding its longest row. With `share_prompts` the packed
-    sequences of every device block get one common count and length too."""
+    the smallest multiple of `bucket` holding its longest row. Its response window (where the
+    log-probs are computed) holds its longest response: `bucket` times a power of two, at most
+    the length. With `share_prompts` the packed sequences of every device block get one common
+    count and length too."""
     nproc = len(g.counts)
     rows = np.asarray(rows, np.int64)
     owner = g.owner(rows)
@@ -110,6 +113,8 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
         n = -(-n // local_dp) * local_dp
         longest = max(int(total[c].max(initial=1)) for c in chunks)
         length = max(bucket, -(-longest // bucket) * bucket)
+        response = max(int(g.response_len[c].max(initial=1)) for c in chunks)
+        window = min(bucket << (-(-response // bucket) - 1).bit_length(), length)
         mine = chunks[g.process_index] - g.offsets[g.process_index]
         seqs = packed_len = 0
         if share_prompts:
@@ -119,7 +124,7 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
             seqs = 1 << (seqs - 1).bit_length() if seqs <= 4 else -(-seqs // 4) * 4
             packed_len = -(-longest // (4 * bucket)) * 4 * bucket
         out.append(MicroBatch(local_rows=mine, rows_per_process=n, length=length,
-                              packed_seqs=seqs, packed_len=packed_len))
+                              packed_seqs=seqs, packed_len=packed_len, window=window))
     return out
 
 
@@ -133,3 +138,17 @@ def _packed_shape(g: GlobalRows, chunks: list[np.ndarray], per_block: int) -> tu
                                               g.response_len[block])
             seqs, longest = max(seqs, s), max(longest, n)
     return seqs, longest
+
+
+# The micro-batch key of each row's response positions ([rows, window] int32, see below).
+RESPONSE_POSITIONS = "response_positions"
+
+
+def response_positions(prompt_len: np.ndarray, response_len: np.ndarray, window: int,
+                       length: int) -> np.ndarray:
+    """int32 [rows, window]: each row's response token positions, then `length` (no position)
+    in the slots its response does not fill; the head runs on these positions only."""
+    j = np.arange(window)
+    p = np.asarray(prompt_len, np.int64)[:, None]
+    r = np.asarray(response_len, np.int64)[:, None]
+    return np.where(j < r, p + j, length).astype(np.int32)

@@ -59,6 +59,32 @@ def test_entropy_optional(model):
     assert ent is None and lp.shape == tokens.shape
 
 
+def test_head_on_response_positions_only(model):
+    """`at`: the head runs on each row's listed positions (L: an unused slot); the log-probs
+    and entropies there, and the gradient of a loss on them, equal the every-position ones."""
+    tokens, _ = _batch(b=3, l=13)
+    at = jnp.asarray([[4, 5, 6, 13], [1, 2, 13, 13], [9, 10, 11, 12]], jnp.int32)
+    chosen = np.zeros(tokens.shape, bool)
+    for r, row in enumerate(np.asarray(at)):
+        chosen[r, row[row < 13]] = True
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=tokens.shape) * chosen, jnp.float32)
+
+    def loss(m, **kw):
+        lp, ent = token_logprobs(m, tokens, None, chunk_size=3, **kw)
+        return jnp.sum(lp * weights) + 0.1 * jnp.sum(ent * chosen), (lp, ent)
+
+    (l1, (lp, ent)), g1 = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model)
+    (l2, (lp_at, ent_at)), g2 = nnx.jit(nnx.value_and_grad(
+        lambda m: loss(m, at=at), has_aux=True))(model)
+    np.testing.assert_allclose(np.asarray(lp_at)[chosen], np.asarray(lp)[chosen], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(ent_at)[chosen], np.asarray(ent)[chosen], atol=2e-5)
+    assert np.all(np.asarray(lp_at)[~chosen] == 0) and np.all(np.asarray(ent_at)[~chosen] == 0)
+    assert np.asarray(lp_at)[chosen].max() < 0
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_gradient_equals_naive(model):
     tokens, mask = _batch()

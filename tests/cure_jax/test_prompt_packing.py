@@ -101,6 +101,25 @@ def test_packed_hidden_states_equal_the_rows():
     assert np.abs(leaky.reshape(np.asarray(rows).shape)[valid] - np.asarray(rows)[valid]).max() > 1e-3
 
 
+def test_packed_hidden_states_at_selected_positions():
+    """The head's response window: an index of chosen row positions gathers their hidden states
+    straight from the packed sequences."""
+    b, p, _, _ = _pack(shared_batch(), 2)
+    model = Qwen(MODEL, rngs=nnx.Rngs(0))
+    rows = np.asarray(model(jnp.asarray(b.tokens)))
+    at = row_plan.response_positions(b.prompt_len, b.response_len, 8, b.length)
+    src = np.clip(at - 1, 0, b.length - 1)
+    packed = {"packed_tokens": p.tokens, "packed_positions": p.positions,
+              "packed_segments": p.segments, "unpack_index": p.index}
+    got = prompt_packing.unpacked_hidden(model, {k: jnp.asarray(v) for k, v in packed.items()}, 2,
+                                         index=jnp.asarray(np.take_along_axis(p.index, src, 1)))
+    used = at < b.length
+    assert got.shape == (b.num_rows, 8, rows.shape[-1]) and used.sum() == \
+        np.minimum(b.response_len, 8).sum()
+    want = np.take_along_axis(rows, src[..., None], 1)
+    np.testing.assert_allclose(np.asarray(got)[used], want[used], atol=2e-5)
+
+
 def test_segments_refuse_the_cudnn_attention():
     model = Qwen(dataclasses.replace(MODEL, attention_impl="cudnn"), rngs=nnx.Rngs(0))
     tokens = jnp.zeros((1, 4), jnp.int32)
@@ -196,6 +215,8 @@ def test_packed_plans_save_tokens_with_few_shapes():
                           *(("halves", h) for h in np.array_split(rng.permutation(128), 2))]:
             for m in row_plan.plan(g, ids, 32, 1, 32, share_prompts=True):
                 shapes.add((m.packed_seqs, m.packed_len))
+                longest = g.response_len[m.local_rows].max()
+                assert longest <= m.window < 2 * longest and m.window in (32, 64, 128)
                 tokens[name][0] += m.packed_seqs * m.packed_len
             for m in row_plan.plan(g, ids, 32, 1, 32):
                 tokens[name][1] += m.rows_per_process * m.length
