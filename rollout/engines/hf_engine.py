@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rollout.engines import staging
 from rollout.engines.base import (
     EngineConfig,
     Prompt,
@@ -170,6 +171,9 @@ class HFEngine:
 
         params = dict(self.model.named_parameters())
         params.update(dict(self.model.named_buffers()))
+        device = next(iter(params.values())).device
+        if getattr(self, "_staging", None) is None or self._staging.device != device:
+            self._staging = staging.for_device(device)  # GPU: reused pinned buffers
         with torch.no_grad():
             for name, t in named_tensors:
                 if name not in params:
@@ -179,7 +183,9 @@ class HFEngine:
                 if tuple(src.shape) != tuple(dst.shape):
                     raise ValueError(f"load_weights: {name!r} has shape {tuple(src.shape)}, "
                                      f"the model expects {tuple(dst.shape)}")
-                dst.copy_(src)
+                dst.copy_(src if self._staging is None else self._staging.to_device(src))
+            if self._staging is not None:
+                self._staging.synchronize()
 
     def close(self) -> None:
         self.model = None

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rollout.contract.weight_channel import WeightChannel
+from rollout.engines import staging
 from rollout.engines.hf_engine import as_torch
 
 QUALNAME = "rollout.engines.vllm_worker.ChannelWorkerExtension"
@@ -92,13 +93,21 @@ def refresh_tied_cpu_kernels(model: Any) -> int:
 
 
 def load_in_place(worker: Any, weights: Iterable[tuple[str, Any]]) -> None:
-    """Load HF-named torch tensors into the worker's running model in place (see above)."""
+    """Load HF-named torch tensors into the worker's running model in place (see above); on a
+    GPU they travel through the worker's pinned staging buffers (rollout.engines.staging)."""
     if on_cpu_build():
         with _one_omp_thread():
             worker.reload_weights(weights_iterator=weights)
             refresh_tied_cpu_kernels(worker.model_runner.get_model())
-    else:
+        return
+    stage = worker.__dict__.get("_cure_staging")
+    if stage is None:
+        stage = worker.__dict__["_cure_staging"] = staging.for_device(worker.device)
+    if stage is None:
         worker.reload_weights(weights_iterator=weights)
+    else:
+        worker.reload_weights(weights_iterator=stage.staged(weights))
+        stage.synchronize()
 
 
 class ChannelWorkerExtension:
