@@ -76,9 +76,9 @@ class MicroBatch:
     local_rows: np.ndarray   # indices into this process's batch (may be empty)
     rows_per_process: int    # every process feeds this many rows (padded with empty rows)
     length: int              # the length bucket of the whole micro-batch
+    window: int              # response positions per row the head runs on
     packed_seqs: int = 0     # shared prompts: packed sequences per device block (0: not packed)
     packed_len: int = 0      # shared prompts: their length bucket
-    window: int = 0          # response positions per row the head runs on (0: every position)
 
 
 def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
@@ -127,8 +127,8 @@ def plan(g: GlobalRows, rows: np.ndarray, micro_batch_size: int, local_dp: int,
             seqs, longest = _packed_shape(g, chunks, n // local_dp)
             seqs = 1 << (seqs - 1).bit_length() if seqs <= 4 else -(-seqs // 4) * 4
             packed_len = -(-longest // (4 * bucket)) * 4 * bucket
-        out.append(MicroBatch(local_rows=mine, rows_per_process=n, length=length,
-                              packed_seqs=seqs, packed_len=packed_len, window=window))
+        out.append(MicroBatch(local_rows=mine, rows_per_process=n, length=length, window=window,
+                              packed_seqs=seqs, packed_len=packed_len))
     return out
 
 
