@@ -84,6 +84,9 @@ class FakeOpenAI:
     # -- one request --------------------------------------------------------------------
     def _send(self, h: http.server.BaseHTTPRequestHandler, status: int, payload: bytes,
               headers: dict[str, str] | None = None) -> None:
+        # No longer in flight once its reply starts: the client may send its next request as
+        # soon as the reply arrives, before this thread would get back to count it out.
+        self._leave(h)
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(payload)))
@@ -94,6 +97,13 @@ class FakeOpenAI:
             h.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): fine
+
+    def _leave(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        """Count request `h` out of the in-flight ones (once)."""
+        with self.lock:
+            if getattr(h, "in_flight", False):
+                h.in_flight = False
+                self.in_flight -= 1
 
     def _handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
         t = time.monotonic()
@@ -107,6 +117,7 @@ class FakeOpenAI:
             if self.fail_after is not None and index >= self.fail_after[0]:
                 fault = self.fail_after[1]
             self.in_flight += 1
+            h.in_flight = True
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             chat = h.path.endswith("/chat/completions")
@@ -146,5 +157,4 @@ class FakeOpenAI:
                 entry.status = 408  # the client had given up long before: not a served reply
             self._send(h, 200, json.dumps(reply).encode())
         finally:
-            with self.lock:
-                self.in_flight -= 1
+            self._leave(h)
