@@ -271,8 +271,10 @@ def test_sysv_ipc_does_not_outlive_an_execution(sb):
 
 
 def test_memory_of_all_processes_is_bounded_by_the_worker_cgroup():
-    """RLIMIT_AS is per process: four processes of 200 MB each fit it, but not the cgroup."""
-    limits = Limits(time_s=2.0, memory_mb=256, tmp_mb=8, output_mb=1, input_mb=1, processes=8)
+    """RLIMIT_AS is per process: four processes of 200 MB each fit it, but not the cgroup.
+    (A generous time limit: on a loaded machine the children once took longer than 4 s of wall
+    clock to touch their pages, and the wall-clock kill came before the cgroup's.)"""
+    limits = Limits(time_s=10.0, memory_mb=256, tmp_mb=8, output_mb=1, input_mb=1, processes=8)
     with Sandbox(workers=1, limits=limits) as box, Sandbox(workers=1, limits=limits) as other:
         assert box.memory_cgroups == other.memory_cgroups   # two pools get distinct cgroups
         probe = WorkerCgroup.create(f"cure-sandbox-{os.getpid()}-probe", 64 << 20, 8)
