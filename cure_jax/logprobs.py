@@ -113,25 +113,23 @@ def token_logprobs(model, tokens: jax.Array, attention_mask: jax.Array | None = 
     positions of each row only (the responses: prompts are most of a row's positions, and the
     [V, H] head is the dearest matmul of a small model) and every other position is 0.
     """
+    b, length = tokens.shape
+    src = None if at is None else jnp.clip(at - 1, 0, length - 1)  # hidden states that predict `at`
+    if packed is None:
+        hidden = model(tokens, positions=positions, attention_mask=attention_mask)
+        if src is not None:
+            hidden = jnp.take_along_axis(hidden, src[..., None], axis=1)
+    else:
+        index = None if src is None else jnp.take_along_axis(packed[prompt_packing.INDEX_KEY],
+                                                              src, axis=1)
+        hidden = prompt_packing.unpacked_hidden(model, packed, shards, index=index)
     if at is None:
-        if packed is None:
-            hidden = model(tokens, positions=positions, attention_mask=attention_mask)
-        else:
-            hidden = prompt_packing.unpacked_hidden(model, packed, shards)
         return logprobs_from_hidden(hidden, model.head_weight(), tokens, attention_mask,
                                     chunk_size=chunk_size, return_entropy=return_entropy,
                                     temperature=temperature)
-    b, length = tokens.shape
-    src = jnp.clip(at - 1, 0, length - 1)  # the position whose hidden state predicts `at`
-    if packed is None:
-        hidden = model(tokens, positions=positions, attention_mask=attention_mask)
-        h = jnp.take_along_axis(hidden, src[..., None], axis=1)
-    else:
-        index = jnp.take_along_axis(packed[prompt_packing.INDEX_KEY], src, axis=1)
-        h = prompt_packing.unpacked_hidden(model, packed, shards, index=index)
     targets = jnp.take_along_axis(jnp.asarray(tokens, jnp.int32), jnp.clip(at, 0, length - 1),
                                   axis=1)
-    logp, ent = _chunked_stats(h, targets, model.head_weight(), chunk_size, temperature,
+    logp, ent = _chunked_stats(hidden, targets, model.head_weight(), chunk_size, temperature,
                                return_entropy)
     row = jnp.arange(b)[:, None]
     zeros = jnp.zeros((b, length), jnp.float32)
