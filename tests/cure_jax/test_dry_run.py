@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from cure_jax.dry_run import (
 )
 from cure_jax.train import build_learner
 from tests.helpers.cure_runs import ROOT, tiny_config
+from tests.helpers.shm_peers import segments_of
 
 
 def _cfg(**learner):
@@ -106,15 +106,10 @@ def test_fake_devices_plan_flash_like_attention():
     assert note == "xla" and planned.model.attention_impl == "xla" and planned.model.scan_layers
 
 
-def _shm() -> set[str]:
-    return set(os.listdir("/dev/shm"))
-
-
 @pytest.mark.slow
 def test_cli_dry_run_starts_nothing_and_exits_1_when_it_does_not_fit(tmp_path):
     """The tiny default's command line on 2 fake devices with a device too small for it."""
     wd = tmp_path / "run"
-    before = _shm()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)
     proc = subprocess.Popen([sys.executable, "-m", "cure_jax.train_main", "--config=configs/tiny.py",
@@ -132,8 +127,7 @@ def test_cli_dry_run_starts_nothing_and_exits_1_when_it_does_not_fit(tmp_path):
     assert len(err) == 1 and err[0].startswith("cure-train: error: config.mesh: the plan needs")
     assert "Traceback" not in r.stderr
     # Other tests run beside this one and make their own segments: only the dry run's count.
-    ours = re.compile(rf"(^cure-t{proc.pid}x.*|.*-{proc.pid})$")
-    assert not wd.exists() and not [n for n in _shm() - before if ours.match(n)]
+    assert not wd.exists() and segments_of(proc.pid) == []
     r = subprocess.run([sys.executable, "-m", "cure_jax.train_main", "--config=configs/tiny.py",
                         f"--workdir={wd}", "--dry_run_devices=2"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)

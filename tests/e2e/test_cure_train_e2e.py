@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 
 from rollout.contract.procs import descendants
-from rollout.contract.segments import list_segments
 from rollout.plot_run import read_scalars
 from tests.helpers.cure_runs import ROOT, cure_train, tiny_config, train_env
-from tests.helpers.shm_peers import wait_dead
+from tests.helpers.shm_peers import segments_of, wait_dead
 
 # fewer samples per step (the hf backend is slower; some tests need only the plumbing)
 SMALL = ("--config.rollout.problems_per_step=2", "--config.rollout.k_code=4",
@@ -51,10 +50,6 @@ def _read_until(proc: subprocess.Popen, needle: str, lines: list[str], timeout: 
 def _server_pid(line: str) -> int:
     return int(line.split("rollout server pid ")[1].split()[0])
 
-
-
-def _segments_of(pid: int) -> list[str]:
-    return [n for n in list_segments() if n.endswith(f"-{pid}")]
 
 
 CURE_TAGS = ("cure/code_accuracy", "cure/code_parse_rate", "cure/test_parse_rate",
@@ -86,9 +81,9 @@ def test_async_killed_then_resumed(tmp_path):
     # The driver was SIGKILLed: its server dies with it and its janitor unlinks the segments.
     assert wait_dead(tree, 10.0) == []
     deadline = time.monotonic() + 10
-    while _segments_of(proc.pid) and time.monotonic() < deadline:
+    while segments_of(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _segments_of(proc.pid) == []
+    assert segments_of(proc.pid) == []
 
     done = subprocess.run(cure_train(wd, *flags), capture_output=True, text=True, env=train_env(),
                           cwd=str(ROOT), timeout=480, check=False)
@@ -152,7 +147,7 @@ def test_sync_run_then_resume_is_bitwise_exact(tmp_path):
             proc = _start(tmp_path / name, *flags, *leg)
             out, err = proc.communicate(timeout=480)
             assert proc.returncode == 0, err[-3000:]
-            assert _segments_of(proc.pid) == []
+            assert segments_of(proc.pid) == []
             if name == "resumed" and i == 0:
                 _check_sync_run(tmp_path / name, out)
     assert "resumed from checkpoint step 2" in out, out
@@ -191,7 +186,7 @@ def test_rollout_server_killed_mid_run_fails_fast_and_cleans_up(tmp_path):
     assert f"rollout server (pid {server}) was killed by signal SIGKILL" in err, err[-3000:]
     assert "step 3/3" not in out
     assert wait_dead(tree, 10.0) == []
-    assert _segments_of(proc.pid) == []
+    assert segments_of(proc.pid) == []
 
 
 @pytest.mark.slow
@@ -219,4 +214,4 @@ def test_frozen_rollout_server_is_restarted_when_configured(tmp_path):
             and "restarting the rollout server (0 restarts left)" in out), out[-3000:]
     assert "step 2/2 v2" in out
     assert wait_dead(tree, 10.0) == []
-    assert _segments_of(proc.pid) == []
+    assert segments_of(proc.pid) == []

@@ -44,6 +44,12 @@ def wait_gone(run: str, timeout: float = 4.0) -> list[str]:
     return list_segments(run)
 
 
+def segments_of(pid: int) -> list[str]:
+    """This project's segments that process ``pid`` made, and those of a cure-train run it
+    started (its run id is ``t<pid>x...``: the rollout server's own segments carry it)."""
+    return [n for n in list_segments() if n.endswith(f"-{pid}") or n.startswith(f"cure-t{pid}x")]
+
+
 def wait_dead(pids, timeout: float = 5.0) -> list[int]:
     """The pids still alive after up to ``timeout`` seconds (empty once all are gone)."""
     deadline = time.monotonic() + timeout
