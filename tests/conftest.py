@@ -5,8 +5,14 @@ import os
 import pathlib
 import sys
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.helpers.cure_runs import xla_flags  # imports no jax
+
 # Must happen before anything imports jax, vllm or transformers.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,8 +22,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Idle OpenMP threads (torch's) sleep instead of spinning on the cores the other worker uses.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
 # One persistent XLA compilation cache for every test process and every cure-train the tests
 # start (they inherit the environment): the suite builds the same small models again and again,
 # and compiling them is most of many tests' time. Keys cover the program, the flags and the
@@ -25,8 +29,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 import pytest
 

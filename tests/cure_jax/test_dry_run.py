@@ -19,7 +19,7 @@ from cure_jax.dry_run import (
     report,
 )
 from cure_jax.train import build_learner
-from tests.helpers.cure_runs import ROOT, tiny_config
+from tests.helpers.cure_runs import ROOT, tiny_config, xla_flags
 from tests.helpers.shm_peers import segments_of
 
 
@@ -110,8 +110,7 @@ def test_fake_devices_plan_flash_like_attention():
 def test_cli_dry_run_starts_nothing_and_exits_1_when_it_does_not_fit(tmp_path):
     """The tiny default's command line on 2 fake devices with a device too small for it."""
     wd = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=xla_flags())
     proc = subprocess.Popen([sys.executable, "-m", "cure_jax.train_main", "--config=configs/tiny.py",
                              f"--workdir={wd}", "--dry_run", "--dry_run_devices=2",
                              "--config.mesh.device_memory_gb=0.001"],

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from cure_jax.config import Config, ConfigError, config_module, load_config
+from tests.helpers.cure_runs import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -167,7 +168,7 @@ def test_preset_needs_the_engine_model_path():
 
 
 def _cli(*args, cwd=ROOT):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     return subprocess.run([sys.executable, "-m", "cure_jax.train_main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 

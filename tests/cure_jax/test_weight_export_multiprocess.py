@@ -20,6 +20,7 @@ import pytest
 
 from cure_jax import hf_io, sharding
 from rollout.contract.segments import SHM_DIR, list_segments
+from tests.helpers.cure_runs import xla_flags
 from tests.helpers.shm_peers import ROOT, run_id
 from tests.helpers.weight_export_peer import DTYPES, as_bits, make_tiny_learner
 
@@ -35,7 +36,7 @@ def _free_port() -> int:
 def _spawn_peers(out_dir: str, run: str, n: int = 2) -> list[subprocess.Popen]:
     """`n` processes of one jax.distributed job, 2 CPU devices each."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               XLA_FLAGS=xla_flags(2),
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES=str(n))
     return [subprocess.Popen([sys.executable, "-m", "tests.helpers.weight_export_peer", out_dir,
                               run], env=dict(env, JAX_PROCESS_ID=str(i)), cwd=ROOT,

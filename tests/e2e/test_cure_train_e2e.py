@@ -61,7 +61,7 @@ CURE_TAGS = ("cure/code_accuracy", "cure/code_parse_rate", "cure/test_parse_rate
 @pytest.mark.slow
 def test_async_killed_then_resumed(tmp_path):
     wd = tmp_path / "async"
-    flags = ("--config.train.steps=2", "--config.rollout.mode=async",
+    flags = ("--config.train.steps=2", "--config.rollout.mode=async", *SMALL,
              "--config.train.checkpoint_every=1", "--config.train.eval_every=0")
     proc = _start(wd, *flags)
     lines: list[str] = []
@@ -140,7 +140,8 @@ def test_sync_run_then_resume_is_bitwise_exact(tmp_path):
 
     flags = ("--config.train.checkpoint_every=1", *SMALL)
     runs = {"whole": [("--config.train.steps=3", "--config.train.eval_every=0")],
-            "resumed": [("--config.train.steps=2", "--config.train.eval_every=2"),
+            "resumed": [("--config.train.steps=2", "--config.train.eval_every=2",
+                         "--config.eval.max_problems=8"),
                         ("--config.train.steps=3", "--config.train.eval_every=0")]}
     for name, legs in runs.items():
         for i, leg in enumerate(legs):

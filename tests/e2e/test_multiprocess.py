@@ -2,10 +2,10 @@
 CPU, 2 fake devices each, collectives over gloo, one rollout server per process.
 
 Learner only: 2 processes give the loss and the parameters of 1 process (4 devices) within
-1e-5. CURE (the random policy): one process SIGKILLed mid-run: the other ends within 2 minutes with a
-one-line error, no process or shared memory segment of the run is left, and the same command
-resumes the run to its end; process 0 alone writes TensorBoard, checkpoints are written, and
-every step trains on the rows of all its problems.
+1e-5. CURE (the random policy, the hf engine): one process SIGKILLed mid-run: the other ends
+within 2 minutes with a one-line error, no process or shared memory segment of the run is
+left, and the same command resumes the run to its end; process 0 alone writes TensorBoard,
+checkpoints are written, and every step trains on the rows of all its problems.
 """
 from __future__ import annotations
 
@@ -99,7 +99,9 @@ def _wait_for(workdir, index: int, needle: str, procs, timeout: float) -> None:
 @pytest.mark.slow
 def test_cure_on_two_processes_killed_then_resumed(tmp_path):
     wd = tmp_path / "run"
-    flags = (*STEPS, "--config.train.checkpoint_every=1", "--config.train.eval_every=3")
+    # The hf engine: this test is about the processes, and it starts four rollout servers.
+    flags = (*STEPS, "--config.train.checkpoint_every=1", "--config.train.eval_every=3",
+             "--config.rollout.engine=hf")
     procs = launch(wd, 2, *flags, variant="random")
     try:
         _wait_for(wd, 0, "step 1/3", procs, 300)

@@ -14,6 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.helpers.cure_runs import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 8
 FLAGS = [
@@ -29,7 +31,7 @@ FLAGS = [
 
 def _env() -> dict[str, str]:
     """Two CPU devices; the test session's compilation cache is inherited (tests/conftest.py)."""
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    return dict(os.environ, XLA_FLAGS=xla_flags(2),
                 JAX_PLATFORMS="cpu")
 
 
