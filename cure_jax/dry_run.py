@@ -86,7 +86,7 @@ def planned_config(cfg: Config, fake_devices: int) -> tuple[Config, str]:
     if not fake_devices:
         return cfg, impl
     changes = {"scan_layers": True}
-    if impl == "auto":
+    if impl in ("auto", "splash"):
         changes["attention_impl"], impl = "chunked", "chunked (standing in for flash attention)"
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes)), impl
 

@@ -169,7 +169,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def _current_mesh() -> Any | None:
+def current_mesh() -> Any | None:
+    """The mesh set with `jax.set_mesh` (abstract inside jit), or None when none is set."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or getattr(mesh, "empty", True) or not mesh.shape:
         return None
@@ -178,13 +179,13 @@ def _current_mesh() -> Any | None:
 
 def current_axis_size(name: str) -> int:
     """Size of mesh axis `name` in the mesh set with `jax.set_mesh` (1 when none is set)."""
-    mesh = _current_mesh()
+    mesh = current_mesh()
     return int(dict(mesh.shape).get(name, 1)) if mesh is not None else 1
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint on an activation, a no-op unless a mesh is set (`jax.set_mesh`)."""
-    mesh = _current_mesh()
+    mesh = current_mesh()
     if mesh is None or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
     spec = logical_to_spec(logical_axes, x.shape, mesh)

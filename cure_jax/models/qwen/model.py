@@ -17,6 +17,8 @@ softmax statistics and RoPE run in float32.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 
 import jax
@@ -25,8 +27,10 @@ from flax import nnx
 
 from cure_jax import sharding
 from cure_jax.models.qwen.config import QwenConfig
+from cure_jax.models.splash_attention import splash_attention
 
 Array = jax.Array
+_log = logging.getLogger(__name__)
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype,
@@ -72,11 +76,28 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return out.astype(x.dtype)
 
 
-def _default_attention_impl(dtype) -> str:
-    """cuDNN flash attention on NVIDIA GPUs for 16-bit compute (its supported dtypes), else XLA."""
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-        return "cudnn"
-    return "xla"
+def attention_impl_for(requested: str, backend: str, dtype, masked: bool) -> str:
+    """The attention the model runs for `requested` (QwenConfig.attention_impl) on `backend`.
+
+    "auto": cuDNN flash attention on NVIDIA GPUs for 16-bit compute (its supported dtypes),
+    splash attention on TPU, XLA's elsewhere; with a mask (shared prompts, left padding) XLA's.
+    "splash" off TPU or with a mask falls back to XLA's attention, saying so once."""
+    if requested == "auto":
+        if masked:
+            return "xla"
+        if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+            return "cudnn"
+        return "splash" if backend == "tpu" else "xla"
+    if requested == "splash" and (backend != "tpu" or masked):
+        why = "an attention mask (shared prompts or left padding)" if masked else f"a {backend} backend"
+        _note_once(f"model.attention_impl=splash: {why}; using XLA's attention instead")
+        return "xla"
+    return requested
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    _log.warning(message)
 
 
 def chunked_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float,
@@ -135,15 +156,16 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        impl = cfg.attention_impl
-        if impl == "auto":
-            impl = "xla" if mask is not None else _default_attention_impl(q.dtype)
+        impl = attention_impl_for(cfg.attention_impl, jax.default_backend(), q.dtype,
+                                  mask is not None)
         if impl == "cudnn":
             # cuDNN flash attention: causal only. Exact for right-padded rows (later pads are
             # invisible to real tokens under causality); left padding needs the xla path.
             mask = None
         if impl == "chunked":
             out = chunked_attention(q, k, v, mask, cfg.head_dim ** -0.5)
+        elif impl == "splash":
+            out = splash_attention(q, k, v, cfg.head_dim ** -0.5)
         else:
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=mask, is_causal=True, scale=cfg.head_dim ** -0.5, implementation=impl)
