@@ -2,15 +2,16 @@
 real JAX learner, Orbax checkpoints and TensorBoard event files read back.
 
 Each test launches ``python -m cure_jax.train_main`` as a subprocess (as a user would), with one
-JAX CPU device. Runs: sync 2 steps (evaluated) then resumed for a 3rd, bit for bit equal to 3
-steps in one go; async killed (SIGKILL) after its first checkpoint then resumed; the rollout
-server killed mid-run (the driver must fail fast and leave nothing behind), and frozen mid-run
-(restarted when configured).
+JAX CPU device. Runs: sync 3 steps (evaluated at step 2), and the same run resumed from its
+step-2 checkpoint for the 3rd step, bit for bit equal; async killed (SIGKILL) after its first
+checkpoint then resumed; the rollout server killed mid-run (the driver must fail fast and leave
+nothing behind), and frozen mid-run (restarted when configured).
 """
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import time
@@ -110,21 +111,21 @@ def _restore(workdir, step: int):
 
 
 def _check_sync_run(wd: pathlib.Path, out: str) -> None:
-    """A sync run of 2 steps (evaluated every 2, checkpointed every step): its console, CURE
+    """A sync run of 3 steps (evaluated every 2, checkpointed every step): its console, CURE
     metrics, shared memory left behind (none) and checkpoints that restore."""
-    assert "step 1/2 v1" in out and "step 2/2 v2" in out, out
+    assert "step 1/3 v1" in out and "step 3/3 v3" in out, out
     sc = read_scalars(wd)
     missing = [t for t in CURE_TAGS if t not in sc]
     assert not missing, f"missing tags {missing}; have {sorted(sc)}"
-    assert [s for s, _ in sc["policy/version"]] == [0, 1]
-    assert [v for _, v in sc["policy/version"]] == [1.0, 2.0]
+    assert [s for s, _ in sc["policy/version"]] == [0, 1, 2]
+    assert [v for _, v in sc["policy/version"]] == [1.0, 2.0, 3.0]
     assert all(v == SMALL_ROWS for _, v in sc["batch/rows"])
     assert 0.0 <= sc["cure/code_parse_rate"][0][1] <= 1.0
     assert [s for s, _ in sc["eval/code_accuracy"]] == [0, 2]  # the start point, then every 2
     assert "eval/bon_4x4" in sc
     assert all(v > 0 for _, v in sc["time/generate_s"])
     # Checkpoints restore into the learner's state; the driver state has cursor and version.
-    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2, 3]
     (state1, drv1), (state2, drv2) = _restore(wd, 1), _restore(wd, 2)
     assert (drv1["cursor"], drv1["version"], drv2["cursor"], drv2["version"]) == (1, 1, 2, 2)
     assert drv2["source"] == "cure" and drv2["mode"] == "sync"
@@ -133,29 +134,34 @@ def _check_sync_run(wd: pathlib.Path, out: str) -> None:
 
 @pytest.mark.slow
 def test_sync_run_then_resume_is_bitwise_exact(tmp_path):
-    """3 steps in one go == 2 steps (evaluated, checked as a sync run), stop, resume for the
-    3rd: same rollouts (seeded sampling, same problems), same parameters and optimizer state,
-    bit for bit; the evaluation in between changes nothing the run carries on with."""
+    """3 steps in one go (evaluated at step 2, checked as a sync run) == the same run resumed
+    from its step-2 checkpoint for the 3rd step without the evaluation: same rollouts (seeded
+    sampling, same problems), same parameters and optimizer state, bit for bit; so a resume
+    and the evaluation in between change nothing the run carries on with."""
     import jax
 
-    flags = ("--config.train.checkpoint_every=1", *SMALL)
-    runs = {"whole": [("--config.train.steps=3", "--config.train.eval_every=0")],
-            "resumed": [("--config.train.steps=2", "--config.train.eval_every=2",
-                         "--config.eval.max_problems=8"),
-                        ("--config.train.steps=3", "--config.train.eval_every=0")]}
-    for name, legs in runs.items():
-        for i, leg in enumerate(legs):
-            proc = _start(tmp_path / name, *flags, *leg)
-            out, err = proc.communicate(timeout=480)
-            assert proc.returncode == 0, err[-3000:]
-            assert segments_of(proc.pid) == []
-            if name == "resumed" and i == 0:
-                _check_sync_run(tmp_path / name, out)
-    assert "resumed from checkpoint step 2" in out, out
-    a, b = read_scalars(tmp_path / "whole"), read_scalars(tmp_path / "resumed")
+    flags = ("--config.train.checkpoint_every=1", "--config.train.steps=3", *SMALL)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    proc = _start(whole, *flags, "--config.train.eval_every=2", "--config.eval.max_problems=8",
+                  "--config.train.keep_checkpoints=3")
+    out, err = proc.communicate(timeout=480)
+    assert proc.returncode == 0, err[-3000:]
+    assert segments_of(proc.pid) == []
+    _check_sync_run(whole, out)
+    # The run as if stopped after step 2: its files without step 3's checkpoint and events.
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "tb")
+    shutil.rmtree(resumed / "checkpoints" / "3")
+    proc = _start(resumed, *flags, "--config.train.eval_every=0")
+    out, err = proc.communicate(timeout=480)
+    assert proc.returncode == 0, err[-3000:]
+    assert segments_of(proc.pid) == []
+    assert "resumed from checkpoint step 2" in out and "step 3/3 v3" in out, out
+    a, b = read_scalars(whole), read_scalars(resumed)
+    assert [s for s, _ in b["loss/pg"]] == [2]  # the resumed run logged step 3 only
     for tag in ("cure/code_accuracy", "reward/code_mean", "reward/test_mean", "loss/pg"):
         assert a[tag][-1] == b[tag][-1], tag  # step 3: the same rollout and update
-    (sa, da), (sb, db) = _restore(tmp_path / "whole", 3), _restore(tmp_path / "resumed", 3)
+    (sa, da), (sb, db) = _restore(whole, 3), _restore(resumed, 3)
     assert (da["cursor"], da["version"]) == (db["cursor"], db["version"]) == (3, 3)
     la, lb = jax.tree.leaves(sa), jax.tree.leaves(sb)
     assert len(la) == len(lb)
