@@ -79,10 +79,10 @@ def planned_config(cfg: Config, fake_devices: int) -> tuple[Config, str]:
     """The config the plan compiles, and the attention it plans with. On fake CPU devices
     standing in for accelerators: attention "auto" (cuDNN flash attention on a GPU with 16-bit
     compute, splash attention on TPU) or "splash" is planned as "chunked" (the same linear
-    memory in the length), where XLA's
-    attention on CPU would hold every L x L score matrix; and the layers are scanned, so FSDP
-    gathers one layer's weights at a time as an accelerator's memory-aware scheduler does,
-    where XLA's CPU schedule of unrolled layers gathers every layer's up front."""
+    memory in the length), where XLA's attention on CPU would hold every L x L score matrix;
+    and the layers are scanned, so FSDP gathers one layer's weights at a time as an
+    accelerator's memory-aware scheduler does, where XLA's CPU schedule of unrolled layers
+    gathers every layer's up front."""
     impl = cfg.model.attention_impl
     if not fake_devices:
         return cfg, impl
