@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,8 +80,14 @@ def test_api_engine_on_vllms_server_matches_the_in_process_engine(tmp_path):
             chat = _eval(tmp_path / "chat", *api)
             served = _eval(tmp_path / "served", *api, "--config.api.endpoint=completions", *REFINE)
         finally:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+            # SIGTERM first: vLLM's server then stops its engine process and frees its shared
+            # memory (SIGKILL leaves torch's psm_* segments and a semaphore in /dev/shm).
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     err = [line for line in chat["stderr"].splitlines() if line.strip()]
     assert chat["rc"] != 0 and "HTTP 400" in err[-1] and "api.endpoint=completions" in err[-1], \
         chat["stderr"][-2000:]
