@@ -112,7 +112,7 @@ def _restore(workdir, step: int):
 
 def _check_sync_run(wd: pathlib.Path, out: str) -> None:
     """A sync run of 3 steps (evaluated every 2, checkpointed every step): its console, CURE
-    metrics, shared memory left behind (none) and checkpoints that restore."""
+    metrics and checkpoints that restore."""
     assert "step 1/3 v1" in out and "step 3/3 v3" in out, out
     sc = read_scalars(wd)
     missing = [t for t in CURE_TAGS if t not in sc]

@@ -30,9 +30,9 @@ FLAGS = [
 
 
 def _env() -> dict[str, str]:
-    """Two CPU devices; the test session's compilation cache is inherited (tests/conftest.py)."""
-    return dict(os.environ, XLA_FLAGS=xla_flags(2),
-                JAX_PLATFORMS="cpu")
+    """Two CPU devices, compiled fast (`xla_flags`); the test session's compilation cache is
+    inherited (tests/conftest.py)."""
+    return dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
 
 
 def _start(workdir: pathlib.Path, *extra: str) -> subprocess.Popen:
