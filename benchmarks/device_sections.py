@@ -377,7 +377,7 @@ def weights(sz: SimpleNamespace) -> None:
         assert moved == nbytes, (moved, nbytes)
         # the pushed model holds the learner's weights, bit for bit, in HF layout
         for mine, theirs in ((params["embed_tokens"], model.model.embed_tokens.weight),
-                             (params["layers"][0]["self_attn"]["q_proj"],
+                             (params["layers"]["self_attn"]["q_proj"][0],
                               model.model.layers[0].self_attn.q_proj.weight)):
             want = np.asarray(mine.astype(jnp.bfloat16)).view(np.uint16).reshape(tuple(theirs.shape))
             if not np.array_equal(want, theirs.detach().cpu().view(torch.int16).numpy().view(np.uint16)):

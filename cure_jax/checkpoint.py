@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cure_jax import layer_stack
 from rollout.contract import checkpoint_layout as layout
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ class Checkpointer:
                                   f"({cause})") from None
 
     # -- restore
-    def _check_compatible(self, step: int, target_nested: dict[str, Any]) -> None:
+    def _stored_tree(self, step: int) -> Any:
+        """The metadata tree of the arrays stored at `step`."""
         where = self.step_dir(step)
         try:
             meta = self._mngr.item_metadata(step)
@@ -185,6 +187,10 @@ class Checkpointer:
         if stored is None:
             raise CheckpointError(f"checkpoint {where}: no {layout.STATE_ITEM!r} item (incomplete or not a "
                                   "cure-train checkpoint)")
+        return getattr(stored, "tree", stored)  # Orbax's metadata object around a nested dict
+
+    def _check_compatible(self, step: int, target_nested: dict[str, Any], stored: Any) -> None:
+        where = self.step_dir(step)
         want_paths, want_leaves, _ = _paths_and_leaves(target_nested)
         have_paths, have_leaves, _ = _paths_and_leaves(stored)
         have = dict(zip(have_paths, have_leaves))
@@ -210,7 +216,9 @@ class Checkpointer:
         """Restore `step` into the structure, shapes, dtypes and shardings of `like`.
 
         `like` may hold arrays or `jax.ShapeDtypeStruct`s with shardings; arrays land directly
-        on those shardings. Returns (state, driver dict).
+        on those shardings. A checkpoint written with one subtree per decoder layer (before the
+        layers were stacked) is read in that layout and stacked (cure_jax.layer_stack).
+        Returns (state, driver dict).
         """
         if step not in self.all_steps():
             raise CheckpointError(f"checkpoint {self.step_dir(step)}: no such step "
@@ -220,8 +228,13 @@ class Checkpointer:
             sh = getattr(x, "sharding", None)
             return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh)
         target = to_nested(jax.tree.map(abstract, like))
-        self._check_compatible(step, target)
-        args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target),
+        stored = self._stored_tree(step)
+        older = layer_stack.unstacked_target(target, stored)
+        if older is not None:
+            log.info("checkpoint %s: one subtree per layer (written before the layers were "
+                     "stacked); stacking them on restore", self.step_dir(step))
+        self._check_compatible(step, older or target, stored)
+        args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(older or target),
                                      layout.DRIVER_ITEM: ocp.args.JsonRestore()})
         try:
             out = self._mngr.restore(step, args=args)
@@ -229,7 +242,10 @@ class Checkpointer:
             msg = str(e).splitlines()[0] if str(e) else ""
             raise CheckpointError(f"checkpoint {self.step_dir(step)}: corrupt or unreadable "
                                   f"({type(e).__name__}: {msg[:300]})") from None
-        return from_nested(out[layout.STATE_ITEM], like), dict(out[layout.DRIVER_ITEM] or {})
+        state = out[layout.STATE_ITEM]
+        if older is not None:
+            state = layer_stack.restack(state, target)
+        return from_nested(state, like), dict(out[layout.DRIVER_ITEM] or {})
 
     def restore_latest(self, like: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, driver) of the newest checkpoint, or None when the directory has none."""

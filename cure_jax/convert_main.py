@@ -62,13 +62,10 @@ class ConvertError(Exception):
 def _nested_from_state(state) -> dict[str, Any]:
     from flax import nnx
 
-    out: dict[str, Any] = {}
-    for path, var in nnx.to_flat_state(state):
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(str(part), {})
-        node[str(path[-1])] = var.get_value() if hasattr(var, "get_value") else var
-    return out
+    from cure_jax import layer_stack
+
+    return layer_stack.nest([(tuple(map(str, path)), var.get_value())
+                             for path, var in nnx.to_flat_state(state)])
 
 
 def _lookup(nested: dict[str, Any], path: tuple, where: str) -> Any:
@@ -134,12 +131,13 @@ def restore_params(ckpt_dir: str | pathlib.Path, cfg, *, step: int | None = None
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    from cure_jax import hf_io, sharding
+    from cure_jax import hf_io, layer_stack, sharding
 
     path, prefix = locate_params(ckpt_dir, step)
     meta = ocp.PyTreeCheckpointer().metadata(path)
     stored = getattr(meta, "item_metadata", None)
     stored = meta if stored is None else stored
+    stored = getattr(stored, "tree", stored)  # Orbax's metadata object around a nested dict
     try:
         for part in prefix:
             stored = stored[part]
@@ -149,25 +147,29 @@ def restore_params(ckpt_dir: str | pathlib.Path, cfg, *, step: int | None = None
     shardings = sharding.state_shardings(abstract, mesh) if mesh is not None else None
     flat_sh = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target: dict[str, Any] = {}
-    for p, var in nnx.to_flat_state(abstract):
+    want = layer_stack.nest([
+        (tuple(map(str, p)), jax.ShapeDtypeStruct(
+            var.get_value().shape, var.get_value().dtype,
+            sharding=flat_sh[p].get_value() if p in flat_sh else default))
+        for p, var in nnx.to_flat_state(abstract)])
+    older = layer_stack.unstacked_target(want, stored)  # written before the layers were stacked
+    target = []
+    for p, leaf in layer_stack.leaves(older or want):
         have = _lookup(stored, p, str(path))
-        want_shape = tuple(var.get_value().shape)
-        if tuple(have.shape) != want_shape:
-            raise ConvertError(f"{path}: parameter {'/'.join(map(str, p))!r} has shape "
-                               f"{tuple(have.shape)}, config expects {want_shape}")
+        if tuple(have.shape) != tuple(leaf.shape):
+            raise ConvertError(f"{path}: parameter {'/'.join(p)!r} has shape "
+                               f"{tuple(have.shape)}, config expects {tuple(leaf.shape)}")
         dtype = param_dtype or np.dtype(have.dtype)
-        shd = flat_sh[p].get_value() if p in flat_sh else default
-        node = target
-        for part in prefix + tuple(map(str, p[:-1])):
-            node = node.setdefault(part, {})
-        node[str(p[-1])] = jax.ShapeDtypeStruct(want_shape, dtype, sharding=shd)
+        target.append((prefix + p, jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)))
+    target = layer_stack.nest(target)
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     restored = ocp.PyTreeCheckpointer().restore(
         path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                           partial_restore=True))
     for part in prefix:
         restored = restored[part]
+    if older is not None:
+        restored = layer_stack.restack(restored, want)
     leaves = {p: var.replace(_lookup(restored, p, str(path))) for p, var in nnx.to_flat_state(abstract)}
     return nnx.from_flat_state(leaves)
 

@@ -43,6 +43,7 @@ from cure_jax.models.qwen.params import (
     hf_to_flax,
     ignorable_hf_tensor,
     param_table,
+    rows_by_array,
 )
 
 # Files copied from a base HF directory next to converted weights.
@@ -245,7 +246,6 @@ def load_hf_params(hf_dir: str | pathlib.Path, target: nnx.Module | nnx.State,
         extra = sorted(map(str, set(flat) - {s.flax_path for s in table}))
         raise ValueError(f"model state does not match the {cfg.family} table: "
                          f"missing {missing[:3]}, extra {extra[:3]}")
-    new_leaves = {}
     for spec in table:
         if spec.hf_name not in reader.names():
             raise ValueError(f"{reader.hf_dir}: missing tensor {spec.hf_name!r} "
@@ -254,14 +254,16 @@ def load_hf_params(hf_dir: str | pathlib.Path, target: nnx.Module | nnx.State,
         if tuple(hf.shape) != spec.hf_shape:
             raise ValueError(f"{reader.file_of(spec.hf_name)}: tensor {spec.hf_name!r} has shape "
                              f"{tuple(hf.shape)}, config expects {spec.hf_shape}")
-        var = flat[spec.flax_path]
+    new_leaves = {}
+    for path, specs in rows_by_array(table).items():
+        var = flat[path]
         leaf = _leaf_value(var)
-        if spec.flax_path in flat_shardings:
-            shd = _leaf_value(flat_shardings[spec.flax_path])
+        if path in flat_shardings:
+            shd = _leaf_value(flat_shardings[path])
         else:
             shd = getattr(leaf, "sharding", None) or default
-        arr = _place(spec, hf, shd, np.dtype(leaf.dtype))
-        new_leaves[spec.flax_path] = var.replace(arr)
+        arr = _place(specs, reader, shd, np.dtype(leaf.dtype), cfg.num_hidden_layers)
+        new_leaves[path] = var.replace(arr)
     new_state = nnx.from_flat_state(new_leaves)
     if isinstance(target, nnx.Module):
         nnx.update(target, new_state)
@@ -273,15 +275,21 @@ def _cast_fn(dtype: str, out: jax.sharding.Sharding | None):
     return jax.jit(lambda x: x.astype(dtype), out_shardings=out)
 
 
-def _place(spec: ParamSpec, hf: np.ndarray, target: jax.sharding.Sharding,
-           dtype: np.dtype) -> jax.Array:
-    """One HF tensor -> Flax-layout array on `target`: each device copies only its slice of the
-    memory-mapped file (in the file's dtype); a cast, when needed, runs on the devices."""
-    src = hf_to_flax(spec, hf)
-    # Copy out of the map: the CPU backend would otherwise alias the file's pages, and the
-    # "loaded" weights would change (or fault) when the file is rewritten.
-    staged = jax.make_array_from_callback(src.shape, target,
-                                          lambda idx: np.array(src[idx], copy=True, order="C"))
+def _place(specs: list[ParamSpec], reader: CheckpointReader, target: jax.sharding.Sharding,
+           dtype: np.dtype, num_layers: int) -> jax.Array:
+    """The HF tensors of one model array (one tensor, or every layer's for a stacked array)
+    -> that array on `target`: each device copies only its slice of the memory-mapped files (in
+    the files' dtype); a cast, when needed, runs on the devices."""
+    srcs = [hf_to_flax(spec, reader.get(spec.hf_name)) for spec in specs]
+    stacked = specs[0].layer is not None
+
+    def shard(idx: tuple) -> np.ndarray:
+        # Copy out of the map: the CPU backend would otherwise alias the file's pages, and the
+        # "loaded" weights would change (or fault) when the file is rewritten.
+        if not stacked:
+            return np.array(srcs[0][idx], copy=True, order="C")
+        return np.stack([srcs[i][idx[1:]] for i in range(num_layers)[idx[0]]])
+    staged = jax.make_array_from_callback(specs[0].stored_shape(num_layers), target, shard)
     if staged.dtype == dtype:
         return staged
     return _cast_fn(np.dtype(dtype).name, target)(staged)
@@ -322,6 +330,8 @@ def iter_hf_arrays(target: nnx.Module | nnx.State, dtype: Any = np.float32, *,
             raise ValueError(f"model state has no parameter {'/'.join(map(str, spec.flax_path))} "
                              f"(needed for {spec.hf_name})")
         x = _leaf_value(flat[spec.flax_path])
+        if spec.layer is not None:
+            x = x[spec.layer]                            # one layer of the stacked array
         if np.dtype(x.dtype) != out_dtype:
             x = _cast_fn(out_dtype.name, None)(x)        # cast on device: fast, one pass
             host = _to_numpy(x)                          # a fresh buffer: safe to hand out
@@ -385,15 +395,22 @@ def covers_locally(x: Any) -> bool:
     return x.is_fully_addressable or _each_process_covers(x.sharding, tuple(x.shape))
 
 
-def _write_shards(x: jax.Array, flax_view: np.ndarray, out_dtype: np.dtype) -> None:
-    """Copy each distinct addressable shard of `x` (cast on the devices) into its slice."""
+def _write_shards(x: jax.Array, views: list[np.ndarray], stacked: bool,
+                  out_dtype: np.dtype) -> None:
+    """Copy each distinct addressable shard of `x` (cast on the devices) into its slice of
+    `views`: the one view, or for a stacked array layer i's slice into views[i]."""
     if x.is_fully_addressable and np.dtype(x.dtype) != out_dtype:
         x = _cast_fn(out_dtype.name, x.sharding)(x)
     for shard in _unique_shards(x):
         data = shard.data
         if np.dtype(data.dtype) != out_dtype:  # spans processes: cast each shard where it is
             data = _cast_fn(out_dtype.name, None)(data)
-        flax_view[shard.index] = np.asarray(data)
+        host = np.asarray(data)
+        if not stacked:
+            views[0][shard.index] = host
+            continue
+        for j, i in enumerate(range(len(views))[shard.index[0]]):
+            views[i][shard.index[1:]] = host[j]
 
 
 def write_hf_arrays(target: nnx.Module | nnx.State, writer: ArrayWriter,
@@ -413,20 +430,24 @@ def write_hf_arrays(target: nnx.Module | nnx.State, writer: ArrayWriter,
     cfg = _config_of(target, cfg)
     flat = dict(nnx.to_flat_state(_state_of(target)))
     out_dtype = np.dtype(dtype)
-    total = 0
-    for spec in param_table(cfg):
-        if spec.flax_path not in flat:
-            raise ValueError(f"model state has no parameter {'/'.join(map(str, spec.flax_path))} "
-                             f"(needed for {spec.hf_name})")
-        x = _leaf_value(flat[spec.flax_path])
-        dst = writer.view(spec.hf_name, spec.hf_shape, out_dtype)
-        flax_view = dst.reshape(spec.flax_shape)  # HF layout is a reshape: still a view
+    table = param_table(cfg)
+    # HF layout is a reshape of ours: each Flax-layout view is still a view of the writer's.
+    views = {spec.hf_name: writer.view(spec.hf_name, spec.hf_shape, out_dtype)
+             .reshape(spec.flax_shape) for spec in table}
+    for path, specs in rows_by_array(table).items():
+        if path not in flat:
+            raise ValueError(f"model state has no parameter {'/'.join(map(str, path))} "
+                             f"(needed for {specs[0].hf_name})")
+        x = _leaf_value(flat[path])
+        dsts = [views[spec.hf_name] for spec in specs]
+        stacked = specs[0].layer is not None
         if covers_locally(x):
-            _write_shards(x, flax_view, out_dtype)
+            _write_shards(x, dsts, stacked, out_dtype)
         else:
-            flax_view[...] = np.asarray(_to_numpy(x), dtype=out_dtype)
-        total += dst.nbytes
-    return total
+            host = np.asarray(_to_numpy(x), dtype=out_dtype)
+            for j, dst in enumerate(dsts):
+                dst[...] = host[j] if stacked else host
+    return sum(v.nbytes for v in views.values())
 
 
 def export_hf_arrays(model: nnx.Module | nnx.State, dtype: Any = np.float32, *,

@@ -35,6 +35,7 @@ LOGICAL_RULES: dict[str, Any] = {
     "head_dim": None,
     "mlp": "tp",
     "norm": None,
+    "layers": None,     # the stacked decoder layers' leading axis
     # activations
     "batch": ("data", "fsdp"),
     "length": None,

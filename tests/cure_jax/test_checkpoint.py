@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from cure_jax import checkpoint as ckpt
 from cure_jax import sharding
+from tests.helpers.layouts import per_layer
 
 
 def _state(seed=0, width=16):
@@ -114,3 +115,33 @@ def test_stop_signal_flag():
         assert stop.requested and stop.signum == signal.SIGTERM
     finally:
         stop.restore()
+
+
+def test_checkpoint_with_one_subtree_per_layer_restores_stacked(tmp_path):
+    """A train state saved when each decoder layer had its own subtree (params and optimizer
+    moments alike) restores into today's stacked layout, on the stacked shardings."""
+    from flax import nnx
+
+    from cure_jax.models.qwen import Qwen, QwenConfig
+
+    cfg = QwenConfig.preset("tiny-qwen2", num_hidden_layers=3)
+    params = nnx.to_pure_dict(nnx.state(Qwen(cfg, rngs=nnx.Rngs(4))))
+    opt = optax.adamw(1e-3)
+    opt_state = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)[1]
+    state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(5, jnp.int32)}
+    older = {"params": per_layer(params, 3),
+             "opt_state": ckpt.from_nested(per_layer(ckpt.to_nested(opt_state), 3),
+                                           opt.init(per_layer(params, 3))),
+             "step": state["step"]}
+    c = ckpt.Checkpointer(tmp_path / "ck", async_save=False)
+    c.save(5, older)
+    c.wait()
+    mesh = sharding.make_mesh(data=1, fsdp=4, tp=2)
+    sh = NamedSharding(mesh, P(None, "tp", "fsdp"))  # [layers, mlp, embed]
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    like["params"]["layers"]["mlp"]["up_proj"] = jax.ShapeDtypeStruct(
+        params["layers"]["mlp"]["up_proj"].shape, jnp.float32, sharding=sh)
+    got, _ = c.restore(5, like)
+    _assert_tree_equal(got, state)
+    assert got["params"]["layers"]["mlp"]["up_proj"].sharding.is_equivalent_to(sh, 3)
+    c.close()

@@ -82,9 +82,9 @@ def test_bf16_checkpoint_round_trip(tmp_path):
     assert flax_model.embed_tokens[...].dtype == jnp.float32
     # the same file cast on device onto a (fsdp 2 x tp 4) mesh holds the same values
     sharded = hf_io.load_model(hf_dir, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))
-    up = sharded.layers[1].mlp.up_proj[...]
+    up = sharded.layers.mlp.up_proj[...]
     assert up.dtype == jnp.float32 and len(up.sharding.device_set) == 8
-    np.testing.assert_array_equal(np.asarray(up), np.asarray(flax_model.layers[1].mlp.up_proj[...]))
+    np.testing.assert_array_equal(np.asarray(up), np.asarray(flax_model.layers.mlp.up_proj[...]))
     out = hf_io.save_hf_dir(flax_model, tmp_path / "out", dtype=ml_dtypes.bfloat16,
                             base_hf_dir=hf_dir)
     again = _read_all(out)
@@ -133,12 +133,13 @@ def test_load_onto_mesh_places_shards(hf_dirs):
     hf_dir = hf_dirs[("qwen2", False)]
     mesh = sharding.make_mesh(data=1, fsdp=2, tp=4)
     model = hf_io.load_model(hf_dir, mesh=mesh)
-    q = model.layers[0].self_attn.q_proj[...]
-    assert q.sharding.spec == jax.sharding.PartitionSpec("tp", None, "fsdp")
-    assert q.addressable_shards[0].data.shape == (1, 32, 64)
+    q = model.layers.self_attn.q_proj[...]  # every layer's, stacked
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "tp", None, "fsdp")
+    assert q.addressable_shards[0].data.shape == (2, 1, 32, 64)
     original = _read_all(hf_dir)
-    ref = original["model.layers.0.self_attn.q_proj.weight"]
-    np.testing.assert_array_equal(np.asarray(q), ref.reshape(4, 32, 128))
+    for i in range(2):
+        ref = original[f"model.layers.{i}.self_attn.q_proj.weight"]
+        np.testing.assert_array_equal(np.asarray(q)[i], ref.reshape(4, 32, 128))
     # export gathers the shards back into exact HF tensors
     exported = hf_io.export_hf_arrays(model)
     for k, v in original.items():
@@ -155,7 +156,7 @@ def test_sharded_params_write_straight_into_the_weight_channel(hf_dirs, dtype):
 
     hf_dir = hf_dirs[("qwen2", True)]
     model = hf_io.load_model(hf_dir, mesh=sharding.make_mesh(data=1, fsdp=2, tp=4))
-    q = model.layers[0].self_attn.q_proj[...]
+    q = model.layers.self_attn.q_proj[...]
     assert len({str(s.index) for s in q.addressable_shards}) == 8  # really split over the mesh
     want = hf_io.export_hf_arrays(model, dtype)
     nbytes = sum(a.nbytes for a in want.values())
@@ -223,7 +224,8 @@ def test_param_table_covers_model_state():
         table = param_table(cfg)
         assert {s.flax_path for s in table} == set(flat)
         for s in table:
-            assert tuple(flat[s.flax_path].get_value().shape) == s.flax_shape
+            shape = tuple(flat[s.flax_path].get_value().shape)
+            assert shape == s.stored_shape(cfg.num_hidden_layers)  # a layer's: all, stacked
             assert int(np.prod(s.hf_shape)) == int(np.prod(s.flax_shape))
 
 
@@ -343,6 +345,33 @@ def test_orbax_to_hf_reads_training_checkpoints(hf_dirs, tmp_path, capsys):
     assert code == 2 and "no step 4 (available: [3, 5])" in err
 
 
+def test_params_checkpoint_with_one_subtree_per_layer_converts(hf_dirs, tmp_path):
+    """A params checkpoint written before the layers were stacked (layers/<i>/...) still
+    restores, stacked, and exports the HF tensors bit for bit."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from cure_jax import convert_main
+    from tests.helpers.layouts import per_layer
+
+    hf_dir = hf_dirs[("qwen2", True)]
+    model = hf_io.load_model(hf_dir)
+    ckpt = tmp_path / "older"
+    ckpt.mkdir()
+    older = per_layer(nnx.to_pure_dict(nnx.state(model)), model.cfg.num_hidden_layers)
+    assert "0" in older["layers"]
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(ckpt / "params", older)
+    checkpointer.wait_until_finished()
+    (ckpt / "config.json").write_text((hf_dir / "config.json").read_text())
+    state = convert_main.restore_params(ckpt, model.cfg)
+    exported = hf_io.export_hf_arrays(state, cfg=model.cfg)
+    original = _read_all(hf_dir)
+    assert set(exported) == set(original)
+    for name, arr in original.items():
+        assert np.array_equal(_bits(exported[name]), _bits(arr)), name
+
+
 def test_cli_errors_are_one_line(hf_dirs, tmp_path, capsys):
     src = hf_dirs[("qwen2", False)]
     code, _, err = _inprocess(capsys, "hf-to-orbax", f"--hf_dir={tmp_path / 'nope'}",
@@ -360,8 +389,8 @@ def test_cli_errors_are_one_line(hf_dirs, tmp_path, capsys):
     (wide / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 384}))
     code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={ckpt}",
                               f"--hf_dir={tmp_path / 'o'}", f"--base_hf_dir={wide}")
-    assert code == 2 and "parameter 'layers/0/mlp/down_proj' has shape (128, 256), config " \
-        "expects (128, 384)" in err, err
+    assert code == 2 and "parameter 'layers/mlp/down_proj' has shape (2, 128, 256), config " \
+        "expects (2, 128, 384)" in err, err
     code, _, err = _inprocess(capsys, "orbax-to-hf", f"--ckpt_dir={ckpt}",
                               f"--hf_dir={tmp_path / 'o'}", f"--base_hf_dir={hf_dirs[('qwen3', True)]}")
     assert code == 2 and "checkpoint has no parameter" in err, err

@@ -38,7 +38,7 @@ def test_sharded_forward_equals_unsharded(reference, data, fsdp, tp):
     nnx.update(model, state)
     sharding.shard_model(model, mesh)
     # parameters really are spread out: no 2-D kernel is fully replicated
-    up = model.layers[0].mlp.up_proj[...]
+    up = model.layers.mlp.up_proj[...]  # every layer's, stacked
     assert len(up.sharding.device_set) == 8
     assert up.addressable_shards[0].data.size < up.size
     tokens_s = jax.device_put(tokens, sharding.batch_sharding(mesh))
@@ -120,11 +120,12 @@ def test_7b_shardings_by_config_alone():
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
     shardings = sharding.state_shardings(nnx.state(abstract), mesh)
     flat = dict(nnx.to_flat_state(shardings))
-    assert flat[("layers", 0, "self_attn", "q_proj")].get_value().spec == P("tp", None, "fsdp")
-    assert flat[("layers", 0, "self_attn", "k_proj")].get_value().spec == P("tp", None, "fsdp")
-    assert flat[("layers", 0, "self_attn", "o_proj")].get_value().spec == P("fsdp", "tp", None)
-    assert flat[("layers", 0, "self_attn", "q_bias")].get_value().spec == P("tp", None)
-    assert flat[("layers", 0, "mlp", "down_proj")].get_value().spec == P("fsdp", "tp")
+    # the stacked layers' leading axis is never sharded
+    assert flat[("layers", "self_attn", "q_proj")].get_value().spec == P(None, "tp", None, "fsdp")
+    assert flat[("layers", "self_attn", "k_proj")].get_value().spec == P(None, "tp", None, "fsdp")
+    assert flat[("layers", "self_attn", "o_proj")].get_value().spec == P(None, "fsdp", "tp", None)
+    assert flat[("layers", "self_attn", "q_bias")].get_value().spec == P(None, "tp", None)
+    assert flat[("layers", "mlp", "down_proj")].get_value().spec == P(None, "fsdp", "tp")
     assert flat[("lm_head",)].get_value().spec == P("tp", "fsdp")
     assert flat[("norm", "scale")].get_value().spec == P(None)
 

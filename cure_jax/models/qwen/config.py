@@ -39,9 +39,10 @@ class QwenConfig:
       mask: cudnn on a GPU with bf16/fp16 compute, splash on TPU; xla elsewhere).
     remat_policy: rematerialisation of each decoder layer in the backward pass ("none" keeps all
       activations; "full" recomputes the whole layer; the others are jax.checkpoint_policies).
-    scan_layers: run the decoder layers as one `jax.lax.scan` rather than unrolled: with FSDP
-      each layer's weights are gathered inside the loop, one layer at a time. The parameters
-      are the same either way (stacked on the fly, see Qwen._scan_layers).
+    scan_layers: run the decoder layers as one `jax.lax.scan` rather than unrolled: XLA
+      compiles one layer whatever the depth, and with FSDP each layer's weights are gathered
+      inside the loop, one layer at a time. The parameters are the same either way (stored
+      stacked, [num_layers, ...]: Qwen.layers).
     """
 
     vocab_size: int

@@ -11,7 +11,9 @@ attention projections split out by a free reshape (q: [heads, head_dim, embed], 
 head_dim]), so import and export are pure copies and tensor parallelism can shard heads; the
 matmuls contract the `in` axis where it lies (XLA's dot_general needs no transpose). Every
 parameter carries
-`logical_axes` metadata that cure_jax.sharding maps onto the mesh. Parameters live in
+`logical_axes` metadata that cure_jax.sharding maps onto the mesh. The decoder layers' parameters
+are stored stacked, one [num_layers, ...] array each (`stack_layers`), so the layers can run as
+one scan. Parameters live in
 `param_dtype` (fp32 master weights) and are cast to `dtype` (e.g. bf16) for compute; norms,
 softmax statistics and RoPE run in float32.
 """
@@ -211,8 +213,18 @@ def _remat_policy(name: str) -> Callable | None:
     return getattr(jax.checkpoint_policies, name)
 
 
-def _layer_forward(layer: DecoderLayer, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
-    return layer(x, cos, sin, mask)
+def stack_layers(layers: list[DecoderLayer]) -> DecoderLayer:
+    """One DecoderLayer whose every parameter holds the given layers' values stacked on a new
+    leading axis (logical axis "layers", never sharded): [num_layers, *one layer's shape].
+
+    The model stores its layers this way so that a scan runs one layer's program over them;
+    each slice [i] is layer i of the Hugging Face checkpoint (cure_jax.models.qwen.params).
+    """
+    graphdef = nnx.graphdef(layers[0])
+    stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *[nnx.state(layer) for layer in layers])
+    for _, var in nnx.to_flat_state(stacked):
+        var.set_metadata("logical_axes", ("layers",) + tuple(var.get_metadata()["logical_axes"]))
+    return nnx.merge(graphdef, stacked)
 
 
 class Qwen(nnx.Module):
@@ -226,7 +238,7 @@ class Qwen(nnx.Module):
         kw = {"param_dtype": param_dtype, "dtype": dtype, "rngs": rngs}
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                                    param_dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.layers = stack_layers([DecoderLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
@@ -266,33 +278,24 @@ class Qwen(nnx.Module):
         cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
         x = sharding.constrain(x, ("batch", "length", "act_embed"))
-        if self.cfg.scan_layers and len(self.layers) > 1:
-            x = self._scan_layers(x, cos, sin, mask)
-        else:
-            step = _layer_forward
-            if self.cfg.remat_policy != "none":
-                step = nnx.remat(_layer_forward, policy=_remat_policy(self.cfg.remat_policy))
-            for layer in self.layers:
-                x = step(layer, x, cos, sin, mask)
+        x = self._decoder_layers(x, cos, sin, mask)
         return self.norm(x)
 
-    def _scan_layers(self, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
-        """The decoder layers as one `jax.lax.scan`: with FSDP each layer's parameters are
-        gathered inside the loop, one layer at a time. The parameters stay one subtree per
-        layer (their names, the HF table and checkpoints are those of the unrolled model); they
-        are stacked on the fly in the compute dtype (the layers cast them to it anyway), which
-        holds one extra compute-dtype copy of the layers' parameters. Stacking on the fly does
-        not make compile time flat in depth (benchmarks/compile.py: at 28 layers about the
-        unrolled compile time on CPU); that needs the parameters stored stacked."""
-        graphdef = nnx.graphdef(self.layers[0])
-        stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(self.dtype) for w in ws]),
-                               *[nnx.state(layer) for layer in self.layers])
+    def _decoder_layers(self, x: Array, cos: Array, sin: Array, mask: Array | None) -> Array:
+        """The decoder layers over `x`, one slice of the stacked parameters at a time: as one
+        `jax.lax.scan` with `scan_layers` (one layer's program, compile time flat in depth; with
+        FSDP each layer's weights are gathered inside the loop), else unrolled."""
+        graphdef, stacked = nnx.split(self.layers)
 
-        def body(h: Array, state: nnx.State) -> tuple[Array, None]:
-            return nnx.merge(graphdef, state)(h, cos, sin, mask), None
+        def body(h: Array, layer_state: nnx.State) -> tuple[Array, None]:
+            return nnx.merge(graphdef, layer_state)(h, cos, sin, mask), None
         if self.cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=_remat_policy(self.cfg.remat_policy))
-        return jax.lax.scan(body, x, stacked)[0]
+        if self.cfg.scan_layers:
+            return jax.lax.scan(body, x, stacked)[0]
+        for i in range(self.cfg.num_hidden_layers):
+            x = body(x, jax.tree.map(lambda w, i=i: w[i], stacked))[0]
+        return x
 
     def logits(self, hidden: Array) -> Array:
         """hidden [..., H] -> logits [..., V] in float32 (materialises V: small inputs only)."""

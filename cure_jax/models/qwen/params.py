@@ -11,6 +11,10 @@ at most a reshape, never a transpose:
                                                         o [h, n*d] -> [h, n, d], biases [n*d] -> [n, d]
 Import and export are therefore plain copies (and slices of a memory map read only the bytes a
 device needs).
+
+The decoder layers are stored stacked (cure_jax.models.qwen.model.stack_layers): a layer's row
+names the stacked array ("layers", "mlp", "up_proj") and its `layer`; the tensor is that array's
+slice [layer], of shape `flax_shape`.
 """
 from __future__ import annotations
 
@@ -27,10 +31,15 @@ KINDS = ("copy", "split_heads")
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     hf_name: str
-    flax_path: tuple[Any, ...]      # path in nnx.state(model), e.g. ("layers", 0, "mlp", "up_proj")
+    flax_path: tuple[Any, ...]      # path in nnx.state(model), e.g. ("layers", "mlp", "up_proj")
     kind: str
     hf_shape: tuple[int, ...]
-    flax_shape: tuple[int, ...]
+    flax_shape: tuple[int, ...]     # of this tensor: one layer's slice for a layer's row
+    layer: int | None = None        # decoder layer: the row is slice [layer] of flax_path
+
+    def stored_shape(self, num_layers: int) -> tuple[int, ...]:
+        """Shape of the array at flax_path (the layers' rows share one stacked array)."""
+        return self.flax_shape if self.layer is None else (num_layers, *self.flax_shape)
 
 
 def param_table(cfg: QwenConfig) -> list[ParamSpec]:
@@ -46,32 +55,33 @@ def param_table(cfg: QwenConfig) -> list[ParamSpec]:
 
     rows: list[ParamSpec] = [same("model.embed_tokens.weight", ("embed_tokens",), (v, h))]
     for i in range(cfg.num_hidden_layers):
-        pre, fl = f"model.layers.{i}.", ("layers", i)
+        pre, fl = f"model.layers.{i}.", ("layers",)
         attn = fl + ("self_attn",)
-        rows += [
+        layer = [
             same(pre + "input_layernorm.weight", fl + ("input_layernorm", "scale"), (h,)),
             split(pre + "self_attn.q_proj.weight", attn + ("q_proj",), (n * d, h), (n, d, h)),
             split(pre + "self_attn.k_proj.weight", attn + ("k_proj",), (k * d, h), (k, d, h)),
             split(pre + "self_attn.v_proj.weight", attn + ("v_proj",), (k * d, h), (k, d, h)),
         ]
         if cfg.attention_bias:
-            rows += [
+            layer += [
                 split(pre + "self_attn.q_proj.bias", attn + ("q_bias",), (n * d,), (n, d)),
                 split(pre + "self_attn.k_proj.bias", attn + ("k_bias",), (k * d,), (k, d)),
                 split(pre + "self_attn.v_proj.bias", attn + ("v_bias",), (k * d,), (k, d)),
             ]
         if cfg.qk_norm:
-            rows += [
+            layer += [
                 same(pre + "self_attn.q_norm.weight", attn + ("q_norm", "scale"), (d,)),
                 same(pre + "self_attn.k_norm.weight", attn + ("k_norm", "scale"), (d,)),
             ]
-        rows += [
+        layer += [
             split(pre + "self_attn.o_proj.weight", attn + ("o_proj",), (h, n * d), (h, n, d)),
             same(pre + "post_attention_layernorm.weight", fl + ("post_attention_layernorm", "scale"), (h,)),
             same(pre + "mlp.gate_proj.weight", fl + ("mlp", "gate_proj"), (f, h)),
             same(pre + "mlp.up_proj.weight", fl + ("mlp", "up_proj"), (f, h)),
             same(pre + "mlp.down_proj.weight", fl + ("mlp", "down_proj"), (h, f)),
         ]
+        rows += [dataclasses.replace(row, layer=i) for row in layer]
     rows.append(same("model.norm.weight", ("norm", "scale"), (h,)))
     if not cfg.tie_word_embeddings:
         rows.append(same("lm_head.weight", ("lm_head",), (v, h)))
@@ -98,3 +108,12 @@ def flax_to_hf(spec: ParamSpec, x: np.ndarray) -> np.ndarray:
         raise ValueError(f"{'/'.join(map(str, spec.flax_path))}: shape {tuple(x.shape)}, "
                          f"config expects {spec.flax_shape}")
     return x.reshape(spec.hf_shape)
+
+
+def rows_by_array(table: list[ParamSpec]) -> dict[tuple[Any, ...], list[ParamSpec]]:
+    """The table's rows grouped by the model array that holds them, in order of first
+    appearance: one row per array, or a stacked array's rows in layer order."""
+    out: dict[tuple[Any, ...], list[ParamSpec]] = {}
+    for spec in table:
+        out.setdefault(spec.flax_path, []).append(spec)
+    return out
