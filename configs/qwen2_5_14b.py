@@ -2,10 +2,10 @@
 at 14B. Same hyper-parameters; the learner shards over 4 GPUs with full rematerialisation and
 offloads the frozen reference to host memory, vLLM serves on the other 4 (tensor parallel 4).
 
-Memory: `cure-train --dry_run --dry_run_devices=4` plans 93 GiB per learner GPU for the longest
+Memory: `cure-train --dry_run --dry_run_devices=4` plans 87 GiB per learner GPU for the longest
 micro-batch (fp32 weights, Adam and gradients alone are 55 GiB), above an 80 GB GPU; on fake CPU
 devices the temporaries lean high (README, "Memory before the run"). Run `--dry_run` on the GPU
-node itself before training; the learner on 8 GPUs (fsdp 8) plans 53.7 GiB.
+node itself before training; the learner on 8 GPUs (fsdp 8) plans 50.8 GiB.
 
 What acts in the update, as in configs/qwen2_5_7b.py: separate optimizer steps for the codes
 and then the tests (learner.role_updates = "separate"), old log-probs from before both, so the
@@ -37,7 +37,7 @@ from cure_jax.config import config_file
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The recipe, or a variant of the 7B recipe's (`:minibatches4`)."""
     c = config_file(pathlib.Path(__file__).with_name("qwen2_5_7b.py"), arg)
-    c.model.update({"preset": "qwen2.5-14b-instruct", "remat_policy": "full"})
+    c.model.update({"preset": "qwen2.5-14b-instruct", "remat_policy": "full", "scan_layers": True})
     c.learner.update({"micro_batch_size": 4, "offload_reference": True})
     c.rollout.engine_options.gpu_memory_utilization = 0.9
     return c

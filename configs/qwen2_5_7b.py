@@ -63,8 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Whole layers rematerialised: keeping the matmul outputs (dots_with_no_batch_dims_saveable)
     # needs ~2.8 MB a token over 28 layers, ~51 GB for the longest micro-batch's 2 x 9216
     # tokens per GPU on top of the ~35 GB of weights, Adam, reference and gradients
-    # (`cure-train --dry_run`, README "Memory before the run").
-    c.model.update({"preset": "qwen2.5-7b-instruct", "remat_policy": "full"})
+    # (`cure-train --dry_run`, README "Memory before the run"). The layers run as one scan:
+    # XLA compiles one layer whatever the depth.
+    c.model.update({"preset": "qwen2.5-7b-instruct", "remat_policy": "full", "scan_layers": True})
     # The learner: "reference-faithful" (configs/learner_presets.py, bf16 compute over fp32
     # weights), a frozen reference for the KL, truncated IS against the rollout log-probs, codes
     # and tests in one batch. One optimizer step per batch: the PPO ratio is 1 and its clip

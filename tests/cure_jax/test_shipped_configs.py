@@ -47,6 +47,8 @@ SHARED_PROMPTS = {"learner.share_prompts": True}  # the tiny configs' short resp
 # The 7B recipe (and the 4B, which derives from it) rematerialise whole layers since
 # `cure-train --dry_run` planned their longest micro-batch (README, "Memory before the run").
 FULL_REMAT = {"model.remat_policy": "full"}
+# The Qwen recipes scan their 28-48 layers (compile time flat in depth: benchmarks/compile.py).
+SCANNED = {"model.scan_layers": True}
 # Variants added since: the run of the config they vary, with these fields changed.
 DERIVED = {"minibatches4": {"learner.minibatches": 4}}
 SHIPPED = [("tiny", None), ("tiny", "random"), ("tiny", "synthetic"),
@@ -99,8 +101,8 @@ def test_shipped_config_gives_the_same_run(name, arg, tmp_path, monkeypatch):
     # vLLM runs eager only on its CPU build now (None), where every shipped config forced it
     expected["engine"] = {**expected["engine"], "enforce_eager": None}
     got = _effective(name, arg)
-    assert got["model.qwen_config"].pop("scan_layers") is False  # added since, the default
-    preset = {**PRESET_GPUS, **SEPARATE, **PAPER_PROTOCOL} if name.startswith("qwen") else \
+    assert got["model.qwen_config"].pop("scan_layers") is name.startswith("qwen")  # added since
+    preset = {**PRESET_GPUS, **SEPARATE, **PAPER_PROTOCOL, **SCANNED} if name.startswith("qwen") else \
         SEPARATE if name == "learner_presets" else {}
     for key, value in {**ADDED, **preset, **(SHARED_PROMPTS if name in ("tiny", "learner_presets") else {}),
                        **(RANDOM_INIT if name == "tiny" and arg else {})}.items():
