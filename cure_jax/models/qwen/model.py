@@ -10,12 +10,10 @@ Kernels keep Hugging Face's [out, in] layout (a torch Linear weight), with the h
 attention projections split out by a free reshape (q: [heads, head_dim, embed], o: [embed, heads,
 head_dim]), so import and export are pure copies and tensor parallelism can shard heads; the
 matmuls contract the `in` axis where it lies (XLA's dot_general needs no transpose). Every
-parameter carries
-`logical_axes` metadata that cure_jax.sharding maps onto the mesh. The decoder layers' parameters
-are stored stacked, one [num_layers, ...] array each (`stack_layers`), so the layers can run as
-one scan. Parameters live in
-`param_dtype` (fp32 master weights) and are cast to `dtype` (e.g. bf16) for compute; norms,
-softmax statistics and RoPE run in float32.
+parameter carries `logical_axes` metadata that cure_jax.sharding maps onto the mesh. The decoder
+layers' parameters are stored stacked, one [num_layers, ...] array each (`stack_layers`), so the
+layers can run as one scan. Parameters live in `param_dtype` (fp32 master weights) and are cast
+to `dtype` (e.g. bf16) for compute; norms, softmax statistics and RoPE run in float32.
 """
 from __future__ import annotations
 
