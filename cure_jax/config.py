@@ -126,7 +126,7 @@ class LearnerConfig(Section):
     length_bucket: int = 64         # pad the batch length up to a multiple of this
     # Run the responses of one prompt through the model as one packed sequence (the prompt
     # once; cure_jax.prompt_packing): fewer tokens when prompts are long and responses short.
-    # Dense masks over the packed length and XLA attention (not cuDNN).
+    # Dense masks over the packed length: an attention that takes a mask (not cuDNN).
     share_prompts: bool = False
     offload_reference: bool = False  # keep the frozen reference params in host memory
 

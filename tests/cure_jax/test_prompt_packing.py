@@ -123,7 +123,7 @@ def test_packed_hidden_states_at_selected_positions():
 def test_segments_refuse_the_cudnn_attention():
     model = Qwen(dataclasses.replace(MODEL, attention_impl="cudnn"), rngs=nnx.Rngs(0))
     tokens = jnp.zeros((1, 4), jnp.int32)
-    with pytest.raises(ValueError, match="segment_ids .* need the xla attention"):
+    with pytest.raises(ValueError, match="segment_ids .* need an attention that takes a mask"):
         model(tokens, positions=jnp.zeros((1, 4), jnp.int32), segment_ids=jnp.zeros((1, 4), jnp.int32))
 
 

@@ -83,7 +83,8 @@ def test_causal_splash_without_segments_equals_causal_attention():
     ("auto", "tpu", jnp.bfloat16, True, "xla"),     # shared prompts' or left padding's mask
     ("auto", "gpu", jnp.bfloat16, False, "cudnn"),
     ("auto", "gpu", jnp.float32, False, "xla"),
-    ("auto", "cpu", jnp.bfloat16, False, "xla"),
+    ("auto", "cpu", jnp.bfloat16, False, "blocked"),
+    ("auto", "cpu", jnp.float32, True, "blocked"),
     ("splash", "tpu", jnp.bfloat16, False, "splash"),
     ("splash", "tpu", jnp.bfloat16, True, "xla"),
     ("splash", "cpu", jnp.float32, False, "xla"),

@@ -18,7 +18,7 @@ _ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 _MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3"}
-ATTENTION_IMPLS = ("xla", "cudnn", "chunked", "splash", "auto")
+ATTENTION_IMPLS = ("xla", "cudnn", "chunked", "blocked", "splash", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "nothing_saveable")
 
@@ -34,9 +34,11 @@ class QwenConfig:
       head_dim independent of hidden_size / num_attention_heads).
     attention_impl: "xla", "cudnn" (flash attention on NVIDIA GPUs; causal only, so batches must
       be right-padded), "chunked" (XLA attention a block of queries at a time, memory linear in
-      the length on any platform), "splash" (the Pallas splash-attention kernel on TPU; off TPU
-      or with an attention mask, XLA's, with a one-line note) or "auto" (with no attention
-      mask: cudnn on a GPU with bf16/fp16 compute, splash on TPU; xla elsewhere).
+      the length on any platform), "blocked" (XLA attention a block of queries at a time over
+      the keys up to the block only: the masked upper triangle is skipped; the fastest on
+      CPU), "splash" (the Pallas splash-attention kernel on TPU; off TPU or with an attention
+      mask, XLA's, with a one-line note) or "auto" (blocked on CPU; with no attention mask,
+      cudnn on a GPU with bf16/fp16 compute and splash on TPU; xla elsewhere).
     remat_policy: rematerialisation of each decoder layer in the backward pass ("none" keeps all
       activations; "full" recomputes the whole layer; the others are jax.checkpoint_policies).
     scan_layers: run the decoder layers as one `jax.lax.scan` rather than unrolled: XLA
