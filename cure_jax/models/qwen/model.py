@@ -135,7 +135,7 @@ def blocked_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: f
     never computed (n blocks compute (n + 1) / 2n of the scores: 62.5% at 4). XLA's attention
     runs each block; the blocks are unrolled (their shapes differ), at most `max_blocks` of
     them (each is its own program to compile), of at least `min_block` queries. The fastest
-    attention on CPU: the tiny default's update takes about 20% less time than with the dense one."""
+    attention on CPU: the tiny default's update takes 29% less time than with XLA's dense one."""
     l = q.shape[1]
     n = max(1, min(max_blocks, -(-l // min_block)))
     block = -(-l // n)
@@ -145,9 +145,25 @@ def blocked_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: f
         m = jnp.asarray(np.arange(stop)[None, :] <= np.arange(start, stop)[:, None])[None, None]
         if mask is not None:
             m = m & mask[:, :, start:stop, :stop]
-        out.append(jax.nn.dot_product_attention(q[:, start:stop], k[:, :stop], v[:, :stop],
-                                                mask=m, scale=scale, implementation="xla"))
+        out.append(_attend(q[:, start:stop], k[:, :stop], v[:, :stop], m, scale))
     return jnp.concatenate(out, axis=1)
+
+
+def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+    """Masked softmax attention, grouped query heads over their kv head (q [B, T, N, D],
+    k/v [B, S, K, D], mask [B, 1, T, S] with at least one key per query). Scores and softmax
+    statistics in float32; the normalisation divides the [B, T, N, D] output rather than the
+    [B, N, T, S] probabilities (S / D times fewer divisions, 13% of the tiny default's update)."""
+    b, t, n, d = q.shape
+    kv = k.shape[2]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, kv, n // kv, d), k,
+                        preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask[:, :, None], scores, -1e30)
+    probs = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    total = jnp.moveaxis(jnp.sum(probs, axis=-1), -1, 1)[..., None]          # [B, T, K, G, 1]
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32) / total
+    return out.reshape(b, t, n, d).astype(q.dtype)
 
 
 class Attention(nnx.Module):
