@@ -1,5 +1,7 @@
-"""cure-train end to end on configs/tiny.py: real rollout server (vLLM CPU build), real sandbox,
-real JAX learner, Orbax checkpoints and TensorBoard event files read back.
+"""cure-train end to end on configs/tiny.py: real rollout server, real sandbox, real JAX learner,
+Orbax checkpoints and TensorBoard event files read back. The bit-exact sync run samples with the
+vLLM CPU build; the tests of the plumbing around it (kill, freeze, resume) with the hf engine,
+which starts faster.
 
 Each test launches ``python -m cure_jax.train_main`` as a subprocess (as a user would), with one
 JAX CPU device. Runs: sync 3 steps (evaluated at step 2), and the same run resumed from its
@@ -62,8 +64,8 @@ CURE_TAGS = ("cure/code_accuracy", "cure/code_parse_rate", "cure/test_parse_rate
 @pytest.mark.slow
 def test_async_killed_then_resumed(tmp_path):
     wd = tmp_path / "async"
-    flags = ("--config.train.steps=2", "--config.rollout.mode=async", *SMALL,
-             "--config.train.checkpoint_every=1", "--config.train.eval_every=0")
+    flags = ("--config.train.steps=2", "--config.rollout.mode=async", "--config.rollout.engine=hf",
+             *SMALL, "--config.train.checkpoint_every=1", "--config.train.eval_every=0")
     proc = _start(wd, *flags)
     lines: list[str] = []
     try:
