@@ -19,7 +19,7 @@ from tests.helpers.cure_runs import ROOT, cure_train, train_env
 
 STEPS = 50
 # Rises of held-out code accuracy by step 50 over training seeds 0, 1, 2 (4 programs per
-# problem): +0.057, +0.049, +0.049. This test (8 programs per problem) measured 0.115 -> 0.195.
+# problem): +0.057, +0.049, +0.049. This test (8 programs per problem) measured 0.115 -> 0.189.
 MIN_RISE = 0.049
 MARGIN = 0.025  # half of MIN_RISE: a rise at least this large says CURE learned
 
