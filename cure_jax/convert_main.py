@@ -153,15 +153,15 @@ def restore_params(ckpt_dir: str | pathlib.Path, cfg, *, step: int | None = None
             sharding=flat_sh[p].get_value() if p in flat_sh else default))
         for p, var in nnx.to_flat_state(abstract)])
     older = layer_stack.unstacked_target(want, stored)  # written before the layers were stacked
-    target = []
+    pairs = []
     for p, leaf in layer_stack.leaves(older or want):
         have = _lookup(stored, p, str(path))
         if tuple(have.shape) != tuple(leaf.shape):
             raise ConvertError(f"{path}: parameter {'/'.join(p)!r} has shape "
                                f"{tuple(have.shape)}, config expects {tuple(leaf.shape)}")
         dtype = param_dtype or np.dtype(have.dtype)
-        target.append((prefix + p, jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)))
-    target = layer_stack.nest(target)
+        pairs.append((prefix + p, jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)))
+    target = layer_stack.nest(pairs)
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     restored = ocp.PyTreeCheckpointer().restore(
         path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,

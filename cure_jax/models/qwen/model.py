@@ -135,7 +135,7 @@ def blocked_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: f
     never computed (n blocks compute (n + 1) / 2n of the scores: 62.5% at 4). XLA's attention
     runs each block; the blocks are unrolled (their shapes differ), at most `max_blocks` of
     them (each is its own program to compile), of at least `min_block` queries. The fastest
-    attention on CPU: the tiny default's update takes 29% less time than with XLA's dense one."""
+    attention here on CPU (benchmarks/RESULTS.md)."""
     l = q.shape[1]
     n = max(1, min(max_blocks, -(-l // min_block)))
     block = -(-l // n)
@@ -153,7 +153,7 @@ def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
     """Masked softmax attention, grouped query heads over their kv head (q [B, T, N, D],
     k/v [B, S, K, D], mask [B, 1, T, S] with at least one key per query). Scores and softmax
     statistics in float32; the normalisation divides the [B, T, N, D] output rather than the
-    [B, N, T, S] probabilities (S / D times fewer divisions, 13% of the tiny default's update)."""
+    [B, N, T, S] probabilities (S / D times fewer divisions)."""
     b, t, n, d = q.shape
     kv = k.shape[2]
     scores = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, kv, n // kv, d), k,
@@ -309,8 +309,8 @@ class Qwen(nnx.Module):
         mask = None
         if segment_ids is not None:
             if attention_mask is not None or self.cfg.attention_impl == "cudnn":
-                raise ValueError("segment_ids (shared prompts) need an attention that takes a mask (not cudnn) "
-                                 "and no attention_mask")
+                raise ValueError("segment_ids (shared prompts) need an attention that takes a "
+                                 "mask (not cudnn) and no attention_mask")
             seg = jnp.asarray(segment_ids, jnp.int32)
             mask = (seg[:, None, :, None] == seg[:, None, None, :]) | (seg[:, None, None, :] == 0)
         elif attention_mask is not None:
