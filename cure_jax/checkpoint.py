@@ -52,13 +52,7 @@ def _paths_and_leaves(tree: Any) -> tuple[list[tuple[str, ...]], list[Any], Any]
 def to_nested(tree: Any) -> dict[str, Any]:
     """Any pytree -> nested dict {path component: ...: leaf} (what is written to disk)."""
     paths, leaves, _ = _paths_and_leaves(tree)
-    out: dict[str, Any] = {}
-    for path, leaf in zip(paths, leaves):
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1] if path else "_"] = leaf
-    return out
+    return layer_stack.nest([(path or ("_",), leaf) for path, leaf in zip(paths, leaves)])
 
 
 def _lookup(nested: Any, path: tuple[str, ...]) -> Any:
