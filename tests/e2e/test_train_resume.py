@@ -170,9 +170,13 @@ def test_disk_full_while_checkpointing_then_resume(reference_run):
         while not (wd / "checkpoints" / "4").is_dir():  # committed: renamed into place
             assert p.poll() is None and time.time() < deadline, "no checkpoint of step 4"
             time.sleep(0.01)
+        # The run is paused while the disk fills: its steps 5-8 take about a second, and on a
+        # loaded machine the filler could otherwise land after the checkpoint of step 8.
+        p.send_signal(signal.SIGSTOP)
         filler = wd / "filler"
         with open(filler, "wb") as f:  # leave the event files room, not a checkpoint
             f.write(b"\0" * (shutil.disk_usage(wd).free - (256 << 10)))
+        p.send_signal(signal.SIGCONT)
         out, _ = p.communicate(timeout=240)
         assert p.returncode == 1, out[-3000:]
         # One line of ours (tensorboardX may still fail its own flush at exit, after it).
