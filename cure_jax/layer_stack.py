@@ -81,14 +81,11 @@ def _without_layer_axis(sharding: Any) -> Any:
 def unstacked_target(target: dict[str, Any], stored: Any) -> dict[str, Any] | None:
     """`target` (leaves: `jax.ShapeDtypeStruct`) in the per-layer layout, when the checkpoint
     whose metadata tree is `stored` was written in it; None when it holds today's layout."""
-    older = False
-    for path, _ in leaves(target):
+    def written_per_layer(path: Path) -> bool:
         j = _layers_at(path)
-        if j is not None and lookup(stored, path) is None \
-                and lookup(stored, _one_layer(path, j, 0)) is not None:
-            older = True
-            break
-    if not older:
+        return j is not None and lookup(stored, path) is None \
+            and lookup(stored, _one_layer(path, j, 0)) is not None
+    if not any(written_per_layer(path) for path, _ in leaves(target)):
         return None
     pairs = []
     for path, leaf in leaves(target):
