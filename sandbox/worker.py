@@ -453,7 +453,12 @@ class Worker:
                 if left <= 0:
                     timed_out = True
                     break
-                if self._poller.poll(left // 1_000_000 + 1):
+                if left < 1_000_000:  # poll() counts whole milliseconds: sleep the rest exactly
+                    if self._poller.poll(0):
+                        break
+                    time.sleep(left / 1e9)
+                    continue
+                if self._poller.poll(left // 1_000_000):
                     break
             if timed_out:
                 # PID 1 of the child's namespace: the kernel kills the whole namespace with it.
