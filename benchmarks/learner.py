@@ -179,6 +179,7 @@ def _child(args, side: str) -> float:
 
 
 def main() -> None:
+    from cure_jax.config import LearnerConfig
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=512)
@@ -188,7 +189,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv_heads", type=int, default=4)
-    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=LearnerConfig.logprob_chunk,
+                   help="log-prob head chunk (default: learner.logprob_chunk's default)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", default="none")
     p.add_argument("--preset", default="")

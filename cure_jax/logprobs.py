@@ -8,9 +8,9 @@ temperature T:
     H_t      = logsumexp(z_t) - sum_v softmax(z_t)_v z_t,v
 
 The sequence is cut into chunks of `chunk_size` positions and `lax.map` walks them with a
-rematerialised body, so forward and backward hold the logits of one chunk ([B, C, V]) at a time
-instead of [B, L, V]. With Qwen's 152k vocabulary a full float32 logits array for 4 x 4096 tokens
-is ~10 GB; one chunk of 256 positions is ~0.6 GB.
+rematerialised body (when there is more than one), so forward and backward hold the logits of
+one chunk ([B, C, V]) at a time instead of [B, L, V]. With Qwen's 152k vocabulary a full float32
+logits array for 4 x 4096 tokens is ~10 GB; one chunk of 256 positions is ~0.6 GB.
 """
 from __future__ import annotations
 
@@ -63,12 +63,14 @@ def _chunked_stats(h: jax.Array, targets: jax.Array, head: jax.Array, chunk_size
     targets = targets.reshape(b, n_chunks, c).swapaxes(0, 1)    # [n, B, C]
     head = head.astype(h.dtype)
 
-    @jax.checkpoint
     def body(args):
         hc, tc = args
         return _chunk_stats(hc, tc, head, temperature, want_entropy)
 
-    logp, ent = jax.lax.map(body, (h, targets))
+    # Several chunks: each chunk's logits are recomputed in the backward pass, so one chunk's are
+    # alive at a time. One chunk: its logits are alive during its backward pass either way, and
+    # recomputing them would only repeat the head's matmul.
+    logp, ent = jax.lax.map(jax.checkpoint(body) if n_chunks > 1 else body, (h, targets))
     return (logp.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n],
             ent.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :n])
 

@@ -86,12 +86,13 @@ def test_head_on_response_positions_only(model):
 
 
 @pytest.mark.slow
-def test_gradient_equals_naive(model):
+@pytest.mark.parametrize("chunk_size", [5, 12])   # three chunks (rematerialised), one chunk
+def test_gradient_equals_naive(model, chunk_size):
     tokens, mask = _batch()
     weights = jnp.asarray(np.random.default_rng(2).normal(size=tokens.shape), jnp.float32)
 
     def chunked(m):
-        lp, ent = token_logprobs(m, tokens, mask, chunk_size=5)
+        lp, ent = token_logprobs(m, tokens, mask, chunk_size=chunk_size)
         return jnp.sum(lp * weights) + 0.1 * jnp.sum(ent)
 
     def naive(m):
@@ -119,6 +120,35 @@ def test_matches_transformers_logprobs(tmp_path):
     lp, _ = _jit_logprobs(load_model(hf_dir), tokens, mask, chunk_size=4)
     valid = np.asarray(mask)[:, 1:].astype(bool)
     assert np.abs(np.asarray(lp)[:, 1:] - ref)[valid].max() <= 1e-4
+
+
+def _primitives(jaxpr) -> list[str]:
+    """Names of the primitives in `jaxpr` and every jaxpr nested in it."""
+    out = []
+    for eqn in jaxpr.eqns:
+        out.append(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    out += _primitives(getattr(inner, "jaxpr", inner))
+    return out
+
+
+def test_only_several_chunks_are_rematerialised():
+    """The head's logits are recomputed in the backward pass only when the rows span several
+    chunks (so that one chunk's logits are alive at a time); with one chunk that would only
+    repeat the head's matmul."""
+    h, w = jnp.ones((2, 9, 8)), jnp.ones((16, 8))
+    t = jnp.zeros((2, 9), jnp.int32)
+
+    def grad_primitives(chunk_size):
+        def f(h, w):
+            return logprobs_from_hidden(h, w, t, chunk_size=chunk_size)[0].sum()
+        return _primitives(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(h, w).jaxpr)
+    several, one = grad_primitives(3), grad_primitives(8)
+    assert "remat2" in several and "remat2" not in one
+    assert one.count("dot_general") == 3   # the head's forward, its input and weight gradients
 
 
 def test_bad_arguments():
