@@ -129,6 +129,9 @@ class LearnerConfig(Section):
     # Dense masks over the packed length: an attention that takes a mask (not cuDNN).
     share_prompts: bool = False
     offload_reference: bool = False  # keep the frozen reference params in host memory
+    # On CPU from hidden size 256 up: YNNPACK fuses each matmul with its elementwise neighbours
+    # (cure_jax.learner.compiler_options). Off in plans for accelerators on fake CPU devices.
+    cpu_dot_fusion: bool = True
 
     def validate(self, p: str) -> None:
         check(self.lr > 0, f"{p}.lr", f"must be > 0 (got {self.lr})")

@@ -82,14 +82,16 @@ def planned_config(cfg: Config, fake_devices: int) -> tuple[Config, str]:
     memory in the length), where XLA's attention on CPU would hold every L x L score matrix;
     and the layers are scanned, so FSDP gathers one layer's weights at a time as an
     accelerator's memory-aware scheduler does, where XLA's CPU schedule of unrolled layers
-    gathers every layer's up front."""
+    gathers every layer's up front; and without the CPU-only matmul fusion
+    (learner.cpu_dot_fusion)."""
     impl = cfg.model.attention_impl
     if not fake_devices:
         return cfg, impl
     changes = {"scan_layers": True}
     if impl in ("auto", "splash"):
         changes["attention_impl"], impl = "chunked", "chunked (standing in for flash attention)"
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes)), impl
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes),
+                               learner=dataclasses.replace(cfg.learner, cpu_dot_fusion=False)), impl
 
 
 def _per_device_bytes(tree: Any) -> int:

@@ -46,9 +46,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 CPU_DOT_FUSION_MIN_HIDDEN = 256
 
 
-def compiler_options(model_cfg: QwenConfig, mesh: Mesh) -> dict[str, str]:
+def compiler_options(model_cfg: QwenConfig, cfg: LearnerConfig, mesh: Mesh) -> dict[str, str]:
     """XLA options of the model's programs on `mesh` (none off CPU)."""
-    if mesh.devices.flat[0].platform != "cpu" or model_cfg.hidden_size < CPU_DOT_FUSION_MIN_HIDDEN:
+    if (not cfg.cpu_dot_fusion or mesh.devices.flat[0].platform != "cpu"
+            or model_cfg.hidden_size < CPU_DOT_FUSION_MIN_HIDDEN):
         return {}
     return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
@@ -185,8 +186,7 @@ class Learner:
     def _compile(self) -> None:
         bs, rs, rep = self.batch_sharding, self.row_sharding, self.replicated
         ps = self.param_shardings
-        options = compiler_options(self.model_cfg, self.mesh)
-        self._compiler_options = options
+        options = self._compiler_options = compiler_options(self.model_cfg, self.cfg, self.mesh)
 
         def mb_shardings(keys):
             return {k: (rs if k == "advantage" else bs) for k in keys}

@@ -95,11 +95,12 @@ def test_a_plan_that_does_not_fit_is_refused(base):
     assert "device memory: unknown" in text and "mesh.device_memory_gb" in text
 
 
-def test_fake_devices_plan_flash_like_attention():
+def test_fake_devices_plan_flash_like_attention_without_cpu_fusion():
     cfg = _cfg()
     planned, note = planned_config(cfg, fake_devices=4)
     assert planned.model.attention_impl == "chunked" and "flash" in note
     assert planned.model.scan_layers and not cfg.model.scan_layers
+    assert not planned.learner.cpu_dot_fusion and cfg.learner.cpu_dot_fusion
     assert planned_config(cfg, fake_devices=0) == (cfg, "auto")
     xla = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention_impl="xla"))
     planned, note = planned_config(xla, fake_devices=4)

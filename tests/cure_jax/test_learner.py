@@ -211,27 +211,28 @@ def test_initial_state_from_converted_checkpoint(tmp_path):
         train_lib.initial_state(learner, bad)
 
 
-def test_cpu_dot_fusion_from_hidden_256_compiles_and_keeps_the_update(monkeypatch):
+def test_cpu_dot_fusion_from_hidden_256_compiles_and_keeps_the_update():
     """From hidden size 256 the learner's programs on CPU let YNNPACK fuse each matmul with its
-    elementwise neighbours (faster there, slower below); the update stays the same up to float
-    rounding as without the option."""
+    elementwise neighbours (faster there, slower below; `learner.cpu_dot_fusion` turns it off);
+    the update stays the same up to float rounding as without the option."""
     from cure_jax import learner as learner_module
     mesh = sharding.make_mesh(data=1, fsdp=1, tp=1, devices=jax.devices()[:1])
     wide = dataclasses.replace(MODEL, hidden_size=256, num_attention_heads=8, num_key_value_heads=4)
-    assert learner_module.compiler_options(MODEL, mesh) == {}
-    options = learner_module.compiler_options(wide, mesh)
-    assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
     cfg = LearnerConfig(lr=1e-3, kl_coef=0.1, ppo_epochs=2, logprob_chunk=8, length_bucket=32)
+    off = dataclasses.replace(cfg, cpu_dot_fusion=False)
+    options = learner_module.compiler_options(wide, cfg, mesh)
+    assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+    assert learner_module.compiler_options(MODEL, cfg, mesh) == {}
+    assert learner_module.compiler_options(wide, off, mesh) == {}
     batch = random_batch()
 
-    def one_update():
-        learner = make_learner(wide, cfg, mesh, seed=0)
+    def one_update(learner_cfg):
+        learner = make_learner(wide, learner_cfg, mesh, seed=0)
         state = learner.init_state()
         state, _ = learner.update(state, batch, learner.reference_params(state.params))
         return jax.tree.map(np.asarray, jax.device_get(state.params)), learner
-    fused, learner = one_update()
+    fused, learner = one_update(cfg)
     assert learner._compiler_options == options
-    monkeypatch.setattr(learner_module, "compiler_options", lambda *args: {})
-    plain, learner = one_update()
+    plain, learner = one_update(off)
     assert learner._compiler_options == {}
     _close(fused, plain, atol=1e-4)   # Adam magnifies rounding where gradients are near 0
