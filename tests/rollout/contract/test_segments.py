@@ -41,7 +41,10 @@ print(b.name, c.name, flush=True)
 @pytest.mark.parametrize("how", ["sigkill", "sigterm", "exit"])
 def test_owner_death_leaves_no_segments(how):
     run = run_id()
-    tail = {"sigkill": "time.sleep(60)", "sigterm": "time.sleep(60)", "exit": "sys.exit(0)"}[how]
+    # A main loop that wakes up: a process-directed signal may be taken by another thread (numpy's
+    # OpenBLAS pool), and Python runs its handler only when the main thread runs again.
+    wait = "for _ in range(600): time.sleep(0.1)"
+    tail = {"sigkill": wait, "sigterm": wait, "exit": "sys.exit(0)"}[how]
     p = spawn(OWNER_SRC.replace("RUN", repr(run)) + tail)
     try:
         names = p.stdout.readline().split()
