@@ -198,8 +198,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--mfu", action="store_true", help="GPU: report MFU of our step only")
     p.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak of one chip")
+    p.add_argument("--malloc", default="keep", choices=["keep", "default"],
+                   help="glibc's allocator on both sides: keep freed memory for the next step, as "
+                        "cure-train sets it on CPU (cure_jax.host_malloc), or glibc's defaults")
     p.add_argument("--side", default="both", choices=["both", "ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.side != "both" and args.malloc == "keep":
+        from cure_jax import host_malloc
+        host_malloc.keep_freed_memory_on_cpu()
     qcfg = model_shape(args)
     n_params = qcfg.num_params()
     if args.side != "both":

@@ -185,7 +185,7 @@ def plan(cfg: Any, env: Mapping[str, str] | None = None, *, gpus: int | None = N
                      rollout_visible=",".join(rollout) or learner_visible)
 
 
-def _backends_initialized() -> bool:
+def backends_initialized() -> bool:
     """Whether JAX has already picked its devices (then narrowing CUDA_VISIBLE_DEVICES is too
     late); never imports JAX itself."""
     if "jax" not in sys.modules:
@@ -205,7 +205,7 @@ def apply_to_learner(placement: Placement,
     if placement.learner_visible is None:
         return
     env = os.environ if env is None else env
-    if env is os.environ and _backends_initialized():
+    if env is os.environ and backends_initialized():
         raise RuntimeError("placement.apply_to_learner: JAX has already initialised its devices")
     env[HOST_GPUS_VAR] = ",".join(placement.host)
     env[VISIBLE] = placement.learner_visible

@@ -16,6 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from cure_jax import host_malloc
 from rollout.contract import cli
 
 PROG = "cure-train"
@@ -62,6 +63,8 @@ def main(argv: list[str]) -> None:
         where = placement.plan(cfg, processes=placement.launch_processes(os.environ,
                                                                           _DISTRIBUTED.value))
     placement.apply_to_learner(where)
+    if cfg.learner.cpu_keep_freed_memory:
+        host_malloc.keep_freed_memory_on_cpu()
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     logging.getLogger("cure_jax").setLevel(logging.INFO)
