@@ -200,7 +200,8 @@ def main() -> None:
     p.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak of one chip")
     p.add_argument("--malloc", default="keep", choices=["keep", "default"],
                    help="glibc's allocator on both sides: keep freed memory for the next step, as "
-                        "cure-train sets it on CPU (cure_jax.host_malloc), or glibc's defaults")
+                        "cure-train does with learner.cpu_keep_freed_memory (cure_jax.host_malloc), "
+                        "or glibc's defaults")
     p.add_argument("--side", default="both", choices=["both", "ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side != "both" and args.malloc == "keep":

@@ -8,8 +8,10 @@ a seventh of the CPU time of an update in `benchmarks/learner.py` on 2 cores. Wi
 no mmap and no trimming, the second step reuses the first one's pages and faults none.
 
 The settings take full effect only when made before any other thread allocates (XLA's worker
-threads keep the arena they started with): `cure-train` makes them before JAX starts
-(`learner.cpu_keep_freed_memory`, on by default), as does `benchmarks/learner.py` on both sides. Not on hosts with an accelerator: there the learner's memory
+threads keep the arena they started with): `cure-train` makes them before JAX starts with
+`learner.cpu_keep_freed_memory`, as does `benchmarks/learner.py` on both sides. Off by default:
+with one arena XLA's compiler threads contend for the allocator and compiling takes ~20% longer,
+which outweighs the gain for small models whose steps compile often (the tiny default). Not on hosts with an accelerator: there the learner's memory
 is on the device, and large host buffers (a checkpoint restored through the host) should go
 back to the system. The price on CPU: the process keeps its peak heap until it exits.
 """
