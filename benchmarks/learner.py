@@ -204,10 +204,10 @@ def main() -> None:
                         "or glibc's defaults")
     p.add_argument("--side", default="both", choices=["both", "ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    qcfg = model_shape(args)
     if args.side != "both" and args.malloc == "keep":
         from cure_jax import host_malloc
-        host_malloc.keep_freed_memory_on_cpu()
-    qcfg = model_shape(args)
+        host_malloc.keep_freed_memory_on_cpu(qcfg.num_params())
     n_params = qcfg.num_params()
     if args.side != "both":
         tps = bench_ours(args, qcfg) if args.side == "ours" else bench_torch(args, qcfg)

@@ -8,10 +8,11 @@ a seventh of the CPU time of an update in `benchmarks/learner.py` on 2 cores. Wi
 no mmap and no trimming, the second step reuses the first one's pages and faults none.
 
 The settings take full effect only when made before any other thread allocates (XLA's worker
-threads keep the arena they started with): `cure-train` makes them before JAX starts with
-`learner.cpu_keep_freed_memory`, as does `benchmarks/learner.py` on both sides. Off by default:
-with one arena XLA's compiler threads contend for the allocator and compiling takes ~20% longer,
-which outweighs the gain for small models whose steps compile often (the tiny default). Not on hosts with an accelerator: there the learner's memory
+threads keep the arena they started with): `cure-train` makes them before JAX starts
+(`learner.cpu_keep_freed_memory`), as does `benchmarks/learner.py` on both sides. Only for
+models from MIN_PARAMS parameters: below that a step's results stay under 64 MB and nothing is
+mapped afresh, while one arena still slows XLA's compiler threads down (compiling took ~20%
+longer), which a small model that compiles often (the tiny default) would only pay for. Not on hosts with an accelerator: there the learner's memory
 is on the device, and large host buffers (a checkpoint restored through the host) should go
 back to the system. The price on CPU: the process keeps its peak heap until it exits.
 """
@@ -30,6 +31,9 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
 ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")
+# From here a step's float32 parameter-sized results (new parameters, gradients) exceed the 64 MB
+# of a glibc thread heap, so by default each is mapped afresh every step.
+MIN_PARAMS = 64 * 2**20 // 4
 
 
 def glibc() -> ctypes.CDLL | None:
@@ -73,8 +77,10 @@ def keep_freed_memory() -> bool:
                ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)))
 
 
-def keep_freed_memory_on_cpu(env: Mapping[str, str] | None = None) -> bool:
-    """`keep_freed_memory` when the learner will run on CPU and JAX has not started yet;
-    returns whether it was made."""
+def keep_freed_memory_on_cpu(num_params: int = MIN_PARAMS,
+                             env: Mapping[str, str] | None = None) -> bool:
+    """`keep_freed_memory` when the learner will run on CPU, its model has at least MIN_PARAMS
+    parameters and JAX has not started yet; returns whether it was made."""
     from cure_jax.placement import backends_initialized
-    return learner_on_cpu(env) and not backends_initialized() and keep_freed_memory()
+    return (num_params >= MIN_PARAMS and learner_on_cpu(env) and not backends_initialized()
+            and keep_freed_memory())

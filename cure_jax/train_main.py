@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
                                                                           _DISTRIBUTED.value))
     placement.apply_to_learner(where)
     if cfg.learner.cpu_keep_freed_memory:
-        host_malloc.keep_freed_memory_on_cpu()
+        host_malloc.keep_freed_memory_on_cpu(cfg.model.qwen_config().num_params())
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     logging.getLogger("cure_jax").setLevel(logging.INFO)

@@ -16,7 +16,7 @@ CHILD = textwrap.dedent("""
     import resource, sys
     from cure_jax import host_malloc
     if sys.argv[1] == "keep":
-        assert host_malloc.keep_freed_memory_on_cpu({"JAX_PLATFORMS": "cpu"})
+        assert host_malloc.keep_freed_memory_on_cpu(host_malloc.MIN_PARAMS, {"JAX_PLATFORMS": "cpu"})
     import jax, jax.numpy as jnp
     result = jax.jit(lambda x: x * 2.0 + 1.0)
     temporary = jax.jit(lambda x: jnp.sum(jnp.exp(x).T[::2] * 3.0, axis=1))
@@ -26,7 +26,7 @@ CHILD = textwrap.dedent("""
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         result(x).block_until_ready(), temporary(x).block_until_ready()
     print("FAULTS", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    print("LATE", host_malloc.keep_freed_memory_on_cpu({"JAX_PLATFORMS": "cpu"}))
+    print("LATE", host_malloc.keep_freed_memory_on_cpu(host_malloc.MIN_PARAMS, {"JAX_PLATFORMS": "cpu"}))
 """)
 
 
@@ -55,3 +55,9 @@ def test_the_learner_is_on_cpu_when_jax_platforms_says_so_or_nothing_else_is_ins
     assert not host_malloc.learner_on_cpu({"JAX_PLATFORMS": "cuda,cpu"})
     assert not host_malloc.learner_on_cpu({"JAX_PLATFORMS": "tpu"})
     assert host_malloc.learner_on_cpu({}) == (not host_malloc.accelerator_installed())
+
+
+def test_small_models_and_accelerators_keep_glibcs_defaults():
+    # Both are refused before anything is set (this test process keeps its allocator).
+    assert not host_malloc.keep_freed_memory_on_cpu(host_malloc.MIN_PARAMS - 1, {"JAX_PLATFORMS": "cpu"})
+    assert not host_malloc.keep_freed_memory_on_cpu(10**9, {"JAX_PLATFORMS": "cuda"})

@@ -23,7 +23,7 @@ MODEL_PATH = "/models/policy"  # the Qwen configs need --config.rollout.model_pa
 ADDED = {"data.data_dir": "data", "mesh.devices": "", "mesh.device_memory_gb": 0.0, "mesh.dcn": 1,
          "model.init": "pretrained", "model.scan_layers": False,
          "learner.role_updates": "joint", "learner.share_prompts": False,
-         "learner.cpu_dot_fusion": True, "learner.cpu_keep_freed_memory": False,
+         "learner.cpu_dot_fusion": True, "learner.cpu_keep_freed_memory": True,
          "rollout.prompts.repair_template": None,
          "cure.tester": {"model_path": "", "engine": "", "engine_options": {
              "dtype": "auto", "tokenizer": None, "max_model_len": None,
