@@ -12,9 +12,10 @@ threads keep the arena they started with): `cure-train` makes them before JAX st
 (`learner.cpu_keep_freed_memory`), as does `benchmarks/learner.py` on both sides. Only for
 models from MIN_PARAMS parameters: below that a step's results stay under 64 MB and nothing is
 mapped afresh, while one arena still slows XLA's compiler threads down (compiling took ~20%
-longer), which a small model that compiles often (the tiny default) would only pay for. Not on hosts with an accelerator: there the learner's memory
-is on the device, and large host buffers (a checkpoint restored through the host) should go
-back to the system. The price on CPU: the process keeps its peak heap until it exits.
+longer), which a small model that compiles often (the tiny default) would only pay for. Not on
+hosts with an accelerator: there the learner's memory is on the device, and large host buffers
+(a checkpoint restored through the host) should go back to the system. The price on CPU: the
+process keeps its peak heap until it exits.
 """
 from __future__ import annotations
 
@@ -77,8 +78,7 @@ def keep_freed_memory() -> bool:
                ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)))
 
 
-def keep_freed_memory_on_cpu(num_params: int = MIN_PARAMS,
-                             env: Mapping[str, str] | None = None) -> bool:
+def keep_freed_memory_on_cpu(num_params: int, env: Mapping[str, str] | None = None) -> bool:
     """`keep_freed_memory` when the learner will run on CPU, its model has at least MIN_PARAMS
     parameters and JAX has not started yet; returns whether it was made."""
     from cure_jax.placement import backends_initialized
