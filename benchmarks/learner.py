@@ -205,10 +205,10 @@ def main() -> None:
     p.add_argument("--side", default="both", choices=["both", "ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     qcfg = model_shape(args)
+    n_params = qcfg.num_params()
     if args.side != "both" and args.malloc == "keep":
         from cure_jax import host_malloc
-        host_malloc.keep_freed_memory_on_cpu(qcfg.num_params())
-    n_params = qcfg.num_params()
+        host_malloc.keep_freed_memory_on_cpu(n_params)
     if args.side != "both":
         tps = bench_ours(args, qcfg) if args.side == "ours" else bench_torch(args, qcfg)
         print(f"TOKENS_PER_S {tps}", flush=True)
